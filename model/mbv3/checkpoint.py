@@ -1,0 +1,237 @@
+"""TF1-format, name-based checkpoints in TF-slim's variable names.
+
+Reading accepts anything a TF1 `Saver` wrote (slim's own training scripts, the official
+`v3-large_224_1.0_float` files, the seed's GPU and NPU runs) and what `save()` writes; `save()`
+writes what those tools restore. A save is atomic: the files are written under a temporary
+prefix, renamed into place, and only then does the `checkpoint` state file name them.
+"""
+from __future__ import absolute_import, division, print_function
+
+import glob
+import os
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+
+from . import net
+from .errors import CheckpointError
+
+EMA_SUFFIX = "/ExponentialMovingAverage"
+GLOBAL_STEP = "global_step"
+DEFAULT_BASENAME = "model.ckpt"
+# Optimizer slots and bookkeeping that slim / TF1 training leaves in checkpoints: recognised, not
+# model weights, never reported as unexpected.
+SLOT_SUFFIXES = (EMA_SUFFIX, "/Momentum", "/RMSProp", "/RMSProp_1", "/Adam", "/Adam_1", "/LossScale")
+MULTIPLIERS = (0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+
+
+def resolve_prefix(path):
+    """A checkpoint prefix from a prefix or a directory (its latest checkpoint)."""
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        try:
+            prefix = tf.train.latest_checkpoint(path)
+        except (tf.errors.OpError, ValueError) as e:  # unparsable `checkpoint` state file
+            raise CheckpointError("%s: unreadable 'checkpoint' state file (%s)" % (path, _first_line(e)))
+        if prefix is None:
+            indexes = sorted(glob.glob(os.path.join(path, "*.index")))
+            if len(indexes) == 1:  # e.g. the official tarball: no state file, one checkpoint
+                prefix = indexes[0][:-len(".index")]
+        if prefix is None:
+            raise CheckpointError("no checkpoint found in directory %s" % path)
+        return prefix
+    if os.path.exists(path + ".index"):
+        return path
+    if path.endswith(".index") and os.path.exists(path):
+        return path[:-len(".index")]
+    raise CheckpointError("no checkpoint at %s (expected %s.index or a directory)" % (path, path))
+
+
+def _first_line(err):
+    text = getattr(err, "message", None) or str(err)
+    return text.strip().splitlines()[0] if text.strip() else err.__class__.__name__
+
+
+class Reader(object):
+    """A checkpoint's names, shapes and values; every TensorFlow failure becomes a CheckpointError."""
+
+    def __init__(self, path):
+        self.prefix = resolve_prefix(path)
+        try:
+            self._reader = tf.train.load_checkpoint(self.prefix)
+            self.shapes = {k: tuple(v) for k, v in self._reader.get_variable_to_shape_map().items()}
+        except (tf.errors.OpError, ValueError) as e:
+            raise CheckpointError("cannot read checkpoint %s: %s" % (self.prefix, _first_line(e)))
+
+    def get(self, name):
+        try:
+            return self._reader.get_tensor(name)
+        except (tf.errors.OpError, ValueError) as e:
+            raise CheckpointError("checkpoint %s: cannot read %s: %s" % (self.prefix, name, _first_line(e)))
+
+    @property
+    def step(self):
+        if GLOBAL_STEP in self.shapes:
+            return int(self.get(GLOBAL_STEP))
+        tail = self.prefix.rsplit("-", 1)[-1]
+        return int(tail) if tail.isdigit() else None
+
+    @property
+    def model_names(self):
+        return sorted(n for n in self.shapes if _is_model_name(n))
+
+    @property
+    def has_ema(self):
+        return any(n.endswith(EMA_SUFFIX) for n in self.shapes)
+
+
+def _is_model_name(name):
+    return name.startswith(net.SCOPE + "/") and not name.endswith(SLOT_SUFFIXES)
+
+
+@dataclass
+class Architecture:
+    variant: str
+    multiplier: float
+    num_classes: int  # 0 when the checkpoint has no classifier
+
+    def describe(self):
+        return "%s %s, %d classes" % (self.variant, self.multiplier, self.num_classes)
+
+
+def detect_architecture(shapes):
+    """The (variant, depth multiplier, num_classes) whose variables match a checkpoint's exactly."""
+    logits = shapes.get(net.LOGITS_SCOPE + "/weights")
+    num_classes = logits[-1] if logits else 0
+    body = {n: s for n, s in shapes.items() if _is_model_name(n) and not n.startswith(net.LOGITS_SCOPE + "/")}
+    for variant in net.VARIANTS:
+        for multiplier in MULTIPLIERS:
+            specs = net.variable_specs(net.resolve(variant, multiplier), num_classes=0)
+            if len(specs) == len(body) and all(body.get(n) == s.shape for n, s in specs.items()):
+                return Architecture(variant, multiplier, num_classes)
+    raise CheckpointError("checkpoint variables match no MobileNetV3 variant (%s) at depth multipliers %s"
+                          % (", ".join(net.VARIANTS), ", ".join(str(m) for m in MULTIPLIERS)))
+
+
+@dataclass
+class LoadReport:
+    prefix: str
+    step: object
+    used_ema: bool
+    missing: list = field(default_factory=list)
+    unexpected: list = field(default_factory=list)
+    reinitialized: list = field(default_factory=list)
+
+    def summary(self):
+        parts = ["loaded %s (step %s, %s weights)" % (self.prefix, self.step, "EMA" if self.used_ema else "raw")]
+        if self.reinitialized:
+            parts.append("re-initialised %d classifier variables" % len(self.reinitialized))
+        if self.unexpected:
+            parts.append("ignored %d unexpected variables (first: %s)" % (len(self.unexpected), self.unexpected[0]))
+        return "; ".join(parts)
+
+
+def read_values(path, specs, use_ema=None, reinit_classifier=False, reader=None):
+    """Values for every variable in `specs` (name -> VarSpec) from a checkpoint.
+
+    use_ema: True takes `<name>/ExponentialMovingAverage` shadows (error if a trainable variable has
+    none), False the raw values, None shadows when the checkpoint has them. A missing variable or a
+    shape mismatch is an error naming the variable, except for the classifier when
+    `reinit_classifier` is set: then it is left out of the result for the caller to initialise.
+    """
+    reader = reader or Reader(path)
+    if use_ema is None:
+        use_ema = reader.has_ema
+    values, missing, reinit = {}, [], []
+    for name, spec in specs.items():
+        if spec.is_classifier and reinit_classifier:
+            if reader.shapes.get(name) != spec.shape:
+                reinit.append(name)
+                continue
+        source = name
+        if use_ema and name + EMA_SUFFIX in reader.shapes:
+            source = name + EMA_SUFFIX
+        elif use_ema and spec.trainable:
+            raise CheckpointError("checkpoint %s has no EMA shadow for %s (use raw weights instead)"
+                                  % (reader.prefix, name))
+        if source not in reader.shapes:
+            missing.append(name)
+            continue
+        if reader.shapes[source] != spec.shape:
+            hint = " (pass the classifier re-initialisation option to fine-tune on other classes)" \
+                if spec.is_classifier else ""
+            raise CheckpointError("shape mismatch for %s: checkpoint has %s, model expects %s%s"
+                                  % (name, list(reader.shapes[source]), list(spec.shape), hint))
+        values[name] = reader.get(source)
+    if missing:
+        raise CheckpointError("checkpoint %s lacks %d model variables (first: %s); is it a MobileNetV3 "
+                              "checkpoint of this variant?" % (reader.prefix, len(missing), missing[0]))
+    unexpected = [n for n in reader.model_names if n not in specs]
+    return values, LoadReport(reader.prefix, reader.step, bool(use_ema), missing, unexpected, reinit)
+
+
+def load_into(variables, specs, path, **kwargs):
+    """Assign checkpoint values to a name -> tf.Variable map; returns the LoadReport."""
+    values, report = read_values(path, specs, **kwargs)
+    for name, value in values.items():
+        variables[name].assign(value)
+    return report
+
+
+def _checkpoint_files(prefix):
+    return sorted(glob.glob(glob.escape(prefix) + ".data-*")) + [prefix + ".index"]
+
+
+def save(model_dir, step, tensors, keep=5, basename=DEFAULT_BASENAME):
+    """Write `tensors` (name -> array, tensor or variable) plus global_step as
+    `<model_dir>/<basename>-<step>`, atomically, and keep the newest `keep` checkpoints."""
+    if not os.path.isdir(model_dir):
+        os.makedirs(model_dir)
+    names = sorted(tensors)
+    arrays = [np.asarray(tensors[n]) for n in names]
+    names.append(GLOBAL_STEP)
+    arrays.append(np.asarray(step, np.int64))
+    final = os.path.join(model_dir, "%s-%d" % (basename, step))
+    tmp = os.path.join(model_dir, ".tmp-%s-%d-%d" % (basename, step, os.getpid()))
+    try:
+        tf.raw_ops.SaveV2(prefix=tmp, tensor_names=names, shape_and_slices=[""] * len(names),
+                          tensors=[tf.constant(a) for a in arrays])
+        tmp_files = _checkpoint_files(tmp)
+        for f in tmp_files:  # data shards first, the index last: no index without its data
+            os.replace(f, final + f[len(tmp):])
+    finally:
+        for f in glob.glob(glob.escape(tmp) + "*"):
+            os.remove(f)
+    previous = []
+    state = _state(model_dir)
+    if state is not None:
+        previous = [os.path.basename(p) for p in state.all_model_checkpoint_paths]
+    kept = [p for p in previous if p != os.path.basename(final)] + [os.path.basename(final)]
+    dropped, kept = kept[:-keep] if keep else [], kept[-keep:] if keep else kept
+    _write_state(model_dir, kept)
+    for old in dropped:
+        for f in _checkpoint_files(os.path.join(model_dir, old)):
+            if os.path.exists(f):
+                os.remove(f)
+    return final
+
+
+def _write_state(model_dir, paths):
+    """The text `checkpoint` file TF1's Saver keeps (relative paths, newest last), replaced atomically."""
+    text = 'model_checkpoint_path: "%s"\n' % paths[-1]
+    text += "".join('all_model_checkpoint_paths: "%s"\n' % p for p in paths)
+    state = os.path.join(model_dir, "checkpoint")
+    tmp = "%s.tmp-%d" % (state, os.getpid())
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, state)
+
+
+def _state(model_dir):
+    try:
+        return tf.train.get_checkpoint_state(model_dir)
+    except (tf.errors.OpError, ValueError):
+        return None

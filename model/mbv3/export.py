@@ -1,0 +1,209 @@
+"""Checkpoint -> model bundle: frozen GraphDef (for ATC), ONNX (for ONNX Runtime), metadata, labels.
+
+The frozen graph is built directly in graph mode with the weights as constants, so it holds no
+variable ops and exactly the names ATC and the service expect (`input`, `logits`). The ONNX model
+is converted from that same graph by tf2onnx. Before anything is written, both are run on random
+inputs at several batch sizes and compared; the bundle records the measured difference.
+The bundle is assembled in a temporary sibling directory and renamed into place, so a failed
+export leaves nothing behind and a reader never sees half a bundle.
+"""
+from __future__ import absolute_import, division, print_function
+
+import datetime
+import json
+import os
+import shutil
+import tempfile
+
+import numpy as np
+import tensorflow as tf
+
+from . import __version__, bundle, checkpoint, imageprep, net
+from .errors import MbV3Error
+
+INPUT, OUTPUT = "input", "logits"
+ONNX_OPSET = 13
+# Every op the frozen graph may hold; all exist in TensorFlow 1.15 and 2.6 and in ATC's TF parser.
+TF115_OPS = frozenset([
+    "Placeholder", "Const", "Identity", "Conv2D", "DepthwiseConv2dNative", "FusedBatchNormV3",
+    "BiasAdd", "Relu", "Relu6", "AddV2", "Mul", "Mean", "Squeeze",
+])
+PARITY_TOLERANCE = 1e-4   # max |onnx - tf| relative to the logits' scale (max |logit|)
+PARITY_BATCHES = (1, 3)
+
+
+def frozen_graph(resolved, values, num_classes, input_size=224, config=None):
+    """A GraphDef: placeholder `input` float32 [None, size, size, 3] -> `logits` [None, num_classes]."""
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, input_size, input_size, 3], name=INPUT)
+        params = {name: tf.constant(value, name=name) for name, value in values.items()}
+        logits = net.forward(resolved, params, images, training=False, config=config, num_classes=num_classes)
+        tf.identity(logits, name=OUTPUT)
+    graph_def = graph.as_graph_def()
+    foreign = sorted(set(n.op for n in graph_def.node) - TF115_OPS)
+    if foreign:
+        raise MbV3Error("frozen graph uses ops outside the TF 1.15/2.6 set ATC expects: %s" % ", ".join(foreign))
+    return graph_def
+
+
+def run_frozen(graph_def, batch):
+    graph = tf.Graph()
+    with graph.as_default():
+        tf.compat.v1.import_graph_def(graph_def, name="")
+    with tf.compat.v1.Session(graph=graph) as sess:
+        return sess.run(OUTPUT + ":0", {INPUT + ":0": batch})
+
+
+def to_onnx(graph_def, opset=ONNX_OPSET):
+    """ONNX ModelProto with graph input `input` [batch, H, W, 3] and output `logits` [batch, classes]."""
+    import tf2onnx
+    model, _ = tf2onnx.convert.from_graph_def(
+        graph_def, input_names=[INPUT + ":0"], output_names=[OUTPUT + ":0"], opset=opset)
+    renames = {INPUT + ":0": INPUT, OUTPUT + ":0": OUTPUT}
+    for node in model.graph.node:
+        node.input[:] = [renames.get(n, n) for n in node.input]
+        node.output[:] = [renames.get(n, n) for n in node.output]
+    for value in list(model.graph.input) + list(model.graph.output):
+        value.name = renames.get(value.name, value.name)
+        value.type.tensor_type.shape.dim[0].dim_param = "batch"
+    import onnx
+    onnx.checker.check_model(model)
+    return model
+
+
+def onnx_session(model_bytes_or_path, threads=0):
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    return ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])
+
+
+def verify(graph_def, onnx_bytes, input_size, seed=0):
+    """Largest |onnx - frozen graph| over random batches, relative to the logits' scale."""
+    rng = np.random.default_rng(seed)
+    session = onnx_session(onnx_bytes)
+    worst = 0.0
+    scale = 0.0
+    for n in PARITY_BATCHES:
+        batch = rng.uniform(-1, 1, (n, input_size, input_size, 3)).astype(np.float32)
+        ref = run_frozen(graph_def, batch)
+        got = session.run([OUTPUT], {INPUT: batch})[0]
+        worst = max(worst, float(np.abs(got - ref).max()))
+        scale = max(scale, float(np.abs(ref).max()))
+    relative = worst / max(scale, 1e-12)
+    if not relative <= PARITY_TOLERANCE:
+        raise MbV3Error("ONNX model disagrees with the frozen graph: max difference %.3g (%.3g of the logits' "
+                        "scale, tolerance %g)" % (worst, relative, PARITY_TOLERANCE))
+    return {"batch_sizes": list(PARITY_BATCHES), "max_abs_diff": worst, "logit_scale": scale,
+            "relative": relative, "tolerance": PARITY_TOLERANCE}
+
+
+def _labels_for(num_classes, labels_file, prefix):
+    if labels_file:
+        return bundle.read_labels(labels_file, num_classes)
+    beside = os.path.join(os.path.dirname(prefix), bundle.LABELS)  # a training run's model dir
+    if os.path.exists(beside):
+        return bundle.read_labels(beside, num_classes)
+    return bundle.default_labels(num_classes)
+
+
+def _prepare_output(output):
+    """The parent exists and is writable; `output` is absent, empty, or an earlier bundle."""
+    output = os.path.abspath(os.path.expanduser(output))
+    parent = os.path.dirname(output)
+    if os.path.exists(output):
+        if not os.path.isdir(output):
+            raise MbV3Error("output %s exists and is not a directory" % output)
+        if os.listdir(output) and not os.path.exists(os.path.join(output, bundle.METADATA)):
+            raise MbV3Error("output %s is a non-empty directory that is not a model bundle; "
+                            "refusing to overwrite it" % output)
+    try:
+        if not os.path.isdir(parent):
+            os.makedirs(parent)
+        tmp = tempfile.mkdtemp(prefix=".%s.tmp-" % os.path.basename(output), dir=parent)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp's 0700 would hide the bundle from a service user
+    except OSError as e:
+        raise MbV3Error("cannot write to %s: %s" % (parent, e.strerror or e))
+    return output, tmp
+
+
+def _install(tmp, output):
+    """Rename the finished bundle into place (replacing an earlier bundle at the same path)."""
+    old = None
+    if os.path.exists(output):
+        old = output + ".old-%d" % os.getpid()
+        os.rename(output, old)
+    os.rename(tmp, output)
+    if old:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None, input_size=224,
+           labels_file=None, name=None, version=None, log=print):
+    """Write a model bundle for a checkpoint; returns its metadata."""
+    reader = checkpoint.Reader(checkpoint_path)
+    arch = checkpoint.detect_architecture(reader.shapes)
+    if variant and variant != arch.variant:
+        raise MbV3Error("checkpoint %s holds MobileNetV3 %s, not %s" % (reader.prefix, arch.describe(), variant))
+    if not arch.num_classes:
+        raise MbV3Error("checkpoint %s has no classifier (%s/weights); nothing to export" % (reader.prefix, net.LOGITS_SCOPE))
+    if num_classes and num_classes != arch.num_classes:
+        raise MbV3Error("checkpoint %s has a %d-class classifier, not %d" % (reader.prefix, arch.num_classes, num_classes))
+    labels = _labels_for(arch.num_classes, labels_file, reader.prefix)
+    output, tmp = _prepare_output(output)
+    try:
+        resolved = net.resolve(arch.variant, arch.multiplier)
+        specs = net.variable_specs(resolved, arch.num_classes)
+        values, report = checkpoint.read_values(reader.prefix, specs, use_ema=use_ema, reader=reader)
+        log(report.summary())
+        log("freezing the graph (%s, input %dx%d)" % (arch.describe(), input_size, input_size))
+        graph_def = frozen_graph(resolved, values, arch.num_classes, input_size)
+        log("converting to ONNX (opset %d)" % ONNX_OPSET)
+        onnx_bytes = to_onnx(graph_def).SerializeToString()
+        parity = verify(graph_def, onnx_bytes, input_size)
+        log("ONNX vs frozen graph: max |diff| %.2e (%.1e of the logits' scale)" % (parity["max_abs_diff"], parity["relative"]))
+        with open(os.path.join(tmp, bundle.FROZEN), "wb") as f:
+            f.write(graph_def.SerializeToString())
+        with open(os.path.join(tmp, bundle.ONNX), "wb") as f:
+            f.write(onnx_bytes)
+        bundle.write_labels(os.path.join(tmp, bundle.LABELS), labels)
+        trainable, _ = net.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
+        metadata = {
+            "format": bundle.FORMAT,
+            "format_version": bundle.FORMAT_VERSION,
+            "name": name or "mobilenet_v3_%s_%s" % (arch.variant, arch.multiplier),
+            "version": str(version if version is not None else (report.step if report.step is not None else 1)),
+            "created": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
+            "exporter": "mbv3 %s, TensorFlow %s" % (__version__, tf.__version__),
+            "source": {"checkpoint": os.path.abspath(reader.prefix), "step": report.step,
+                       "weights": "ema" if report.used_ema else "raw"},
+            "architecture": {"family": "MobileNetV3", "variant": arch.variant, "multiplier": arch.multiplier,
+                             "trainable_parameters": trainable},
+            "input": {"name": INPUT, "shape": [-1, input_size, input_size, 3], "layout": "NHWC",
+                      "dtype": "float32", "range": [-1.0, 1.0]},
+            "output": {"name": OUTPUT, "shape": [-1, arch.num_classes], "dtype": "float32", "kind": "logits",
+                       "num_classes": arch.num_classes},
+            "labels": {"file": bundle.LABELS, "label_offset": 1 if labels[0] == bundle.BACKGROUND else 0,
+                       "background_index": 0 if labels[0] == bundle.BACKGROUND else None},
+            "preprocessing": dict(imageprep.EVAL_PREPROCESSING, size=[input_size, input_size]),
+            "frozen_graph": {"file": bundle.FROZEN, "ops": sorted(set(n.op for n in graph_def.node))},
+            "onnx": {"file": bundle.ONNX, "opset": ONNX_OPSET},
+            "verification": {"onnx_vs_frozen_graph": parity},
+            "files": {},
+        }
+        for fname in sorted(os.listdir(tmp)):
+            path = os.path.join(tmp, fname)
+            metadata["files"][fname] = {"sha256": bundle.sha256(path), "bytes": os.path.getsize(path)}
+        with open(os.path.join(tmp, bundle.METADATA), "w") as f:
+            json.dump(metadata, f, indent=2, sort_keys=False)
+            f.write("\n")
+        _install(tmp, output)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log("wrote bundle %s" % output)
+    return metadata

@@ -1,0 +1,77 @@
+"""Evaluation preprocessing in NumPy and Pillow, driven by a bundle's `preprocessing` record.
+
+It reproduces the TensorFlow eval transform (tf.image.central_crop, then tf.image.resize bilinear
+with half-pixel centres and no antialiasing, then (x - mean) / std on [0, 1] pixels) so a server
+without TensorFlow feeds the model what it was evaluated on.
+"""
+from __future__ import absolute_import, division, print_function
+
+import io
+
+import numpy as np
+
+# The record `mbv3 export` writes into model.json (timm-style keys, plus what timm leaves implicit).
+EVAL_PREPROCESSING = {
+    "color": "RGB",
+    "crop_fraction": 0.875,
+    "resize": "bilinear",
+    "half_pixel_centers": True,
+    "antialias": False,
+    "pixel_max": 255.0,
+    "mean": [0.5, 0.5, 0.5],
+    "std": [0.5, 0.5, 0.5],
+}
+
+
+class ImageError(ValueError):
+    """The bytes are not an image Pillow can decode."""
+
+
+def decode(data):
+    """RGB uint8 HxWx3 from encoded bytes: EXIF orientation applied, first frame, any mode to RGB."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            img.seek(0)
+            img = ImageOps.exif_transpose(img)
+            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+        raise ImageError("cannot decode image: %s" % e)
+
+
+def central_crop(image, fraction):
+    """tf.image.central_crop's arithmetic: start = int((h - h * fraction) / 2), size = h - 2 * start."""
+    h, w = image.shape[:2]
+    top = int((h - h * fraction) / 2)
+    left = int((w - w * fraction) / 2)
+    return image[top:h - top, left:w - left]
+
+
+def resize_bilinear(image, height, width):
+    """tf.image.resize(method="bilinear") (half-pixel centres, no antialias) on float HxWxC."""
+    in_h, in_w = image.shape[:2]
+
+    def axis(out_size, in_size):
+        pos = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+        pos = np.clip(pos, 0, in_size - 1)
+        lo = np.floor(pos).astype(np.int64)
+        hi = np.minimum(lo + 1, in_size - 1)
+        return lo, hi, (pos - lo).astype(np.float32)
+
+    y0, y1, wy = axis(height, in_h)
+    x0, x1, wx = axis(width, in_w)
+    wy, wx = wy[:, None, None], wx[None, :, None]
+    top = image[y0][:, x0] * (1 - wx) + image[y0][:, x1] * wx
+    bottom = image[y1][:, x0] * (1 - wx) + image[y1][:, x1] * wx
+    return top * (1 - wy) + bottom * wy
+
+
+def eval_transform(rgb, size, prep=None):
+    """float32 [size, size, 3] model input from an RGB uint8 image."""
+    prep = prep or EVAL_PREPROCESSING
+    height, width = (size, size) if np.isscalar(size) else size
+    image = central_crop(rgb, prep["crop_fraction"]).astype(np.float32) / np.float32(prep["pixel_max"])
+    image = resize_bilinear(image, height, width)
+    mean = np.asarray(prep["mean"], np.float32)
+    std = np.asarray(prep["std"], np.float32)
+    return ((image - mean) / std).astype(np.float32)

@@ -23,6 +23,8 @@ DEFAULT_BASENAME = "model.ckpt"
 # Optimizer slots and bookkeeping that slim / TF1 training leaves in checkpoints: recognised, not
 # model weights, never reported as unexpected.
 SLOT_SUFFIXES = (EMA_SUFFIX, "/Momentum", "/RMSProp", "/RMSProp_1", "/Adam", "/Adam_1", "/LossScale")
+# What TensorFlow's checkpoint reader raises for unreadable files (truncated data raises IndexError).
+_READ_ERRORS = (tf.errors.OpError, ValueError, IndexError, RuntimeError)
 MULTIPLIERS = (0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 
 
@@ -61,13 +63,13 @@ class Reader(object):
         try:
             self._reader = tf.train.load_checkpoint(self.prefix)
             self.shapes = {k: tuple(v) for k, v in self._reader.get_variable_to_shape_map().items()}
-        except (tf.errors.OpError, ValueError) as e:
+        except _READ_ERRORS as e:
             raise CheckpointError("cannot read checkpoint %s: %s" % (self.prefix, _first_line(e)))
 
     def get(self, name):
         try:
             return self._reader.get_tensor(name)
-        except (tf.errors.OpError, ValueError) as e:
+        except _READ_ERRORS as e:
             raise CheckpointError("checkpoint %s: cannot read %s: %s" % (self.prefix, name, _first_line(e)))
 
     @property

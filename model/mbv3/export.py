@@ -18,7 +18,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from . import __version__, bundle, checkpoint, imageprep, net
+from . import __version__, bundle, checkpoint, imageprep, net, runtime
 from .errors import MbV3Error
 
 INPUT, OUTPUT = "input", "logits"
@@ -72,18 +72,10 @@ def to_onnx(graph_def, opset=ONNX_OPSET):
     return model
 
 
-def onnx_session(model_bytes_or_path, threads=0):
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    if threads:
-        options.intra_op_num_threads = threads
-    return ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])
-
-
 def verify(graph_def, onnx_bytes, input_size, seed=0):
     """Largest |onnx - frozen graph| over random batches, relative to the logits' scale."""
     rng = np.random.default_rng(seed)
-    session = onnx_session(onnx_bytes)
+    session = runtime.onnx_session(onnx_bytes)
     worst = 0.0
     scale = 0.0
     for n in PARITY_BATCHES:

@@ -35,7 +35,9 @@ def decode(data):
             img.seek(0)
             img = ImageOps.exif_transpose(img)
             return np.asarray(img.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except UnidentifiedImageError:
+        raise ImageError("not an image in a format Pillow recognises")
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         raise ImageError("cannot decode image: %s" % e)
 
 
@@ -48,22 +50,27 @@ def central_crop(image, fraction):
 
 
 def resize_bilinear(image, height, width):
-    """tf.image.resize(method="bilinear") (half-pixel centres, no antialias) on float HxWxC."""
+    """tf.image.resize(method="bilinear") (half-pixel centres, no antialias) on float32 HxWxC, with
+    TensorFlow's float32 coordinate arithmetic and interpolation order."""
     in_h, in_w = image.shape[:2]
+    image = image.astype(np.float32, copy=False)
 
     def axis(out_size, in_size):
-        pos = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
-        pos = np.clip(pos, 0, in_size - 1)
-        lo = np.floor(pos).astype(np.int64)
-        hi = np.minimum(lo + 1, in_size - 1)
-        return lo, hi, (pos - lo).astype(np.float32)
+        scale = np.float32(in_size) / np.float32(out_size)
+        pos = (np.arange(out_size, dtype=np.float32) + np.float32(0.5)) * scale - np.float32(0.5)
+        low = np.floor(pos)
+        lerp = (pos - low).astype(np.float32)
+        lo = np.clip(low, 0, in_size - 1).astype(np.int64)
+        hi = np.clip(np.ceil(pos), 0, in_size - 1).astype(np.int64)
+        return lo, hi, lerp
 
     y0, y1, wy = axis(height, in_h)
     x0, x1, wx = axis(width, in_w)
     wy, wx = wy[:, None, None], wx[None, :, None]
-    top = image[y0][:, x0] * (1 - wx) + image[y0][:, x1] * wx
-    bottom = image[y1][:, x0] * (1 - wx) + image[y1][:, x1] * wx
-    return top * (1 - wy) + bottom * wy
+    rows0, rows1 = image[y0], image[y1]
+    top = rows0[:, x0] + (rows0[:, x1] - rows0[:, x0]) * wx
+    bottom = rows1[:, x0] + (rows1[:, x1] - rows1[:, x0]) * wx
+    return top + (bottom - top) * wy
 
 
 def eval_transform(rgb, size, prep=None):

@@ -1,0 +1,194 @@
+"""The `mbv3` command. Each subcommand imports what it needs, so `mbv3 --help` and `mbv3 predict`
+never pay for TensorFlow they do not use. User errors print one line and exit 1."""
+from __future__ import absolute_import, division, print_function
+
+import argparse
+import json
+import logging
+import os
+import sys
+
+from . import __version__
+from .errors import MbV3Error
+
+VARIANT_CHOICES = ("large", "small", "large_minimalistic", "small_minimalistic")
+
+
+def _quiet_tensorflow():
+    """TensorFlow and tf2onnx chatter (C++ info logs, TF1 deprecation notices) buries the output."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+    tf.get_logger().setLevel(logging.ERROR)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+
+
+def _say(msg):
+    print(msg, file=sys.stderr)
+
+
+def cmd_inspect(args):
+    _quiet_tensorflow()
+    from . import checkpoint, net
+    reader = checkpoint.Reader(args.checkpoint)
+    info = {"checkpoint": reader.prefix, "step": reader.step, "variables": len(reader.shapes),
+            "model_variables": len(reader.model_names), "ema_shadows": reader.has_ema}
+    try:
+        arch = checkpoint.detect_architecture(reader.shapes)
+    except MbV3Error as e:
+        arch, info["variant"], info["problem"] = None, None, str(e)
+    else:
+        trainable, moving = net.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
+        info.update(variant=arch.variant, multiplier=arch.multiplier, num_classes=arch.num_classes,
+                    trainable_parameters=trainable, batchnorm_statistics=moving)
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        print("checkpoint   %s" % info["checkpoint"])
+        print("step         %s" % info["step"])
+        print("variables    %d (%d model variables; the rest optimizer slots, EMA shadows, global_step)"
+              % (info["variables"], info["model_variables"]))
+        print("EMA shadows  %s" % ("yes" if info["ema_shadows"] else "no"))
+        if arch:
+            print("variant      MobileNetV3 %s, depth multiplier %s, %d classes (%s trainable parameters)"
+                  % (arch.variant, arch.multiplier, arch.num_classes, format(info["trainable_parameters"], ",")))
+        else:
+            print("variant      unknown: %s" % info["problem"])
+    return 0 if arch else 1
+
+
+def cmd_init(args):
+    _quiet_tensorflow()
+    from . import checkpoint, net
+    if os.path.isdir(args.model_dir):
+        try:
+            found = checkpoint.resolve_prefix(args.model_dir)
+        except MbV3Error:
+            found = None
+        if found:
+            raise MbV3Error("%s already holds checkpoint %s; choose an empty directory" % (args.model_dir, found))
+    model = net.MobileNetV3(args.variant, args.multiplier, args.num_classes, seed=args.seed)
+    try:
+        prefix = checkpoint.save(args.model_dir, 0, model.variables)
+    except OSError as e:
+        raise MbV3Error("cannot write to %s: %s" % (args.model_dir, e.strerror or e))
+    _say("wrote %s: MobileNetV3 %s %s, %d classes, randomly initialised (step 0)"
+         % (prefix, args.variant, args.multiplier, args.num_classes))
+    return 0
+
+
+def cmd_export(args):
+    _quiet_tensorflow()
+    from . import export
+    export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
+                  variant=args.variant, input_size=args.input_size, labels_file=args.labels,
+                  name=args.name, version=args.version, log=_say)
+    return 0
+
+
+def cmd_predict(args):
+    import numpy as np
+    from . import imageprep, runtime
+    clf = runtime.OnnxClassifier(args.bundle, args.threads)
+    prep = clf.bundle.metadata["preprocessing"]
+    failures = 0
+    for path in args.images:
+        try:
+            with open(path, "rb") as f:
+                rgb = imageprep.decode(f.read())
+        except (IOError, OSError, imageprep.ImageError) as e:
+            _say("mbv3: error: %s: %s" % (path, getattr(e, "strerror", None) or e))
+            failures += 1
+            continue
+        batch = imageprep.eval_transform(rgb, prep["size"], prep)[np.newaxis]
+        print(path)
+        for rank, (index, label, prob) in enumerate(clf.classify(batch, args.top_k)[0], 1):
+            print("  %d. %-40s %.4f  (class %d)" % (rank, label[:40], prob, index))
+    return 1 if failures else 0
+
+
+def cmd_benchmark(args):
+    if args.reference:
+        _quiet_tensorflow()
+    from . import benchmark
+    results = benchmark.run(args.bundle, args.batch, args.threads, min_seconds=args.seconds,
+                            reference=args.reference, log=print)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(results, f, indent=2)
+        _say("wrote %s" % args.json)
+    return 0
+
+
+def _positive(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return value
+
+
+def parser():
+    p = argparse.ArgumentParser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
+                                "training, export to ONNX / frozen GraphDef, prediction.")
+    p.add_argument("--version", action="version", version="mbv3 " + __version__)
+    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+
+    s = sub.add_parser("inspect", help="show a checkpoint's step, variables, EMA shadows and variant")
+    s.add_argument("checkpoint", help="checkpoint prefix or directory (its latest checkpoint)")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(fn=cmd_inspect)
+
+    s = sub.add_parser("init", help="write a randomly initialised step-0 checkpoint")
+    s.add_argument("--model-dir", required=True)
+    s.add_argument("--variant", default="large", choices=VARIANT_CHOICES)
+    s.add_argument("--multiplier", type=float, default=1.0)
+    s.add_argument("--num-classes", type=_positive, default=1001)
+    s.add_argument("--seed", type=int, default=0)
+    s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")
+    s.add_argument("--checkpoint", required=True, help="checkpoint prefix or directory")
+    s.add_argument("--output", required=True, help="bundle directory (created; an earlier bundle is replaced)")
+    s.add_argument("--num-classes", type=_positive, help="expected classifier size (checked, default: the checkpoint's)")
+    s.add_argument("--variant", choices=VARIANT_CHOICES, help="expected variant (checked, default: detected)")
+    ema = s.add_mutually_exclusive_group()
+    ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="use EMA shadow weights (error if absent)")
+    ema.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights")
+    s.add_argument("--input-size", type=_positive, default=224)
+    s.add_argument("--labels", help="labels file: num_classes lines, or num_classes-1 without background")
+    s.add_argument("--name", help="model name recorded in model.json")
+    s.add_argument("--version", help="model version recorded in model.json (default: the step)")
+    s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("predict", help="top-k classes for images with a bundle (ONNX Runtime)")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--top-k", type=_positive, default=5)
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("images", nargs="+")
+    s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("benchmark", help="ONNX Runtime latency of a bundle, next to TensorFlow on its frozen graph")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--batch", type=_positive, nargs="+", default=[1, 8])
+    s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--seconds", type=float, default=3.0, help="minimum timing per measurement")
+    s.add_argument("--no-reference", dest="reference", action="store_false", help="skip the TensorFlow reference")
+    s.add_argument("--json", help="also write the results to this file")
+    s.set_defaults(fn=cmd_benchmark)
+    return p
+
+
+def main(argv=None):
+    args = parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except MbV3Error as e:
+        _say("mbv3: error: %s" % e)
+        return 1
+    except KeyboardInterrupt:
+        _say("mbv3: interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

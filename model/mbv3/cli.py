@@ -119,6 +119,33 @@ def cmd_benchmark(args):
     return 0
 
 
+def cmd_data_build(args):
+    _quiet_tensorflow()
+    from . import data
+    summary = data.build(args.images, args.output, shards=args.shards, labels_file=args.labels,
+                         val_split=args.val_split, val_labels_file=args.val_labels, workers=args.workers,
+                         seed=args.seed, log=_say)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def cmd_train(args):
+    _quiet_tensorflow()
+    from . import train
+    summary = train.train(args.config, args.data, args.model_dir, overrides=args.set)
+    _say("done: step %d of %d, latest checkpoint %s" % (summary["step"], summary["total_steps"], summary["checkpoint"]))
+    return 0
+
+
+def cmd_eval(args):
+    _quiet_tensorflow()
+    from . import evaluate
+    result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
+                               batch_size=args.batch_size, image_size=args.image_size)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
 def _positive(text):
     value = int(text)
     if value < 1:
@@ -145,6 +172,38 @@ def parser():
     s.add_argument("--num-classes", type=_positive, default=1001)
     s.add_argument("--seed", type=int, default=0)
     s.set_defaults(fn=cmd_init)
+
+    s = sub.add_parser("data", help="build TF-slim-format TFRecords from an image folder")
+    data_sub = s.add_subparsers(dest="data_command", metavar="ACTION")
+    data_sub.required = True
+    b = data_sub.add_parser("build", help="ImageNet-layout folder (train/<class>/*, val/...) -> sharded TFRecords")
+    b.add_argument("--images", required=True, help="folder with train/<class>/ (and val/ or validation/)")
+    b.add_argument("--output", required=True, help="TFRecord folder (dataset.json, labels.txt, shards)")
+    b.add_argument("--shards", type=_positive, help="train shards (default: about 1,000 images each)")
+    b.add_argument("--labels", help="class names (wnids) one per line; their order defines the labels")
+    b.add_argument("--val-split", type=float, default=0.0, help="hold out this fraction of train when there is no val/")
+    b.add_argument("--val-labels", help="ground truth for a flat val/ folder")
+    b.add_argument("--workers", type=_positive)
+    b.add_argument("--seed", type=int, default=0)
+    b.set_defaults(fn=cmd_data_build)
+
+    s = sub.add_parser("train", help="train or fine-tune (resumes from --model-dir's latest checkpoint)")
+    s.add_argument("--config", required=True, help="recipe: a YAML file or a packaged name (gpu-4p, npu-finetune, ...)")
+    s.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="override a config value")
+    s.add_argument("--data", required=True, help="TFRecord folder from `mbv3 data build`")
+    s.add_argument("--model-dir", required=True, help="checkpoints, config.yaml, labels.txt, TensorBoard logs")
+    s.set_defaults(fn=cmd_train)
+
+    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint over a whole split")
+    s.add_argument("--checkpoint", required=True)
+    s.add_argument("--data", required=True)
+    ema = s.add_mutually_exclusive_group()
+    ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="EMA shadow weights (error if absent)")
+    ema.add_argument("--no-ema", dest="ema", action="store_false", help="raw weights")
+    s.add_argument("--split", default="validation")
+    s.add_argument("--batch-size", type=_positive, default=100)
+    s.add_argument("--image-size", type=_positive, help="default: the run's config.yaml, else 224")
+    s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")
     s.add_argument("--checkpoint", required=True, help="checkpoint prefix or directory")

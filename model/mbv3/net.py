@@ -336,7 +336,8 @@ class MobileNetV3(object):
 
     Variables are created on construction, so build it inside a tf.distribute strategy's scope when
     training on several devices. Batch-norm moving statistics are ON_READ/MEAN variables, the
-    arrangement tf.distribute expects for per-replica statistics.
+    arrangement tf.distribute expects for per-replica statistics; the rest take the first replica's
+    update, which after the gradient all-reduce is every replica's.
     """
 
     def __init__(self, variant="large", multiplier=1.0, num_classes=DEFAULT_NUM_CLASSES, config=None, seed=0):
@@ -347,10 +348,11 @@ class MobileNetV3(object):
         rng = np.random.default_rng(seed)
         self.variables = collections.OrderedDict()
         for name, spec in self.specs.items():
-            extra = {}
-            if spec.kind in MOVING_KINDS:
+            if spec.kind in MOVING_KINDS:  # per-replica statistics, averaged when read
                 extra = dict(synchronization=tf.VariableSynchronization.ON_READ,
                              aggregation=tf.VariableAggregation.MEAN)
+            else:  # every replica applies the same all-reduced update
+                extra = dict(aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
             self.variables[name] = tf.Variable(initial_value(spec, rng), trainable=spec.trainable,
                                                name=name, **extra)
 

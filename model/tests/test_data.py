@@ -1,0 +1,458 @@
+"""Slim-format TFRecords: the builder (layouts, shards, reruns, bad and unusual images) and the
+tf.data reader (shapes, determinism, sharding between pipelines, corrupt records and shards)."""
+import io
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from mbv3 import data, imageprep
+from mbv3.errors import MbV3Error
+
+SLIM_FEATURES = {
+    "image/height", "image/width", "image/colorspace", "image/channels", "image/class/label",
+    "image/class/synset", "image/class/text", "image/object/bbox/xmin", "image/object/bbox/ymin",
+    "image/object/bbox/xmax", "image/object/bbox/ymax", "image/object/bbox/label", "image/format",
+    "image/filename", "image/encoded",
+}
+
+
+def save(img, fmt="JPEG", **kwargs):
+    buf = io.BytesIO()
+    img.save(buf, fmt, **kwargs)
+    return buf.getvalue()
+
+
+def encode(array, fmt="JPEG", mode=None, **kwargs):
+    return save(Image.fromarray(array, mode), fmt, **kwargs)
+
+
+def picture(h, w, seed):
+    """A smooth RGB picture (JPEG-friendly, unlike white noise)."""
+    small = np.random.default_rng(seed).integers(0, 255, (h // 8 + 2, w // 8 + 2, 3), dtype=np.uint8)
+    return np.asarray(Image.fromarray(small).resize((w, h), Image.BILINEAR))
+
+
+def write(path, payload):
+    os.makedirs(os.path.dirname(str(path)), exist_ok=True)
+    with open(str(path), "wb") as f:
+        f.write(payload)
+    return str(path)
+
+
+def image_folder(root, counts, split="train", fmt="JPEG", seed=0):
+    """root/<split>/<class>/<class>_<i>.<ext> with smooth pictures of varied odd sizes."""
+    ext = {"JPEG": "JPEG", "PNG": "png"}[fmt]
+    for c, (name, count) in enumerate(sorted(counts.items())):
+        for i in range(count):
+            h, w = 23 + 7 * i + c, 31 + 5 * i
+            payload = encode(picture(h, w, seed + 10 * c + i), fmt)
+            write(os.path.join(str(root), split, name, "%s_%d.%s" % (name, i, ext)), payload)
+    return str(root)
+
+
+def solid_folder(root, per_class=6, classes=("a", "b")):
+    """Solid-gray PNGs, each a different level, so an eval output identifies its image."""
+    level = 10
+    for name in classes:
+        for i in range(per_class):
+            write(os.path.join(str(root), "train", name, "%d.png" % i), encode(np.full((12, 12), level, np.uint8), "PNG"))
+            level += 10
+    return str(root)
+
+
+def records(path):
+    return [tf.train.Example.FromString(r.numpy()) for r in tf.data.TFRecordDataset(path)]
+
+
+def feature(example, key):
+    f = example.features.feature[key]
+    return list(f.bytes_list.value or f.int64_list.value or f.float_list.value)
+
+
+def all_records(out, split):
+    meta = data.info(out)
+    return [e for s in meta["splits"][split]["shards"] for e in records(os.path.join(out, s["file"]))]
+
+
+def quiet(msg):
+    pass
+
+
+def build(src, out, **kwargs):
+    kwargs.setdefault("log", quiet)
+    kwargs.setdefault("workers", 2)
+    return data.build(src, str(out), **kwargs)
+
+
+# --- building -----------------------------------------------------------------------------
+
+
+def test_records_have_slims_features_and_1_based_labels(tmp_path):
+    src = image_folder(tmp_path / "src", {"n01440764": 2, "zebra_like": 1})
+    write(tmp_path / "src" / "train" / "zebra_like" / "gray.png", encode(np.full((9, 13), 77, np.uint8), "PNG"))
+    summary = build(src, tmp_path / "out")
+    assert summary["num_classes"] == 3 and summary["label_offset"] == 1
+    assert summary["classes"] == ["n01440764", "zebra_like"]
+    examples = {feature(e, "image/filename")[0].decode(): e for e in all_records(str(tmp_path / "out"), "train")}
+    assert sorted(examples) == ["train/n01440764/n01440764_0.JPEG", "train/n01440764/n01440764_1.JPEG",
+                                "train/zebra_like/gray.png", "train/zebra_like/zebra_like_0.JPEG"]
+    tench = examples["train/n01440764/n01440764_1.JPEG"]
+    assert set(tench.features.feature) == SLIM_FEATURES
+    assert feature(tench, "image/class/label") == [1]
+    assert feature(tench, "image/class/synset") == [b"n01440764"]
+    assert feature(tench, "image/class/text") == [b"tench, Tinca tinca"]
+    assert feature(tench, "image/format") == [b"JPEG"] and feature(tench, "image/colorspace") == [b"RGB"]
+    assert (feature(tench, "image/height"), feature(tench, "image/width"), feature(tench, "image/channels")) == ([30], [36], [3])
+    for key in ("xmin", "ymin", "xmax", "ymax", "label"):
+        assert feature(tench, "image/object/bbox/" + key) == []
+    with open(str(tmp_path / "src" / "train" / "n01440764" / "n01440764_1.JPEG"), "rb") as f:
+        assert feature(tench, "image/encoded") == [f.read()]  # RGB JPEG: the original bytes
+    gray = examples["train/zebra_like/gray.png"]
+    assert feature(gray, "image/class/label") == [2] and feature(gray, "image/class/text") == [b"zebra_like"]
+    assert feature(gray, "image/format") == [b"PNG"]  # 8-bit grayscale PNG: kept; TF expands it to RGB
+    with open(str(tmp_path / "out" / "labels.txt")) as f:
+        assert f.read().splitlines() == ["background", "tench, Tinca tinca", "zebra_like"]
+
+
+def test_labels_file_orders_classes_and_rejects_unknown_folders(tmp_path):
+    src = image_folder(tmp_path / "src", {"a": 1, "b": 1})
+    write(tmp_path / "labels.txt", b"b\tthe b class\na\nc\n")
+    summary = build(src, tmp_path / "out", labels_file=str(tmp_path / "labels.txt"))
+    assert summary["classes"] == ["b", "a", "c"] and summary["num_classes"] == 4
+    labels = {feature(e, "image/class/synset")[0]: feature(e, "image/class/label")[0]
+              for e in all_records(str(tmp_path / "out"), "train")}
+    assert labels == {b"b": 1, b"a": 2}
+    with open(str(tmp_path / "out" / "labels.txt")) as f:
+        assert f.read().splitlines() == ["background", "the b class", "a", "c"]
+    write(tmp_path / "only_a.txt", b"a\n")
+    with pytest.raises(MbV3Error, match="train/b is not one of the 1 classes"):
+        build(src, tmp_path / "out2", labels_file=str(tmp_path / "only_a.txt"))
+
+
+def test_shard_names_counts_and_seeded_assignment(tmp_path):
+    src = image_folder(tmp_path / "src", {"a": 5, "b": 4})
+    summary = build(src, tmp_path / "out", shards=4)
+    shards = summary["splits"]["train"]["shards"]
+    assert [s["file"] for s in shards] == ["train-%05d-of-00004" % i for i in range(4)]
+    assert sorted(os.listdir(str(tmp_path / "out"))) == sorted([s["file"] for s in shards] + ["dataset.json", "labels.txt"])
+    sizes = [len(records(str(tmp_path / "out" / s["file"]))) for s in shards]
+    assert sizes == [s["records"] for s in shards] and sum(sizes) == 9 and min(sizes) >= 2
+    assert data.num_examples(str(tmp_path / "out"), "train") == 9
+
+    def contents(out):
+        return [[feature(e, "image/filename")[0] for e in records(os.path.join(out, s["file"]))]
+                for s in data.info(out)["splits"]["train"]["shards"]]
+    build(src, tmp_path / "same", shards=4)
+    build(src, tmp_path / "other", shards=4, seed=1)
+    assert contents(str(tmp_path / "out")) == contents(str(tmp_path / "same"))
+    assert contents(str(tmp_path / "out")) != contents(str(tmp_path / "other"))
+    # default: ~1000 images a shard, at least one; never more shards than images
+    assert [s["file"] for s in build(src, tmp_path / "one")["splits"]["train"]["shards"]] == ["train-00000-of-00001"]
+    assert len(build(src, tmp_path / "many", shards=50)["splits"]["train"]["shards"]) == 9
+
+
+def test_rerun_keeps_finished_shards_and_refuses_other_inputs(tmp_path, monkeypatch):
+    src = image_folder(tmp_path / "src", {"a": 4, "b": 4})
+    out = str(tmp_path / "out")
+    # An interrupted build: the second shard's writer dies; the first shard is complete.
+    real_prepare = data._prepare
+    fail_on = data._assign(data._plan(src, None, 0.0, None, 0)[2]["train"], 2, 0)[1][0].path
+
+    def dying(path):
+        if path == fail_on:
+            raise KeyboardInterrupt()
+        return real_prepare(path)
+    monkeypatch.setattr(data, "_prepare", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build(src, out, shards=2, workers=1)
+    monkeypatch.setattr(data, "_prepare", real_prepare)
+    assert sorted(os.listdir(out)) == ["dataset.json", "train-00000-of-00002"]  # no temporary file left
+    with pytest.raises(MbV3Error, match="incomplete"):
+        data.info(out)
+
+    first = os.path.join(out, "train-00000-of-00002")
+    os.utime(first, (1000000000, 1000000000))
+    summary = build(src, out, shards=2)
+    assert summary["reused_shards"] == 1 and summary["splits"]["train"]["written"] == 8
+    assert os.stat(first).st_mtime == 1000000000
+    mtimes = dict((n, os.stat(os.path.join(out, n)).st_mtime) for n in os.listdir(out) if n.startswith("train"))
+    assert build(src, out, shards=2)["reused_shards"] == 2
+    assert mtimes == dict((n, os.stat(os.path.join(out, n)).st_mtime) for n in os.listdir(out) if n.startswith("train"))
+
+    with pytest.raises(MbV3Error, match="other inputs"):
+        build(src, out, shards=3)
+    write(tmp_path / "src" / "train" / "b" / "new.png", encode(np.zeros((8, 8), np.uint8), "PNG"))
+    with pytest.raises(MbV3Error, match="other inputs.*train_files=8.*train_files=9"):
+        build(src, out, shards=2)
+    write(tmp_path / "foreign" / "notes.txt", b"mine")
+    with pytest.raises(MbV3Error, match="not empty and holds no dataset.json"):
+        build(src, tmp_path / "foreign")
+
+
+def test_val_split_holds_out_each_class_deterministically(tmp_path):
+    src = str(tmp_path / "digits")
+    assert data.write_digits_folder(src) == 1797
+    assert sorted(os.listdir(os.path.join(src, "train"))) == [str(d) for d in range(10)]
+    assert Image.open(os.path.join(src, "train", "3", "0003.png")).size == (32, 32)
+
+    def held_out(out, **kwargs):
+        build(src, tmp_path / out, val_split=0.1, **kwargs)
+        return sorted(feature(e, "image/filename")[0].decode() for e in all_records(str(tmp_path / out), "validation"))
+    first = held_out("a")
+    assert held_out("b") == first and held_out("c", seed=7) != first
+    per_class = {}
+    for name in first:
+        per_class[name.split("/")[1]] = per_class.get(name.split("/")[1], 0) + 1
+    sizes = {d: len(os.listdir(os.path.join(src, "train", d))) for d in per_class}
+    assert sorted(per_class) == [str(d) for d in range(10)]
+    assert all(per_class[d] == int(round(sizes[d] * 0.1)) for d in per_class)
+    info = data.info(str(tmp_path / "a"))
+    assert info["splits"]["train"]["written"] + info["splits"]["validation"]["written"] == 1797
+    assert [s["file"] for s in info["splits"]["validation"]["shards"]] == ["validation-00000-of-00001"]
+    train_names = {feature(e, "image/filename")[0].decode() for e in all_records(str(tmp_path / "a"), "train")}
+    assert not train_names & set(first)
+
+
+def test_validation_as_folders_and_as_ground_truth_file(tmp_path):
+    src = image_folder(tmp_path / "src", {"n01440764": 1, "n01443537": 1})
+    image_folder(tmp_path / "src", {"n01440764": 2, "n01443537": 1}, split="val", fmt="PNG", seed=50)
+    summary = build(src, tmp_path / "folders")
+    assert summary["splits"]["validation"]["written"] == 3
+    got = sorted((feature(e, "image/filename")[0], feature(e, "image/class/label")[0])
+                 for e in all_records(str(tmp_path / "folders"), "validation"))
+    assert got == [(b"val/n01440764/n01440764_0.png", 1), (b"val/n01440764/n01440764_1.png", 1),
+                   (b"val/n01443537/n01443537_0.png", 2)]
+
+    flat = tmp_path / "flat"
+    image_folder(flat, {"n01440764": 1, "n01443537": 1})
+    for i in (1, 2, 3):
+        write(flat / "validation" / ("ILSVRC2012_val_%08d.JPEG" % i), encode(picture(40, 50, i)))
+    write(tmp_path / "synsets.txt", b"n01443537\nn01440764\nn01443537\n")  # slim's: sorted filename order
+    build(str(flat), tmp_path / "slimstyle", val_labels_file=str(tmp_path / "synsets.txt"))
+    write(tmp_path / "pairs.txt", b"ILSVRC2012_val_00000003.JPEG n01443537\nILSVRC2012_val_00000001.JPEG n01443537\n"
+                                  b"ILSVRC2012_val_00000002.JPEG n01440764\n")
+    build(str(flat), tmp_path / "pairs", val_labels_file=str(tmp_path / "pairs.txt"))
+    for out in ("slimstyle", "pairs"):
+        got = sorted((feature(e, "image/filename")[0], feature(e, "image/class/label")[0])
+                     for e in all_records(str(tmp_path / out), "validation"))
+        assert got == [(b"validation/ILSVRC2012_val_00000001.JPEG", 2), (b"validation/ILSVRC2012_val_00000002.JPEG", 1),
+                       (b"validation/ILSVRC2012_val_00000003.JPEG", 2)]
+
+    with pytest.raises(MbV3Error, match="without class folders; give a validation labels file"):
+        build(str(flat), tmp_path / "x1")
+    write(tmp_path / "short.txt", b"n01443537\nn01440764\n")
+    with pytest.raises(MbV3Error, match="2 labels for 3 images"):
+        build(str(flat), tmp_path / "x2", val_labels_file=str(tmp_path / "short.txt"))
+    with pytest.raises(MbV3Error, match="has a validation folder"):
+        build(str(flat), tmp_path / "x3", val_labels_file=str(tmp_path / "synsets.txt"), val_split=0.5)
+
+
+def test_bad_files_are_skipped_reported_and_counted(tmp_path):
+    src = image_folder(tmp_path / "src", {"a": 3})
+    good = encode(picture(60, 60, 1))
+    write(tmp_path / "src" / "train" / "a" / "corrupt.jpg", b"\xff\xd8\xff\xe0" + os.urandom(500))
+    write(tmp_path / "src" / "train" / "a" / "empty.png", b"")
+    write(tmp_path / "src" / "train" / "a" / "truncated.jpeg", good[:len(good) // 2])
+    write(tmp_path / "src" / "train" / "a" / "README.txt", b"not an image")
+    lines = []
+    summary = data.build(str(src), str(tmp_path / "out"), log=lines.append)
+    split = summary["splits"]["train"]
+    assert (split["written"], split["skipped"], split["files"], split["ignored"]) == (3, 3, 6, 1)
+    reasons = {s["path"]: s["reason"] for s in summary["skipped"]}
+    assert sorted(reasons) == ["train/a/corrupt.jpg", "train/a/empty.png", "train/a/truncated.jpeg"]
+    assert reasons["train/a/empty.png"] == "empty file (0 bytes)"
+    assert "truncated" in reasons["train/a/truncated.jpeg"]
+    for name in ("corrupt.jpg", "empty.png", "truncated.jpeg"):
+        assert any(line.startswith("skipped ") and name in line for line in lines), lines
+    assert any("6/6 images (3 skipped)" in line and "images/s" in line for line in lines), lines
+    with open(str(tmp_path / "out" / "dataset.json")) as f:
+        meta = json.load(f)
+    assert meta["splits"]["train"]["skipped"] == 3 and len(meta["skipped"]) == 3
+    assert len(all_records(str(tmp_path / "out"), "train")) == 3
+
+
+def test_unusual_images_are_converted_to_rgb_jpeg(tmp_path):
+    root = tmp_path / "src" / "train" / "x"
+    rgb = picture(20, 30, 3)
+    inputs = {
+        "cmyk.jpg": save(Image.fromarray(rgb).convert("CMYK"), "JPEG"),
+        "palette.png": save(Image.fromarray(rgb).convert("P"), "PNG"),
+        "rgba.png": encode(np.dstack([rgb, np.full(rgb.shape[:2], 200, np.uint8)]), "PNG", "RGBA"),
+        "deep.png": encode(np.arange(600, dtype=np.uint16).reshape(20, 30) * 100, "PNG"),  # 16-bit gray
+        "picture.bmp": encode(rgb, "BMP"),
+        "anim.gif": encode(rgb, "GIF"),
+        "photo.webp": encode(rgb, "WEBP", lossless=True),
+        "plain.png": encode(rgb, "PNG"),
+    }
+    for name, payload in inputs.items():
+        inputs[name] = write(root / name, payload)
+    summary = build(str(tmp_path / "src"), tmp_path / "out")
+    assert summary["splits"]["train"]["converted"] == 7 and summary["splits"]["train"]["skipped"] == 0
+    examples = {feature(e, "image/filename")[0].decode().split("/")[-1]: e for e in all_records(str(tmp_path / "out"), "train")}
+    assert feature(examples["plain.png"], "image/format") == [b"PNG"]
+    for name, path in inputs.items():
+        example = examples[name]
+        encoded = feature(example, "image/encoded")[0]
+        decoded = tf.io.decode_image(encoded, channels=3, expand_animations=False).numpy()
+        assert decoded.shape == (20, 30, 3), name
+        if name != "plain.png":
+            assert feature(example, "image/format") == [b"JPEG"] and encoded[:2] == b"\xff\xd8", name
+        # what the server's decoder shows, up to JPEG quality 95 (the palette image is dithered noise)
+        expected = imageprep.decode(open(path, "rb").read()).astype(int)
+        assert np.abs(decoded.astype(int) - expected).mean() < 5, name
+
+
+def test_exif_rotated_jpeg_is_stored_upright(tmp_path):
+    img = Image.fromarray(picture(20, 40, 4))
+    exif = img.getexif()
+    exif[0x0112] = 6
+    buf = io.BytesIO()
+    img.save(buf, "JPEG", exif=exif)
+    write(tmp_path / "src" / "train" / "x" / "rotated.jpg", buf.getvalue())
+    build(str(tmp_path / "src"), tmp_path / "out")
+    (example,) = all_records(str(tmp_path / "out"), "train")
+    assert (feature(example, "image/height"), feature(example, "image/width")) == ([40], [20])
+
+
+def test_builder_input_errors(tmp_path):
+    with pytest.raises(MbV3Error, match="no image folder"):
+        build(str(tmp_path / "missing"), tmp_path / "out")
+    os.makedirs(str(tmp_path / "empty" / "train" / "a"))
+    with pytest.raises(MbV3Error, match="no images under"):
+        build(str(tmp_path / "empty"), tmp_path / "out")
+    with pytest.raises(MbV3Error, match="val_split"):
+        build(image_folder(tmp_path / "src", {"a": 2}), tmp_path / "out", val_split=1.5)
+
+
+# --- reading ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def small_set(tmp_path_factory):
+    """12 solid-gray PNGs (distinct levels) in 2 classes, 4 train shards, 4 held-out images."""
+    root = tmp_path_factory.mktemp("small")
+    solid_folder(root / "src", per_class=8)
+    data.build(str(root / "src"), str(root / "out"), shards=4, val_split=0.25, log=quiet, workers=2)
+    return str(root / "out")
+
+
+def levels(images):
+    """The gray level (0-255) each eval image was made from."""
+    return sorted(int(round((float(np.mean(x)) / 2.0 + 0.5) * 255)) for x in images)
+
+
+def test_reader_shapes_dtypes_ranges(small_set):
+    images, labels = next(iter(data.dataset(small_set, "train", 5, 24, training=True)))
+    assert images.shape == (5, 24, 24, 3) and images.dtype == tf.float32
+    assert labels.shape == (5,) and labels.dtype == tf.int32
+    assert float(tf.reduce_min(images)) >= -1.0 and float(tf.reduce_max(images)) <= 1.0
+    assert set(labels.numpy()) <= {1, 2}
+    assert data.dataset(small_set, "train", 5, 24, training=True).element_spec[0].shape.as_list() == [5, 24, 24, 3]
+
+
+def test_eval_keeps_last_partial_batch_and_every_image(small_set):
+    batches = list(data.dataset(small_set, "train", 5, 8, training=False))
+    assert [b[0].shape[0] for b in batches] == [5, 5, 2]
+    assert data.num_examples(small_set, "train") == 12 and data.num_examples(small_set, "val") == 4
+    all_levels = levels(x for b in batches for x in b[0].numpy())
+    assert len(set(all_levels)) == 12
+    # training drops the remainder and repeats
+    train = data.dataset(small_set, "train", 5, 8, training=True, shuffle_buffer=4)
+    assert [b[0].shape[0] for b in train.take(4)] == [5, 5, 5, 5]
+
+
+def test_deterministic_reader_repeats_exactly(small_set):
+    def run(seed):
+        ds = data.dataset(small_set, "train", 4, 16, training=True, deterministic=True, seed=seed, shuffle_buffer=6)
+        return [(x.numpy(), y.numpy()) for x, y in ds.take(6)]
+    first, again, other = run(3), run(3), run(4)
+    for (x1, y1), (x2, y2) in zip(first, again):
+        np.testing.assert_array_equal(x1, x2)
+        np.testing.assert_array_equal(y1, y2)
+    assert any(not np.array_equal(a[0], b[0]) for a, b in zip(first, other))
+
+
+def test_input_context_splits_files_between_pipelines(small_set):
+    def read(pipeline, pipelines=2, split="train"):
+        ctx = tf.distribute.InputContext(num_input_pipelines=pipelines, input_pipeline_id=pipeline)
+        stats = {}
+        ds = data.dataset(small_set, split, 3, 8, training=False, input_context=ctx, stats=stats)
+        return levels(x for b in ds for x in b[0].numpy()), stats
+    (zero, stats0), (one, stats1) = read(0), read(1)
+    shards = data.info(small_set)["splits"]["train"]["shards"]
+    assert len(zero) == shards[0]["records"] + shards[2]["records"] == stats0["expected"]
+    assert len(one) == shards[1]["records"] + shards[3]["records"] == stats1["expected"]
+    assert not set(zero) & set(one) and len(set(zero) | set(one)) == 12
+    # fewer files than pipelines (validation has one shard): records are dealt out instead
+    (a, _), (b, _) = read(0, split="validation"), read(1, split="validation")
+    assert len(a) == len(b) == 2 and not set(a) & set(b)
+
+
+def _rewrite_shard(path, change):
+    examples = records(path)
+    change(examples)
+    with tf.io.TFRecordWriter(path) as writer:
+        for example in examples:
+            writer.write(example if isinstance(example, bytes) else example.SerializeToString())
+    return len(examples)
+
+
+def test_corrupt_image_in_a_shard_is_skipped_and_counted(small_set, tmp_path):
+    import shutil
+    out = str(tmp_path / "copy")
+    shutil.copytree(small_set, out)
+    shard = os.path.join(out, data.info(out)["splits"]["train"]["shards"][0]["file"])
+
+    def spoil(examples):
+        examples[0].features.feature["image/encoded"].bytes_list.value[0] = b"\x89PNG garbage"
+        examples.append(b"not a tf.train.Example at all")
+    _rewrite_shard(shard, spoil)
+    stats = {}
+    got = [x for b in data.dataset(out, "train", 4, 8, training=False, stats=stats) for x in b[0].numpy()]
+    assert len(got) == 11 and len(set(levels(got))) == 11
+    assert data.read_stats(stats) == {"records": 13, "images": 11, "skipped": 2, "expected": 12}
+    assert int(stats["skipped"]) == 2  # the variables convert as they are
+
+
+def test_truncated_shard_does_not_stop_reading(small_set, tmp_path):
+    import shutil
+    out = str(tmp_path / "copy")
+    shutil.copytree(small_set, out)
+    shards = data.info(out)["splits"]["train"]["shards"]
+    path = os.path.join(out, shards[1]["file"])
+    with open(path, "rb") as f:
+        payload = f.read()
+    with open(path, "wb") as f:
+        f.write(payload[:len(payload) - 30])  # the last record loses its tail and its CRC
+    stats = {}
+    got = [x for b in data.dataset(out, "train", 4, 8, training=False, stats=stats) for x in b[0].numpy()]
+    assert len(got) == 11
+    counts = data.read_stats(stats)
+    assert counts["expected"] - counts["records"] == 1 and counts["skipped"] == 0
+    # training keeps going past the damaged file, pass after pass
+    assert len(list(data.dataset(out, "train", 4, 8, training=True, shuffle_buffer=4).take(10))) == 10
+
+
+def test_reader_errors_and_empty_split(tmp_path, small_set):
+    with pytest.raises(MbV3Error, match="no data set at"):
+        data.info(str(tmp_path / "missing"))
+    os.makedirs(str(tmp_path / "plain"))
+    with pytest.raises(MbV3Error, match="holds no dataset.json"):
+        data.dataset(str(tmp_path / "plain"), "train", 2, 8, training=True)
+    src = image_folder(tmp_path / "src", {"a": 1})
+    build(src, tmp_path / "trainonly")
+    with pytest.raises(MbV3Error, match="no shards for split 'validation' \\(it has: train\\)"):
+        data.num_examples(str(tmp_path / "trainonly"), "validation")
+    os.remove(str(tmp_path / "trainonly" / "train-00000-of-00001"))
+    with pytest.raises(MbV3Error, match="shard train-00000-of-00001 is missing"):
+        data.dataset(str(tmp_path / "trainonly"), "train", 2, 8, training=False)
+
+    write(tmp_path / "bad" / "train" / "a" / "broken.png", b"\x89PNG\r\n\x1a\nbroken")
+    summary = build(str(tmp_path / "bad"), tmp_path / "empty")
+    assert summary["splits"]["train"]["written"] == 0 and summary["splits"]["train"]["skipped"] == 1
+    assert data.num_examples(str(tmp_path / "empty"), "train") == 0
+    assert list(data.dataset(str(tmp_path / "empty"), "train", 2, 8, training=False)) == []

@@ -55,11 +55,24 @@ def run_frozen(graph_def, batch):
         return sess.run(OUTPUT + ":0", {INPUT + ":0": batch})
 
 
+def _scalars_as_vectors(graph_def):
+    """A copy with float scalar constants as shape [1]: the same broadcast arithmetic, but tf2onnx's
+    transpose optimizer (which removes the NHWC<->NCHW transposes around every conv) fails on scalar
+    addends and leaves the transposes in."""
+    out = tf.compat.v1.GraphDef()
+    out.CopyFrom(graph_def)
+    for node in out.node:
+        tensor = node.attr["value"].tensor if node.op == "Const" else None
+        if tensor is not None and tensor.dtype == tf.float32.as_datatype_enum and not tensor.tensor_shape.dim:
+            tensor.tensor_shape.dim.add().size = 1
+    return out
+
+
 def to_onnx(graph_def, opset=ONNX_OPSET):
     """ONNX ModelProto with graph input `input` [batch, H, W, 3] and output `logits` [batch, classes]."""
     import tf2onnx
     model, _ = tf2onnx.convert.from_graph_def(
-        graph_def, input_names=[INPUT + ":0"], output_names=[OUTPUT + ":0"], opset=opset)
+        _scalars_as_vectors(graph_def), input_names=[INPUT + ":0"], output_names=[OUTPUT + ":0"], opset=opset)
     renames = {INPUT + ":0": INPUT, OUTPUT + ":0": OUTPUT}
     for node in model.graph.node:
         node.input[:] = [renames.get(n, n) for n in node.input]

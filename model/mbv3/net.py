@@ -237,9 +237,10 @@ def initial_value(spec, rng):
 
 # --- the forward pass -------------------------------------------------------------------------
 
-# Shape-[1] constants rather than scalars: same arithmetic, and tf2onnx's transpose optimizer
-# (which removes the NHWC<->NCHW transposes around every conv) cannot handle scalar addends.
-_THREE = np.full([1], 3, np.float32)
+# A scalar, as slim: a shape-[1] constant makes Grappler fuse Conv2D+BiasAdd+Add into a oneDNN
+# primitive that rejects the broadcast (inference-mode tf.functions then fail on CPU).
+# export.to_onnx reshapes it for tf2onnx, whose transpose optimizer cannot handle scalar addends.
+_THREE = np.float32(3)
 
 
 def hard_swish(x):

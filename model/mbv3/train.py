@@ -30,6 +30,15 @@ def _log_to_stderr(msg):
     sys.stderr.flush()
 
 
+def _tensorboard_available():
+    """tf.summary's scalar ops live in the tensorboard package, which TF 2.16+ no longer installs."""
+    try:
+        import tensorboard  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
 def format_duration(seconds):
     seconds = int(max(seconds, 0))
     days, rest = divmod(seconds, 86400)
@@ -267,7 +276,10 @@ class Trainer(object):
         loop = self._build_loop()
         writer = None
         if cfg.log.summaries and self.target.is_chief:
-            writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+            if _tensorboard_available():
+                writer = tf.summary.create_file_writer(os.path.join(self.model_dir, "train"))
+            else:
+                self.log("TensorBoard is not installed: no summaries this run (pip install tensorboard)")
         handlers = {}
         for sig in (signal.SIGINT, signal.SIGTERM):
             try:

@@ -82,6 +82,14 @@ def test_metadata_labels_and_hashes(large_bundle):
         assert len(f.read().splitlines()) == 1001
 
 
+def test_onnx_graph_has_no_layout_transposes_inside(large_bundle):
+    import onnx
+    model = onnx.load(str(large_bundle[0] / "bundle" / "model.onnx"))
+    ops = [n.op_type for n in model.graph.node]
+    assert ops.count("Transpose") <= 1       # only the NHWC input's; one per conv would be ~60
+    assert ops.count("Conv") == 64 and "BatchNormalization" not in ops   # batch norm folded into convs
+
+
 def test_onnx_has_dynamic_batch_and_plain_names(large_bundle):
     clf = runtime.OnnxClassifier(str(large_bundle[0] / "bundle"))
     inp, out = clf.session.get_inputs()[0], clf.session.get_outputs()[0]

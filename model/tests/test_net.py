@@ -98,6 +98,15 @@ def test_every_variant_runs(variant):
     assert np.isfinite(logits.numpy()).all()
 
 
+@pytest.mark.parametrize("variant", ["large", "small"])
+def test_inference_in_a_tf_function(variant):
+    """Grappler rewrites graphs, not eager ops: a oneDNN fusion once broke squeeze-excite here."""
+    model = net.MobileNetV3(variant, 1.0, num_classes=11)
+    images = tf.random.uniform([3, 64, 64, 3], -1, 1, seed=3)
+    graph = tf.function(lambda x: model(x, training=False))(images).numpy()
+    np.testing.assert_allclose(graph, model(images).numpy(), rtol=1e-4, atol=1e-4 * np.abs(graph).max())
+
+
 def test_training_mode_uses_batch_statistics_and_updates_moving_averages():
     config = net.Config(bn_decay=0.9, dropout_keep=1.0)
     model = net.MobileNetV3("small", 0.5, num_classes=5, config=config)

@@ -1,0 +1,184 @@
+"""The training system as a user drives it, through the `mbv3` command in subprocesses, on real data
+nobody here made: scikit-learn's handwritten digits written as an ImageNet-layout image folder."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from mbv3 import checkpoint, data, digits
+
+from conftest import assert_one_line_error, run_cli
+
+CLI = [sys.executable, "-c", "import sys; from mbv3.cli import main; sys.exit(main())"]
+
+
+@pytest.fixture(scope="module")
+def digits_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("digits")
+    assert digits.write_digits_folder(str(root / "images"), size=64) == 1797
+    result = run_cli("data", "build", "--images", root / "images", "--output", root / "data", "--val-split", "0.2")
+    assert result.returncode == 0, result.stderr
+    meta = json.loads((root / "data" / "dataset.json").read_text())
+    assert meta["num_classes"] == 11
+    return root
+
+
+def test_digits_converge_and_serve(digits_data, tmp_path):
+    """data build -> train (digits-cpu recipe) -> eval >= 0.90 held-out top-1 -> export -> predict."""
+    run = tmp_path / "run"
+    start = time.time()
+    result = run_cli("train", "--config", "digits-cpu", "--data", digits_data / "data", "--model-dir", run, timeout=900)
+    seconds = time.time() - start
+    assert result.returncode == 0, result.stderr[-3000:]
+    progress = [l for l in result.stderr.splitlines() if l.startswith("step ")]
+    assert progress and "step 660/660 (100.0%)" in progress[-1]
+    for field in ("loss ", "top1 ", "lr ", "img/s", "ETA "):
+        assert field in progress[0]
+    assert (run / "config.yaml").exists() and (run / "labels.txt").exists()
+    assert any(name.startswith("events.out.tfevents") for name in os.listdir(str(run / "train")))
+
+    result = run_cli("eval", "--checkpoint", run, "--data", digits_data / "data")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads(result.stdout)
+    assert evaluation["examples"] == data.num_examples(str(digits_data / "data"), "validation") == 359
+    assert evaluation["weights"] == "ema" and evaluation["image_size"] == 64
+    assert evaluation["top1"] >= 0.90, evaluation
+    assert os.path.exists(evaluation["written_to"])
+    print("digits: trained in %.0f s, held-out top-1 %.4f" % (seconds, evaluation["top1"]))
+
+    # the trained model, exported and served through ONNX Runtime, reads digits it never trained on
+    result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle", "--input-size", "64")
+    assert result.returncode == 0, result.stderr[-2000:]
+    held_out = _validation_files(digits_data)[:20]
+    result = run_cli("predict", "--bundle", tmp_path / "bundle", "--top-k", "1", *[p for p, _ in held_out])
+    assert result.returncode == 0, result.stderr[-2000:]
+    predicted = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  1.")]
+    correct = sum(p == label for p, (_, label) in zip(predicted, held_out))
+    assert correct >= 17, list(zip(predicted, held_out))
+
+
+def _validation_files(root):
+    """(path, class name) of held-out images, read back from the validation records."""
+    out = []
+    for record in tf.data.TFRecordDataset(
+            [str(root / "data" / s["file"]) for s in data.info(str(root / "data"))["splits"]["validation"]["shards"]]):
+        example = tf.train.Example.FromString(record.numpy())
+        feature = example.features.feature
+        out.append((str(root / "images" / feature["image/filename"].bytes_list.value[0].decode()),
+                    feature["image/class/text"].bytes_list.value[0].decode()))
+    return out
+
+
+def test_sigkill_then_resume(digits_data, tmp_path):
+    run = tmp_path / "run"
+    cmd = CLI + ["train", "--config", "smoke", "--data", str(digits_data / "data"), "--model-dir", str(run),
+                 "--set", "train.steps=400", "--set", "checkpoint.every_steps=10", "--set", "log.every_steps=10"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 300
+    killed_at = None
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            step = checkpoint.Reader(str(run)).step
+        except Exception:
+            step = None
+        if step and step >= 30:
+            proc.send_signal(signal.SIGKILL)
+            proc.wait()
+            killed_at = checkpoint.Reader(str(run)).step
+            break
+        time.sleep(0.2)
+    proc.communicate()
+    assert killed_at is not None and 30 <= killed_at < 400, "the run ended before it could be killed"
+    assert proc.returncode == -signal.SIGKILL
+
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from %s/model.ckpt-%d at step %d" % (run, killed_at, killed_at) in result.stderr
+    first = [l for l in result.stderr.splitlines() if l.startswith("step ")][0]
+    assert int(first.split()[1].split("/")[0]) > killed_at      # the step continues, not restarts
+    reader = checkpoint.Reader(str(run))
+    assert reader.step == 400 and reader.has_ema and "MobilenetV3/Conv/weights/Momentum" in reader.shapes
+    result = run_cli("eval", "--checkpoint", run, "--data", digits_data / "data")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads(result.stdout)["examples"] == 359
+
+
+def test_fine_tune_from_another_checkpoint_with_other_classes(digits_data, tmp_path):
+    imagenet = tmp_path / "imagenet"
+    assert run_cli("init", "--model-dir", imagenet, "--variant", "small", "--multiplier", "0.35").returncode == 0
+    result = run_cli("train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", tmp_path / "run",
+                     "--set", "train.init_from=%s" % imagenet, "--set", "train.reinit_classifier=true",
+                     "--set", "train.steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "re-initialised 2 classifier variables" in result.stderr
+    assert "starting at step 0" in result.stderr
+    fine, start = checkpoint.Reader(str(tmp_path / "run")), checkpoint.Reader(str(imagenet))
+    assert fine.step == 10 and fine.shapes["MobilenetV3/Logits/Conv2d_1c_1x1/weights"] == (1, 1, 1024, 11)
+    assert start.shapes["MobilenetV3/Logits/Conv2d_1c_1x1/weights"] == (1, 1, 1024, 1001)
+    result = run_cli("train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", tmp_path / "run2",
+                     "--set", "train.init_from=%s" % imagenet)
+    assert_one_line_error(result, "shape mismatch for MobilenetV3/Logits/Conv2d_1c_1x1/weights")
+
+
+def test_corrupt_record_is_skipped_in_training_and_counted_in_eval(digits_data, tmp_path):
+    import shutil
+    bad = tmp_path / "data"
+    shutil.copytree(str(digits_data / "data"), str(bad))
+    meta = json.loads((bad / "dataset.json").read_text())
+    for split in ("train", "validation"):
+        shard = meta["splits"][split]["shards"][0]
+        path = str(bad / shard["file"])
+        records = [r.numpy() for r in tf.data.TFRecordDataset(path)]
+        garbage = data.make_example(b"\xff\xd8 not really a jpeg", "JPEG", 64, 64, 3, "3", "3", "bad.jpg")
+        with tf.io.TFRecordWriter(path) as writer:
+            for r in records[:5] + [garbage.SerializeToString()] + records[5:]:
+                writer.write(r)
+        shard["records"] += 1
+        meta["splits"][split]["num_examples"] += 1
+        meta["splits"][split]["written"] += 1
+    (bad / "dataset.json").write_text(json.dumps(meta))
+    result = run_cli("train", "--config", "smoke", "--data", bad, "--model-dir", tmp_path / "run",
+                     "--set", "train.steps=200", "--set", "data.shuffle_buffer=0")
+    assert result.returncode == 0, result.stderr[-3000:]   # an epoch is ~180 steps: the bad record was read
+    result = run_cli("eval", "--checkpoint", tmp_path / "run", "--data", bad)
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads(result.stdout)
+    assert evaluation["skipped_records"] == 1 and evaluation["examples"] == 359
+    assert evaluation["expected_examples"] == 360
+
+
+@pytest.mark.parametrize("case", ["no-data", "empty-dir", "config-key", "recipe", "classes"])
+def test_bad_input_is_one_clear_line(digits_data, tmp_path, case):
+    base = ["train", "--config", "smoke", "--model-dir", tmp_path / "run"]
+    if case == "no-data":
+        assert_one_line_error(run_cli(*base, "--data", tmp_path / "missing"), "missing")
+    elif case == "empty-dir":
+        (tmp_path / "empty").mkdir()
+        assert_one_line_error(run_cli(*base, "--data", tmp_path / "empty"), "dataset.json")
+    elif case == "config-key":
+        assert_one_line_error(run_cli(*base, "--data", digits_data / "data", "--set", "train.lerning_rate=1"),
+                              "unknown config key train.lerning_rate (did you mean train.learning_rate?)")
+    elif case == "recipe":
+        assert_one_line_error(run_cli("train", "--config", "gpu-8p", "--data", digits_data / "data",
+                                      "--model-dir", tmp_path / "run"), "no recipe 'gpu-8p'")
+    else:
+        assert_one_line_error(run_cli(*base, "--data", digits_data / "data", "--set", "model.num_classes=1001"),
+                              "model.num_classes is 1001 but the data set")
+    assert not (tmp_path / "run").exists() or not os.listdir(str(tmp_path / "run"))
+
+
+def test_eval_counts_the_last_partial_batch(digits_data, tmp_path):
+    run = tmp_path / "run"
+    assert run_cli("train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", run,
+                   "--set", "train.steps=5").returncode == 0
+    result = run_cli("eval", "--checkpoint", run, "--data", digits_data / "data", "--batch-size", "100", "--no-ema")
+    evaluation = json.loads(result.stdout)
+    assert evaluation["examples"] == 359 and evaluation["weights"] == "raw"  # 3 full batches + 59
+    assert 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
+    assert np.isclose(evaluation["top1"] * 359, round(evaluation["top1"] * 359))

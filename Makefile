@@ -6,12 +6,16 @@ CHECKPOINT ?= runs/init
 BUNDLE     ?= bundles/mbv3
 IMAGES     ?=
 BENCH_DIR  ?= build/bench
+DATA       ?= data/tfrecords
+RUN        ?= runs/mbv3
+RECIPE     ?= digits-cpu
+DEMO_DIR   ?= build/digits
 
 PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint init export predict bench bench-onnx clean
+.PHONY: help venv test lint init train eval export predict demo bench bench-onnx bench-train clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
@@ -33,19 +37,35 @@ lint: venv ## Python 3.7 syntax check of mbv3 (vermin) and ruff
 init: venv ## write a randomly initialised step-0 checkpoint into CHECKPOINT
 	$(MBV3) init --model-dir $(CHECKPOINT)
 
+train: venv ## train RECIPE on DATA into RUN (resumes; override with SET="train.steps=100 ...")
+	$(MBV3) train --config $(RECIPE) --data $(DATA) --model-dir $(RUN) $(foreach s,$(SET),--set $(s))
+
+eval: venv ## top-1/top-5 of RUN's latest checkpoint on DATA's validation split
+	$(MBV3) eval --checkpoint $(RUN) --data $(DATA)
+
+demo: venv ## the whole path on scikit-learn's digits: images -> TFRecords -> train -> eval -> bundles/digits
+	$(PY) -c "from mbv3 import digits; digits.write_digits_folder('$(DEMO_DIR)/images', size=64)"
+	$(MBV3) data build --images $(DEMO_DIR)/images --output $(DEMO_DIR)/data --val-split 0.2
+	$(MBV3) train --config digits-cpu --data $(DEMO_DIR)/data --model-dir $(DEMO_DIR)/run
+	$(MBV3) eval --checkpoint $(DEMO_DIR)/run --data $(DEMO_DIR)/data
+	$(MBV3) export --checkpoint $(DEMO_DIR)/run --output bundles/digits --input-size 64
+
 export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen graph + model.json + labels)
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
 
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
 	$(MBV3) predict --bundle $(BUNDLE) $(IMAGES)
 
-bench: bench-onnx ## every benchmark
+bench: bench-onnx bench-train ## every benchmark
 
 bench-onnx: venv ## ONNX Runtime latency of V3_LARGE at batch 1 and 8, next to TensorFlow on the same graph
 	@test -f $(BENCH_DIR)/bundle/model.json || { set -x; rm -rf $(BENCH_DIR)/ckpt && \
 	  $(MBV3) init --model-dir $(BENCH_DIR)/ckpt && \
 	  $(MBV3) export --checkpoint $(BENCH_DIR)/ckpt --output $(BENCH_DIR)/bundle; }
 	$(MBV3) benchmark --bundle $(BENCH_DIR)/bundle --batch 1 8 --json $(BENCH_DIR)/onnx-latency.json
+
+bench-train: venv ## training images/s of V3_LARGE 224 batch 32 vs keras MobileNetV3Large.fit, same run
+	$(PY) model/benchmarks/train_throughput.py --steps 10 --json $(BENCH_DIR)/train-throughput.json
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)
 	rm -rf build .pytest_cache

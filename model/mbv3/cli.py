@@ -133,6 +133,10 @@ def cmd_train(args):
     _quiet_tensorflow()
     from . import train
     summary = train.train(args.config, args.data, args.model_dir, overrides=args.set)
+    if summary["stopped_by_signal"]:
+        _say("stopped at step %d of %d by signal %d; latest checkpoint %s; rerun the same command to resume"
+             % (summary["step"], summary["total_steps"], summary["stopped_by_signal"], summary["checkpoint"]))
+        return 128 + summary["stopped_by_signal"]
     _say("done: step %d of %d, latest checkpoint %s" % (summary["step"], summary["total_steps"], summary["checkpoint"]))
     return 0
 

@@ -254,7 +254,7 @@ class Trainer(object):
     # --- the run -----------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
         self.log("received signal %d: saving a checkpoint after the current steps, then stopping" % signum)
-        self._stop = True
+        self._stop = signum
 
     def run(self):
         cfg = self.cfg
@@ -339,7 +339,8 @@ class Trainer(object):
 
     def summary(self, step):
         return {"model_dir": self.model_dir, "step": step, "total_steps": self.total_steps,
-                "checkpoint": checkpoint.resolve_prefix(self.model_dir) if self.target.is_chief else None}
+                "checkpoint": checkpoint.resolve_prefix(self.model_dir) if self.target.is_chief else None,
+                "stopped_by_signal": self._stop or None}
 
 
 def train(recipe_name, data_dir, model_dir, overrides=(), log=_log_to_stderr, target=None):

@@ -109,6 +109,23 @@ def test_sigkill_then_resume(digits_data, tmp_path):
     assert json.loads(result.stdout)["examples"] == 359
 
 
+def test_sigterm_saves_the_current_step_and_exits(digits_data, tmp_path):
+    run = tmp_path / "run"
+    cmd = CLI + ["train", "--config", "smoke", "--data", str(digits_data / "data"), "--model-dir", str(run),
+                 "--set", "train.steps=100000", "--set", "checkpoint.every_steps=50", "--set", "log.every_steps=7"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not os.path.exists(str(run / "model.ckpt-50.index")):
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]
+    stopped = [l for l in err.splitlines() if l.startswith("stopped at step")]
+    assert stopped and "rerun the same command to resume" in stopped[0]
+    step = int(stopped[0].split()[3])
+    assert step > 50 and checkpoint.Reader(str(run)).step == step   # the last steps were saved, not lost
+
+
 def test_fine_tune_from_another_checkpoint_with_other_classes(digits_data, tmp_path):
     imagenet = tmp_path / "imagenet"
     assert run_cli("init", "--model-dir", imagenet, "--variant", "small", "--multiplier", "0.35").returncode == 0

@@ -10,21 +10,24 @@ DATA       ?= data/tfrecords
 RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
+MODEL      ?=
+HOST       ?= 127.0.0.1
+PORT       ?= 8000
 
 PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint init train eval export predict demo bench bench-onnx bench-train clean
+.PHONY: help venv test lint init train eval export predict demo serve bench bench-onnx bench-train bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
 
-venv: $(VENV)/.installed ## create .venv: pinned CPU stack (tensorflow-cpu, tf2onnx, onnxruntime) + mbv3
-$(VENV)/.installed: requirements/cpu.txt requirements/dev.txt model/pyproject.toml
+venv: $(VENV)/.installed ## create .venv: pinned CPU stack (tensorflow-cpu, tf2onnx, onnxruntime), mbv3, the service
+$(VENV)/.installed: requirements/*.txt model/pyproject.toml services/classifier/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -r requirements/dev.txt -e model
+	$(PY) -m pip install --quiet -r requirements/dev.txt -e model -e services/classifier
 	touch $@
 
 test: venv ## run the test suite (what CI runs)
@@ -56,7 +59,11 @@ export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen grap
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
 	$(MBV3) predict --bundle $(BUNDLE) $(IMAGES)
 
-bench: bench-onnx bench-train ## every benchmark
+serve: venv ## the classifier on HOST:PORT: MODEL (bundle or checkpoint), else the official ImageNet checkpoint, else the digits demo
+	MODEL_DIR="$$($(MBV3) default-bundle --model "$(MODEL)")" && \
+	  export MODEL_DIR HOST="$(HOST)" PORT="$(PORT)" && exec $(PY) -m classifier
+
+bench: bench-onnx bench-train bench-serve ## every benchmark
 
 bench-onnx: venv ## ONNX Runtime latency of V3_LARGE at batch 1 and 8, next to TensorFlow on the same graph
 	@test -f $(BENCH_DIR)/bundle/model.json || { set -x; rm -rf $(BENCH_DIR)/ckpt && \
@@ -66,6 +73,10 @@ bench-onnx: venv ## ONNX Runtime latency of V3_LARGE at batch 1 and 8, next to T
 
 bench-train: venv ## training images/s of V3_LARGE 224 batch 32 vs keras MobileNetV3Large.fit, same run
 	$(PY) model/benchmarks/train_throughput.py --steps 10 --json $(BENCH_DIR)/train-throughput.json
+
+bench-serve: venv ## HTTP service latency and throughput at concurrency 1, 8, 32 vs in-process ONNX Runtime (real JPEGs)
+	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle \
+	  --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)
 	rm -rf build .pytest_cache

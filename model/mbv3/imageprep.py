@@ -27,18 +27,45 @@ class ImageError(ValueError):
     """The bytes are not an image Pillow can decode."""
 
 
-def decode(data):
-    """RGB uint8 HxWx3 from encoded bytes: EXIF orientation applied, first frame, any mode to RGB."""
+class ImageTooLarge(ImageError):
+    """More pixels than the caller allows (decompression-bomb protection)."""
+
+
+def decode(data, max_pixels=None):
+    """RGB uint8 HxWx3 from encoded bytes: the first frame of animations, EXIF orientation applied,
+    any mode (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB. The pixel count is checked from
+    the header before anything is decoded, so a decompression bomb costs nothing."""
     from PIL import Image, ImageOps, UnidentifiedImageError
+    if not data:
+        raise ImageError("empty image")
     try:
         with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            if max_pixels and width * height > max_pixels:
+                raise ImageTooLarge("image is %dx%d pixels, over the limit of %d" % (width, height, max_pixels))
             img.seek(0)
+            img.load()
             img = ImageOps.exif_transpose(img)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8)
+            return _to_rgb(img)
     except UnidentifiedImageError:
         raise ImageError("not an image in a format Pillow recognises")
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
+    except ImageError:
+        raise
+    except Image.DecompressionBombError as e:  # Pillow's own guard fires in open(), before ours
+        raise ImageTooLarge(str(e))
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
         raise ImageError("cannot decode image: %s" % e)
+
+
+def _to_rgb(img):
+    """8-bit RGB. Alpha is dropped as TensorFlow's decode_png(channels=3) drops it, so the server
+    sees what training saw; 16- and 32-bit grayscale is scaled down, not clipped."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    return np.asarray(img.convert("RGB"), dtype=np.uint8)
 
 
 def central_crop(image, fraction):
@@ -73,10 +100,14 @@ def resize_bilinear(image, height, width):
     return top + (bottom - top) * wy
 
 
-def eval_transform(rgb, size, prep=None):
-    """float32 [size, size, 3] model input from an RGB uint8 image."""
+def eval_transform(rgb, size, prep=None, normalize=True):
+    """float32 [size, size, 3] model input from an RGB uint8 image; with normalize=False, the
+    cropped and resized uint8 image (for an .om whose AIPP stage normalises on the device)."""
     prep = prep or EVAL_PREPROCESSING
     height, width = (size, size) if np.isscalar(size) else size
+    if not normalize:
+        image = resize_bilinear(central_crop(rgb, prep["crop_fraction"]).astype(np.float32), height, width)
+        return np.clip(np.round(image), 0, 255).astype(np.uint8)
     image = central_crop(rgb, prep["crop_fraction"]).astype(np.float32) / np.float32(prep["pixel_max"])
     image = resize_bilinear(image, height, width)
     mean = np.asarray(prep["mean"], np.float32)

@@ -1,0 +1,33 @@
+"""`python -m classifier`: settings from the environment, then uvicorn. A bad setting or a missing
+bundle stops start-up with one line; SIGTERM drains in-flight requests before the process exits."""
+from __future__ import annotations
+
+import logging
+import sys
+
+from mbv3.errors import MbV3Error
+
+from . import settings as settings_mod
+
+
+def main(argv=None):
+    try:
+        settings = settings_mod.load()
+    except settings_mod.SettingsError as e:
+        print("classifier: error: %s" % e, file=sys.stderr)
+        return 2
+    logging.basicConfig(level=settings.LOG_LEVEL.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from .app import create_app
+    try:
+        app = create_app(settings)
+    except MbV3Error as e:
+        print("classifier: error: MODEL_DIR=%s: %s" % (settings.MODEL_DIR, e), file=sys.stderr)
+        return 2
+    import uvicorn
+    uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level=settings.LOG_LEVEL.lower(),
+                access_log=False, timeout_graceful_shutdown=30)
+    return 1 if app.state.service.failure else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,320 @@
+"""The HTTP API (DESIGN.md's contract): /classify, health, readiness, metrics, model metadata, and
+KServe v2 / Open Inference Protocol endpoints, all on one engine."""
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import logging
+import os
+import signal
+import time
+import uuid
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from mbv3 import bundle as bundle_mod
+from mbv3 import imageprep
+
+from . import __version__, kserve
+from .engine import Engine
+from .errors import ApiError, bad_request, unavailable
+from .metrics import Metrics
+
+log = logging.getLogger("classifier")
+
+IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "image/gif",
+               "application/octet-stream"}
+OUTPUTS = ("logits", "probabilities")
+
+
+def softmax(logits):
+    z = logits - logits.max(axis=-1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+class Service:
+    """What the routes share: settings, bundle, engine, metrics, the preprocessing pool."""
+
+    def __init__(self, settings, backend_factory=None):
+        self.settings = settings
+        self.metrics = Metrics()
+        self.bundle = bundle_mod.load(settings.MODEL_DIR)
+        self.engine = Engine(self.bundle, settings, self.metrics, log.info, backend_factory)
+        self.pool = concurrent.futures.ThreadPoolExecutor(settings.PREPROCESS_WORKERS, thread_name_prefix="preprocess")
+        self.ready = False
+        self.failure = None
+        prep = self.bundle.metadata["preprocessing"]
+        self.size = prep["size"]
+        self.prep = prep
+        self.num_classes = self.bundle.metadata["output"]["num_classes"]
+
+    async def start(self):
+        try:
+            await self.engine.start()
+        except Exception as e:
+            self.failure = "model failed to load: %s" % e
+            log.error(self.failure)
+            os.kill(os.getpid(), signal.SIGTERM)  # a server that cannot serve should exit, not idle
+            return
+        self.ready = True
+        self.metrics.ready.set(1)
+        log.info("ready: %s v%s (%d classes)", self.bundle.name, self.bundle.version, self.num_classes)
+
+    async def stop(self):
+        self.ready = False
+        self.metrics.ready.set(0)
+        await self.engine.stop()
+        self.pool.shutdown(wait=True)
+
+    def require_ready(self):
+        if not self.ready:
+            raise unavailable("not_ready", self.failure or "the model is loading; retry shortly", retry_after=2)
+
+    # --- images --------------------------------------------------------------------------------
+    def _prepare(self, data):
+        start = time.perf_counter()
+        try:
+            rgb = imageprep.decode(data, max_pixels=self.settings.MAX_IMAGE_PIXELS)
+        except imageprep.ImageTooLarge as e:
+            raise bad_request("image_too_large", str(e))
+        except imageprep.ImageError as e:
+            raise bad_request("invalid_image", str(e))
+        image = imageprep.eval_transform(rgb, self.size, self.prep, normalize=self.engine.input_dtype != np.uint8)
+        return image, time.perf_counter() - start
+
+    async def prepare(self, data):
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare, data)
+
+    async def classify(self, data, top_k):
+        with self.engine.arriving():
+            image, preprocess = await self.prepare(data)
+        logits, timings = await self.engine.infer(image)
+        probs = softmax(logits[np.newaxis].astype(np.float64))[0]
+        order = np.argsort(-probs, kind="stable")[:top_k]
+        labels = self.bundle.labels
+        self.metrics.stage_latency.labels("preprocess").observe(preprocess)
+        for stage in ("queue", "inference"):
+            self.metrics.stage_latency.labels(stage).observe(timings.get(stage, 0.0))
+        return {
+            "predictions": [{"label": labels[i], "index": int(i), "score": float(probs[i])} for i in order],
+            "timings_ms": {"preprocess": round(preprocess * 1000, 3), "queue": round(timings.get("queue", 0) * 1000, 3),
+                           "inference": round(timings.get("inference", 0) * 1000, 3)},
+        }
+
+
+async def read_body(request, limit):
+    """The body, refused with 413 as soon as it passes `limit` bytes, whatever Content-Length says."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise ApiError(413, "body_too_large", "body of %s bytes is over the limit of %d" % (declared, limit))
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise ApiError(413, "body_too_large", "body is over the limit of %d bytes" % limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def image_parts(request, body):
+    """[(filename, bytes)] from a raw image body or a multipart form."""
+    ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
+    if ctype == "multipart/form-data":
+        async def stream():
+            yield body
+        try:
+            form = await MultiPartParser(request.headers, stream(), max_files=64, max_fields=64).parse()
+        except MultiPartException as e:
+            raise bad_request("invalid_multipart", "cannot parse the multipart body: %s" % e.message)
+        parts = []
+        for key, value in form.multi_items():
+            if hasattr(value, "read"):
+                parts.append((value.filename or key, await value.read()))
+        if not parts:
+            raise bad_request("no_image", "the multipart body has no file part; send images as file fields")
+        return parts
+    if ctype not in IMAGE_TYPES:
+        raise ApiError(415, "unsupported_media_type",
+                       "Content-Type %s is not supported: send image/jpeg, image/png, image/webp, image/bmp, image/gif, "
+                       "application/octet-stream or multipart/form-data" % ctype)
+    if not body:
+        raise bad_request("empty_body", "the request body is empty: send an image")
+    return [(None, body)]
+
+
+def parse_top_k(request, num_classes):
+    raw = request.query_params.get("top_k", "5")
+    try:
+        top_k = int(raw)
+    except ValueError:
+        top_k = None
+    if top_k is None or not 1 <= top_k <= num_classes:
+        raise ApiError(422, "invalid_top_k", "top_k must be an integer from 1 to %d, got %r" % (num_classes, raw))
+    return top_k
+
+
+def create_app(settings, backend_factory=None):
+    service = Service(settings, backend_factory)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app):
+        task = asyncio.ensure_future(service.start())  # the port opens at once; /readyz flips after warm-up
+        yield
+        if not task.done():
+            task.cancel()
+        await service.stop()
+
+    app = FastAPI(title="classifier", version=__version__, lifespan=lifespan,
+                  description="MobileNetV3 image classifier (%s v%s)" % (service.bundle.name, service.bundle.version))
+    app.state.service = service
+
+    @app.middleware("http")
+    async def request_id_and_metrics(request: Request, call_next):
+        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
+        request.state.request_id = request_id
+        start = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("unhandled error (request %s)", request_id)
+            response = JSONResponse({"error": {"code": "internal", "message": "internal error"},
+                                     "request_id": request_id}, status_code=500)
+        seconds = time.perf_counter() - start
+        route = request.scope.get("route")
+        template = getattr(route, "path", "unmatched")
+        service.metrics.requests.labels(template, request.method, str(response.status_code)).inc()
+        service.metrics.request_latency.labels(template).observe(seconds)
+        response.headers["X-Request-ID"] = request_id
+        log.info('%s %s %d %.1fms request_id=%s', request.method, request.url.path, response.status_code,
+                 seconds * 1000, request_id)
+        return response
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError):
+        rid = getattr(request.state, "request_id", None)
+        if request.url.path.startswith("/v2/"):
+            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+        return JSONResponse(exc.body(rid), status_code=exc.status, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(request: Request, exc: RequestValidationError):
+        return JSONResponse({"error": {"code": "invalid_request", "message": str(exc.errors()[:3])}}, status_code=422)
+
+    @app.exception_handler(kserve.ProtocolError)
+    async def protocol_error(request: Request, exc: kserve.ProtocolError):
+        return JSONResponse({"error": str(exc)}, status_code=400)
+
+    # --- the classifier API --------------------------------------------------------------------
+    @app.post("/classify", summary="Classify one image (raw body) or several (multipart/form-data)",
+              responses={400: {"description": "undecodable image"}, 413: {"description": "body over MAX_BODY_BYTES"},
+                         415: {"description": "unsupported Content-Type"}, 422: {"description": "bad top_k"},
+                         503: {"description": "not ready, queue full or backend failure (Retry-After)"}})
+    async def classify(request: Request):
+        top_k = parse_top_k(request, service.num_classes)
+        body = await read_body(request, settings.MAX_BODY_BYTES)
+        parts = await image_parts(request, body)
+        service.require_ready()
+        start = time.perf_counter()
+        results = await asyncio.gather(*[service.classify(data, top_k) for _, data in parts])
+        for (name, _), result in zip(parts, results):
+            if name is not None:
+                result["filename"] = name
+        return {"model": {"name": service.bundle.name, "version": service.bundle.version},
+                "request_id": request.state.request_id, "results": results,
+                "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}
+
+    @app.get("/healthz", summary="Liveness: the process answers")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz", summary="Readiness: model loaded and warmed up")
+    async def readyz():
+        service.require_ready()
+        return {"status": "ready", "model": service.bundle.name, "backend": service.engine.backend.describe()}
+
+    @app.get("/metrics", summary="Prometheus metrics")
+    async def metrics():
+        service.metrics.queue_depth.set(service.engine.depth)
+        return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/model", summary="The bundle's model.json")
+    async def model_metadata():
+        meta = dict(service.bundle.metadata)
+        meta["serving"] = {"backend": service.engine.backend.describe() if service.engine.backend else None,
+                           "max_batch": service.engine.max_batch, "max_delay_ms": settings.MAX_DELAY_MS,
+                           "ready": service.ready}
+        return meta
+
+    # --- KServe v2 / Open Inference Protocol -------------------------------------------------
+    def model_or_404(name):
+        if name != service.bundle.name:
+            raise ApiError(404, "unknown_model", "unknown model %r (this server has %r)" % (name, service.bundle.name))
+
+    @app.get("/v2", summary="KServe v2 server metadata")
+    async def v2_server():
+        return {"name": "classifier", "version": __version__, "extensions": ["binary_tensor_data"]}
+
+    @app.get("/v2/health/live")
+    async def v2_live():
+        return {"live": True}
+
+    @app.get("/v2/health/ready")
+    async def v2_ready():
+        service.require_ready()
+        return {"ready": True}
+
+    @app.get("/v2/models/{name}")
+    async def v2_model(name: str):
+        model_or_404(name)
+        h, w = service.size
+        return {"name": name, "versions": [service.bundle.version], "platform": "mbv3_" + (
+            service.engine.backend.name if service.engine.backend else "loading"),
+                "inputs": [{"name": "input", "datatype": "FP32", "shape": [-1, h, w, 3]},
+                           {"name": "images", "datatype": "BYTES", "shape": [-1]}],
+                "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, service.num_classes]} for n in OUTPUTS]}
+
+    @app.get("/v2/models/{name}/ready")
+    async def v2_model_ready(name: str):
+        model_or_404(name)
+        service.require_ready()
+        return {"name": name, "ready": True}
+
+    @app.post("/v2/models/{name}/infer")
+    async def v2_infer(name: str, request: Request):
+        model_or_404(name)
+        body = await read_body(request, settings.MAX_BODY_BYTES)
+        head, tensors = kserve.parse_request(body, request.headers.get(kserve.HEADER))
+        outputs = kserve.requested_outputs(head, OUTPUTS)
+        service.require_ready()
+        images = await _v2_images(tensors)
+        rows = await asyncio.gather(*[service.engine.infer(image) for image in images])
+        logits = np.stack([row for row, _ in rows]).astype(np.float32)
+        arrays = {"logits": logits, "probabilities": softmax(logits.astype(np.float64)).astype(np.float32)}
+        payload, headers = kserve.encode_response(name, service.bundle.version, head.get("id"),
+                                                  [(n, arrays[n], binary) for n, binary in outputs])
+        return Response(payload, headers=headers)
+
+    async def _v2_images(tensors):
+        if len(tensors) != 1:
+            raise kserve.ProtocolError("send exactly one input: 'input' (FP32 [N,H,W,3]) or 'images' (BYTES [N])")
+        (name, value), = tensors.items()
+        h, w = service.size
+        if isinstance(value, list):  # BYTES: encoded images
+            with service.engine.arriving():
+                prepared = await asyncio.gather(*[service.prepare(data) for data in value])
+            return [image for image, _ in prepared]
+        if value.ndim != 4 or tuple(value.shape[1:]) != (h, w, 3):
+            raise kserve.ProtocolError("input %s must be [N,%d,%d,3], got %s" % (name, h, w, list(value.shape)))
+        batch = value.astype(np.float32)
+        if service.engine.input_dtype == np.uint8:  # an AIPP model takes pixels: undo the [-1, 1] scaling
+            batch = np.clip(np.round(batch * 127.5 + 127.5), 0, 255).astype(np.uint8)
+        return list(batch)
+
+    return app

@@ -1,0 +1,44 @@
+"""The interface every backend implements. A backend is created, used and closed on ONE thread
+(the device's worker thread): an ACL context is bound to the thread that made it."""
+from __future__ import annotations
+
+import numpy as np
+
+
+class BackendError(RuntimeError):
+    """Inference failed (the batch answers 503); `fatal` means the device is gone and the backend
+    must be closed and loaded again before it can serve."""
+
+    def __init__(self, message, fatal=False):
+        super().__init__(message)
+        self.fatal = fatal
+
+
+class Backend:
+    name = "base"
+
+    def __init__(self, bundle, settings):
+        """bundle: mbv3.bundle.Bundle; settings: classifier.settings.Settings. Loads the model."""
+        self.bundle = bundle
+        self.settings = settings
+
+    @property
+    def max_batch(self) -> int:
+        """Largest batch one run() accepts."""
+        raise NotImplementedError
+
+    @property
+    def input_dtype(self):
+        """np.float32 (normalised NHWC in [-1, 1]) or np.uint8 (RGB NHWC, normalisation inside the
+        model, as an .om built with AIPP)."""
+        return np.float32
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """logits float32 [N, num_classes] for a batch [N, H, W, 3] of input_dtype, N <= max_batch."""
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.name
+
+    def close(self) -> None:
+        """Release everything; safe to call twice."""

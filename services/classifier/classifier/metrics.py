@@ -1,0 +1,25 @@
+"""Prometheus metrics, one registry per app so several apps (tests) never collide."""
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class Metrics:
+    def __init__(self):
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("classifier_requests_total", "HTTP requests by route and status",
+                                ["route", "method", "status"], registry=r)
+        self.request_latency = Histogram("classifier_request_duration_seconds", "HTTP request latency by route",
+                                         ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.stage_latency = Histogram("classifier_stage_duration_seconds",
+                                       "Per-image latency by stage (preprocess, queue, inference)",
+                                       ["stage"], buckets=LATENCY_BUCKETS, registry=r)
+        self.batch_size = Histogram("classifier_batch_size", "Images per backend run",
+                                    buckets=(1, 2, 4, 8, 16, 32, 64, 128), registry=r)
+        self.queue_depth = Gauge("classifier_queue_depth", "Images waiting for the backend", registry=r)
+        self.backend_errors = Counter("classifier_backend_errors_total", "Failed backend runs", ["fatal"], registry=r)
+        self.images = Counter("classifier_images_total", "Images classified", registry=r)
+        self.ready = Gauge("classifier_ready", "1 once the model is loaded and warmed up", registry=r)

@@ -1,0 +1,108 @@
+"""Service settings from the environment (and a .env file), with the names compose.yaml uses.
+A bad value stops start-up with one line naming the variable."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields
+
+BACKENDS = ("auto", "onnxruntime", "acl")
+
+
+class SettingsError(ValueError):
+    pass
+
+
+@dataclass(frozen=True)
+class Settings:
+    MODEL_DIR: str = "bundles/mbv3"
+    BACKEND: str = "auto"
+    DEVICE_ID: int = 0
+    MAX_BATCH: int = 8
+    MAX_DELAY_MS: float = 5.0
+    MAX_QUEUE: int = 256
+    MAX_BODY_BYTES: int = 10 * 1024 * 1024
+    MAX_IMAGE_PIXELS: int = 40_000_000
+    HOST: str = "127.0.0.1"
+    PORT: int = 8000
+    THREADS: int = 0
+    PREPROCESS_WORKERS: int = 2
+    LOG_LEVEL: str = "info"
+
+    # lower-case aliases read better in code
+    @property
+    def model_dir(self):
+        return self.MODEL_DIR
+
+    @property
+    def backend(self):
+        return self.BACKEND
+
+    @property
+    def device_id(self):
+        return self.DEVICE_ID
+
+    @property
+    def max_batch(self):
+        return self.MAX_BATCH
+
+    @property
+    def threads(self):
+        return self.THREADS
+
+
+def _read_dotenv(path):
+    values = {}
+    if not path or not os.path.exists(path):
+        return values
+    with open(path, encoding="utf-8") as f:
+        for line in f:
+            line = line.strip()
+            if not line or line.startswith("#") or "=" not in line:
+                continue
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip().strip('"').strip("'")
+    return values
+
+
+def load(environ=None, dotenv=".env", **overrides) -> Settings:
+    """Defaults <- .env <- environment <- keyword overrides (tests)."""
+    environ = os.environ if environ is None else environ
+    raw = _read_dotenv(dotenv)
+    raw.update({f.name: environ[f.name] for f in fields(Settings) if f.name in environ})
+    raw.update({k: str(v) for k, v in overrides.items()})
+    values = {}
+    for f in fields(Settings):
+        if f.name not in raw:
+            continue
+        text = raw[f.name]
+        try:
+            values[f.name] = _convert(f.default, text)
+        except ValueError:
+            raise SettingsError("%s=%r is not a valid %s" % (f.name, text, type(f.default).__name__))
+    settings = Settings(**values)
+    _validate(settings)
+    return settings
+
+
+def _convert(default, text):
+    if isinstance(default, bool):
+        return text.lower() in ("1", "true", "yes", "on")
+    if isinstance(default, int):
+        return int(text)
+    if isinstance(default, float):
+        return float(text)
+    return text
+
+
+def _validate(s: Settings):
+    if s.BACKEND not in BACKENDS:
+        raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(BACKENDS)))
+    for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "PREPROCESS_WORKERS"):
+        if getattr(s, name) < 1:
+            raise SettingsError("%s must be at least 1, got %s" % (name, getattr(s, name)))
+    if s.MAX_DELAY_MS < 0:
+        raise SettingsError("MAX_DELAY_MS must not be negative, got %s" % s.MAX_DELAY_MS)
+    if not 0 < s.PORT < 65536:
+        raise SettingsError("PORT must be 1-65535, got %s" % s.PORT)
+    if s.THREADS < 0 or s.DEVICE_ID < 0:
+        raise SettingsError("THREADS and DEVICE_ID must not be negative")

@@ -1,0 +1,143 @@
+"""Shared pieces of the service tests (a uniquely named module: model/tests has its own conftest).
+
+The service runs as a real uvicorn server on a loopback port: in a subprocess (`python -m classifier`)
+when the test needs signals or the environment, in a thread when it injects a backend."""
+import io
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+SIZE = 96
+
+
+def make_bundle(path, variant="small", multiplier=0.5, num_classes=11, size=SIZE, seed=0):
+    """A real bundle from random weights (TensorFlow is available to tests, never to the service)."""
+    from mbv3 import checkpoint, export, net
+    rng = np.random.default_rng(seed)
+    values = {}
+    for name, spec in net.variable_specs(net.resolve(variant, multiplier), num_classes).items():
+        if spec.kind in (net.WEIGHTS, net.DEPTHWISE):
+            fan_in = int(np.prod(spec.shape[:-1])) if spec.kind == net.WEIGHTS else spec.shape[0] * spec.shape[1]
+            v = rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
+        elif spec.kind in (net.GAMMA, net.VARIANCE):
+            v = rng.uniform(0.5, 1.5, spec.shape)
+        else:
+            v = rng.normal(0, 0.1, spec.shape)
+        values[name] = v.astype(np.float32)
+    prefix = checkpoint.save(str(path) + "-ckpt", 1, values)
+    export.export(prefix, str(path), input_size=size, name="digits_test", log=lambda *_: None)
+    return str(path)
+
+
+@pytest.fixture(scope="session")
+def bundle_dir(tmp_path_factory):
+    return make_bundle(tmp_path_factory.mktemp("svc") / "bundle")
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_ready(url, timeout=60, proc=None):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError("server exited with %s: %s" % (proc.returncode, proc.stderr.read()[-3000:]))
+        try:
+            if requests.get(url + "/readyz", timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(0.1)
+    raise AssertionError("server at %s not ready after %ss" % (url, timeout))
+
+
+class Server:
+    """`python -m classifier` in a subprocess."""
+
+    def __init__(self, bundle, **env):
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        full = dict(os.environ, MODEL_DIR=str(bundle), HOST="127.0.0.1", PORT=str(self.port), BACKEND="onnxruntime",
+                    LOG_LEVEL="info")
+        full.update({k: str(v) for k, v in env.items()})
+        self.proc = subprocess.Popen([sys.executable, "-m", "classifier"], env=full, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, universal_newlines=True)
+
+    def __enter__(self):
+        wait_ready(self.url, proc=self.proc)
+        return self
+
+    def stop(self, sig=None):
+        import signal
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig or signal.SIGTERM)
+        try:
+            out, err = self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return self.proc.returncode, err
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class ThreadServer:
+    """The app in a uvicorn server on a thread, for tests that inject a backend."""
+
+    def __init__(self, settings_overrides, backend_factory=None):
+        import uvicorn
+        from classifier import settings as settings_mod
+        from classifier.app import create_app
+        self.port = free_port()
+        self.url = "http://127.0.0.1:%d" % self.port
+        settings = settings_mod.load(environ={}, dotenv=None, HOST="127.0.0.1", PORT=self.port, **settings_overrides)
+        self.app = create_app(settings, backend_factory)
+        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        wait_ready(self.url)
+        return self
+
+    def __exit__(self, *exc):
+        self.server.should_exit = True
+        self.thread.join(30)
+
+
+def jpeg_bytes(size=(120, 90), seed=0, quality=90, mode="RGB"):
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.convert(mode).save(buf, "JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def real_photo():
+    """A real photograph that ships with matplotlib (Grace Hopper), as JPEG bytes."""
+    import matplotlib.cbook
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        return f.read()
+
+
+def classify(url, data, content_type="image/jpeg", **params):
+    return requests.post(url + "/classify", data=data, headers={"Content-Type": content_type}, params=params, timeout=60)
+
+
+def model_json(bundle):
+    with open(os.path.join(bundle, "model.json")) as f:
+        return json.load(f)

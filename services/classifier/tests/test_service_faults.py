@@ -168,7 +168,8 @@ def test_sigterm_drains_in_flight_requests(bundle_dir):  # noqa: F811
 @pytest.mark.parametrize("env,message", [
     ({"BACKEND": "gpu"}, "BACKEND='gpu': choose one of auto, onnxruntime, acl"),
     ({"MAX_BATCH": "lots"}, "MAX_BATCH='lots' is not a valid int"),
-    ({"MODEL_DIR": "/nonexistent/bundle"}, "MODEL_DIR=/nonexistent/bundle: no model bundle at /nonexistent/bundle (not a directory)"),
+    ({"MODEL_DIR": "/nonexistent/bundle"},
+     "MODEL_DIR=/nonexistent/bundle: no model bundle at /nonexistent/bundle (not a directory)"),
 ])
 def test_bad_settings_stop_startup_with_one_line(bundle_dir, env, message):  # noqa: F811
     full = dict(os.environ, MODEL_DIR=bundle_dir, PORT="1")

@@ -3,6 +3,7 @@ bundle stops start-up with one line; SIGTERM drains in-flight requests before th
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 
 from mbv3.errors import MbV3Error
@@ -24,9 +25,21 @@ def main(argv=None):
         print("classifier: error: MODEL_DIR=%s: %s" % (settings.MODEL_DIR, e), file=sys.stderr)
         return 2
     import uvicorn
-    uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level=settings.LOG_LEVEL.lower(),
-                access_log=False, timeout_graceful_shutdown=30)
+    # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal with the handlers it found at start.
+    # Finding these, the process ends with a normal exit (status 0, atexit handlers run) instead of
+    # being killed by the re-raised signal.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_after_drain)
+    try:
+        uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level=settings.LOG_LEVEL.lower(),
+                    access_log=False, timeout_graceful_shutdown=30)
+    except SystemExit:
+        pass
     return 1 if app.state.service.failure else 0
+
+
+def _exit_after_drain(signum, frame):
+    raise SystemExit(0)
 
 
 if __name__ == "__main__":

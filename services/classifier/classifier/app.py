@@ -21,7 +21,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from mbv3 import bundle as bundle_mod
 from mbv3 import imageprep
 
-from . import __version__, kserve
+from . import __version__, backends, kserve
 from .engine import Engine
 from .errors import ApiError, bad_request, unavailable
 from .metrics import Metrics
@@ -72,6 +72,7 @@ class Service:
         self.metrics.ready.set(0)
         await self.engine.stop()
         self.pool.shutdown(wait=True)
+        backends.release_process_resources()
 
     def require_ready(self):
         if not self.ready:

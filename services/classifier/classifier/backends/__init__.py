@@ -2,6 +2,8 @@
 otherwise ONNX Runtime, and says which and why."""
 from __future__ import annotations
 
+import sys
+
 from .base import Backend, BackendError  # noqa: F401
 
 
@@ -26,3 +28,12 @@ def create(bundle, settings, log=print):
         return AclBackend(bundle, settings)
     from .onnxruntime import OnnxRuntimeBackend
     return OnnxRuntimeBackend(bundle, settings)
+
+
+def release_process_resources():
+    """At service shutdown, after the backend is closed: pyACL is finalized once per process, so
+    its finalize belongs to the end of the process, not to a backend's close (which a fatal error
+    follows with a reload)."""
+    acl_backend = sys.modules.get(__name__ + ".acl")
+    if acl_backend is not None:
+        acl_backend.finalize_runtime()

@@ -25,7 +25,7 @@ import time
 
 import tensorflow as tf
 
-from . import __version__, bundle, preprocessing
+from . import __version__, bundle, imageprep, preprocessing
 from .digits import write_digits_folder  # noqa: F401  (part of this module's API)
 from .errors import MbV3Error
 
@@ -367,7 +367,7 @@ def _prepare(path):
             if keep:
                 encoded, converted = data, False
             else:
-                rgb = ImageOps.exif_transpose(img).convert("RGB")
+                rgb = Image.fromarray(imageprep.to_rgb(ImageOps.exif_transpose(img)))  # the server's conversion
                 out = io.BytesIO()
                 rgb.save(out, "JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: keep the colour detail
                 encoded, fmt, converted = out.getvalue(), "JPEG", True

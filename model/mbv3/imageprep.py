@@ -46,7 +46,7 @@ def decode(data, max_pixels=None):
             img.seek(0)
             img.load()
             img = ImageOps.exif_transpose(img)
-            return _to_rgb(img)
+            return to_rgb(img)
     except UnidentifiedImageError:
         raise ImageError("not an image in a format Pillow recognises")
     except ImageError:
@@ -57,7 +57,7 @@ def decode(data, max_pixels=None):
         raise ImageError("cannot decode image: %s" % e)
 
 
-def _to_rgb(img):
+def to_rgb(img):
     """8-bit RGB. Alpha is dropped as TensorFlow's decode_png(channels=3) drops it, so the server
     sees what training saw; 16- and 32-bit grayscale is scaled down, not clipped."""
     if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):

@@ -150,6 +150,25 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_default_bundle(args):
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    for name in ("tensorflow", "tf2onnx"):  # quiet them without importing TensorFlow for a named bundle
+        logging.getLogger(name).setLevel(logging.ERROR)
+    from . import default_model
+    # stdout carries only the path (the Makefile captures it): anything else printed goes to stderr
+    sys.stdout.flush()
+    saved = os.dup(1)
+    os.dup2(2, 1)
+    try:
+        path = default_model.resolve(args.model or None, args.cache, log=_say)
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+    print(path)
+    return 0
+
+
 def _positive(text):
     value = int(text)
     if value < 1:
@@ -238,6 +257,12 @@ def parser():
     s.add_argument("--no-reference", dest="reference", action="store_false", help="skip the TensorFlow reference")
     s.add_argument("--json", help="also write the results to this file")
     s.set_defaults(fn=cmd_benchmark)
+
+    s = sub.add_parser("default-bundle", help="print the bundle `make serve` runs: --model, else the official "
+                       "ImageNet checkpoint (downloaded once), else the digits demo (trained once)")
+    s.add_argument("--model", help="a bundle, or a checkpoint to export once into the cache")
+    s.add_argument("--cache", help="cache directory (default: $MBV3_CACHE, else ~/.cache/mbv3)")
+    s.set_defaults(fn=cmd_default_bundle)
     return p
 
 

@@ -18,6 +18,9 @@ class OnnxRuntimeBackend(Backend):
         if settings.threads:
             options.intra_op_num_threads = settings.threads
         options.inter_op_num_threads = 1
+        # ORT's workers spin after each run by default; in a server they then steal the cores that
+        # decoding, preprocessing and the event loop need (measured: make bench-serve).
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         try:
             self.session = ort.InferenceSession(bundle.file(bundle_mod.ONNX), options,
                                                 providers=["CPUExecutionProvider"])

@@ -94,9 +94,13 @@ class Service:
         return await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare, data)
 
     async def classify(self, data, top_k):
-        with self.engine.arriving():
-            image, preprocess = await self.prepare(data)
-        logits, timings = await self.engine.infer(image)
+        if self.engine.idle:
+            logits, timings = await self.engine.infer_alone(self._prepare, data)
+            preprocess = timings["preprocess"]
+        else:
+            with self.engine.arriving():
+                image, preprocess = await self.prepare(data)
+            logits, timings = await self.engine.infer(image)
         probs = softmax(logits[np.newaxis].astype(np.float64))[0]
         order = np.argsort(-probs, kind="stable")[:top_k]
         labels = self.bundle.labels
@@ -161,6 +165,47 @@ def parse_top_k(request, num_classes):
     return top_k
 
 
+class RequestContext:
+    """Plain ASGI middleware (Starlette's BaseHTTPMiddleware costs a task and two memory streams per
+    request): request id in and out, per-route metrics, one log line per request."""
+
+    def __init__(self, app, service):
+        self.app, self.service = app, service
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        request_id = None
+        for key, value in scope["headers"]:
+            if key == b"x-request-id":
+                request_id = value.decode("latin-1")
+        request_id = request_id or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = request_id
+        status = []
+        start = time.perf_counter()
+
+        async def send_with_id(message):
+            if message["type"] == "http.response.start":
+                status.append(message["status"])
+                message["headers"] = list(message.get("headers", [])) + [(b"x-request-id", request_id.encode("latin-1"))]
+            await send(message)
+        try:
+            await self.app(scope, receive, send_with_id)
+        except Exception:
+            log.exception("unhandled error (request %s)", request_id)
+            if not status:
+                body = JSONResponse({"error": {"code": "internal", "message": "internal error"}, "request_id": request_id},
+                                    status_code=500)
+                await body(scope, receive, send_with_id)
+        finally:
+            seconds = time.perf_counter() - start
+            code = str(status[0]) if status else "500"
+            template = getattr(scope.get("route"), "path", "unmatched")
+            self.service.metrics.requests.labels(template, scope["method"], code).inc()
+            self.service.metrics.request_latency.labels(template).observe(seconds)
+            log.info("%s %s %s %.1fms request_id=%s", scope["method"], scope["path"], code, seconds * 1000, request_id)
+
+
 def create_app(settings, backend_factory=None):
     service = Service(settings, backend_factory)
 
@@ -175,27 +220,7 @@ def create_app(settings, backend_factory=None):
     app = FastAPI(title="classifier", version=__version__, lifespan=lifespan,
                   description="MobileNetV3 image classifier (%s v%s)" % (service.bundle.name, service.bundle.version))
     app.state.service = service
-
-    @app.middleware("http")
-    async def request_id_and_metrics(request: Request, call_next):
-        request_id = request.headers.get("x-request-id") or uuid.uuid4().hex
-        request.state.request_id = request_id
-        start = time.perf_counter()
-        try:
-            response = await call_next(request)
-        except Exception:
-            log.exception("unhandled error (request %s)", request_id)
-            response = JSONResponse({"error": {"code": "internal", "message": "internal error"},
-                                     "request_id": request_id}, status_code=500)
-        seconds = time.perf_counter() - start
-        route = request.scope.get("route")
-        template = getattr(route, "path", "unmatched")
-        service.metrics.requests.labels(template, request.method, str(response.status_code)).inc()
-        service.metrics.request_latency.labels(template).observe(seconds)
-        response.headers["X-Request-ID"] = request_id
-        log.info('%s %s %d %.1fms request_id=%s', request.method, request.url.path, response.status_code,
-                 seconds * 1000, request_id)
-        return response
+    app.add_middleware(RequestContext, service=service)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
@@ -223,13 +248,17 @@ def create_app(settings, backend_factory=None):
         parts = await image_parts(request, body)
         service.require_ready()
         start = time.perf_counter()
-        results = await asyncio.gather(*[service.classify(data, top_k) for _, data in parts])
+        if len(parts) == 1:
+            results = [await service.classify(parts[0][1], top_k)]
+        else:
+            results = await asyncio.gather(*[service.classify(data, top_k) for _, data in parts])
         for (name, _), result in zip(parts, results):
             if name is not None:
                 result["filename"] = name
-        return {"model": {"name": service.bundle.name, "version": service.bundle.version},
-                "request_id": request.state.request_id, "results": results,
-                "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}
+        # plain types already: a JSONResponse skips FastAPI's jsonable_encoder pass
+        return JSONResponse({"model": {"name": service.bundle.name, "version": service.bundle.version},
+                             "request_id": request.state.request_id, "results": results,
+                             "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}})
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz():

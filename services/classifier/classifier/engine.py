@@ -56,6 +56,9 @@ class Engine:
             self.backend.run(np.zeros((n, h, w, 3), self.backend.input_dtype))
 
     def _run(self, batch):
+        if self.backend is None:  # the reload after a fatal error failed: try again first
+            self._load()
+            self._warm_up()
         return self.backend.run(batch)
 
     def _reload(self):
@@ -91,6 +94,11 @@ class Engine:
         return self.backend.input_dtype if self.backend else np.float32
 
     @property
+    def idle(self):
+        """Nothing queued, being preprocessed or on the device."""
+        return not self._queue and not self._in_flight and not self._arriving
+
+    @property
     def depth(self):
         return len(self._queue)
 
@@ -117,6 +125,45 @@ class Engine:
         self._wakeup.set()
         logits = await item.future
         return logits, item.timings
+
+    async def infer_alone(self, prepare, data):
+        """For a request that finds the engine idle: preprocess and infer in one hop on the device
+        thread (two thread hand-offs and the batcher fewer). Returns (logits row, timings); the
+        timings include "preprocess". Anything arriving meanwhile queues behind it as usual."""
+        if self._stopping or self._batcher is None:
+            raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
+
+        def work():
+            image, preprocess = prepare(data)
+            start = time.perf_counter()
+            return self._run(image[np.newaxis])[0], {"preprocess": preprocess, "queue": 0.0,
+                                                     "inference": time.perf_counter() - start}
+        self._in_flight += 1
+        loop = asyncio.get_running_loop()
+        try:
+            row, timings = await loop.run_in_executor(self._worker, work)
+        except BackendError as e:
+            raise self._failed(loop, e, 1)
+        finally:
+            self._in_flight -= 1
+        self.metrics.batch_size.observe(1)
+        self.metrics.images.inc()
+        return row, timings
+
+    def _failed(self, loop, error, images):
+        """Account for a failed backend run; after a fatal one, queue a reload on the device thread
+        (ahead of any later batch: the executor has one thread). Returns the error to answer with."""
+        self.metrics.backend_errors.labels(fatal=str(error.fatal).lower()).inc()
+        self.log("backend error on a batch of %d: %s" % (images, error))
+        if error.fatal:
+            self.log("reloading the backend after a fatal error")
+            loop.run_in_executor(self._worker, self._reload).add_done_callback(self._reloaded)
+        return unavailable("backend_error", "inference failed: %s" % error)
+
+    def _reloaded(self, future):
+        error = future.exception()
+        self.log("backend reloaded" if error is None else
+                 "backend reload failed: %s; the next batch will fail and reload again" % error)
 
     async def _batch_loop(self):
         loop = asyncio.get_running_loop()
@@ -150,13 +197,10 @@ class Engine:
         try:
             logits = await loop.run_in_executor(self._worker, self._run, stacked)
         except BackendError as e:
-            self.metrics.backend_errors.labels(fatal=str(e.fatal).lower()).inc()
-            self.log("backend error on a batch of %d: %s" % (len(batch), e))
+            error = self._failed(loop, e, len(batch))
             for item in batch:
                 if not item.future.done():
-                    item.future.set_exception(unavailable("backend_error", "inference failed: %s" % e))
-            if e.fatal:
-                await self._recover(loop)
+                    item.future.set_exception(error)
             return
         except Exception as e:  # a bug, not bad input: fail the batch, keep serving
             self.metrics.backend_errors.labels(fatal="false").inc()
@@ -174,14 +218,6 @@ class Engine:
             item.timings["inference"] = seconds
             if not item.future.done():
                 item.future.set_result(row)
-
-    async def _recover(self, loop):
-        self.log("reloading the backend after a fatal error")
-        try:
-            await loop.run_in_executor(self._worker, self._reload)
-            self.log("backend reloaded")
-        except Exception as e:
-            self.log("backend reload failed: %s; will retry with the next batch" % e)
 
     async def stop(self, drain_seconds=30.0):
         """Stop taking work, finish what is queued or running, then close the backend on its thread."""

@@ -67,6 +67,18 @@ def test_failed_batch_answers_503_then_recovers(bundle_dir, flaky):  # noqa: F81
         assert flaky.created == 1
 
 
+def test_failure_of_a_micro_batch_answers_503_for_its_images(bundle_dir, flaky):  # noqa: F811
+    with ThreadServer({"MODEL_DIR": bundle_dir, "MAX_BATCH": 8, "MAX_DELAY_MS": 50}, factory) as s:
+        # the first run is slow, so the other requests queue up and the second run is a batch: fail it
+        flaky.plan = {flaky.runs + 1: 0.5, flaky.runs + 2: "fail"}
+        with concurrent.futures.ThreadPoolExecutor(6) as pool:
+            responses = list(pool.map(lambda i: classify(s.url, jpeg_bytes(seed=i)), range(6)))
+        failed = [r for r in responses if r.status_code == 503]
+        assert len(failed) >= 2 and all(r.json()["error"]["code"] == "backend_error" for r in failed)
+        assert {r.status_code for r in responses} == {200, 503}
+        assert classify(s.url, jpeg_bytes()).status_code == 200
+
+
 def test_fatal_failure_reloads_the_backend_on_its_thread(bundle_dir, flaky):  # noqa: F811
     with ThreadServer({"MODEL_DIR": bundle_dir}, factory) as s:
         flaky.plan = {flaky.runs + 1: "fatal"}

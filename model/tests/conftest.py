@@ -4,29 +4,10 @@ import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 
-from mbv3 import checkpoint, net  # noqa: E402
-
-
-def random_values(variant="large", multiplier=1.0, num_classes=1001, seed=0):
-    """Weights that keep activations O(1) through the whole net (He-scaled convs) and non-trivial
-    batch-norm statistics, so parity tests compare real signal rather than near-zero logits."""
-    rng = np.random.default_rng(seed)
-    values = {}
-    for name, spec in net.variable_specs(net.resolve(variant, multiplier), num_classes).items():
-        if spec.kind in (net.WEIGHTS, net.DEPTHWISE):
-            fan_in = int(np.prod(spec.shape[:-1])) if spec.kind == net.WEIGHTS else spec.shape[0] * spec.shape[1]
-            v = rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
-        elif spec.kind == net.GAMMA:
-            v = rng.uniform(0.5, 1.5, spec.shape)
-        elif spec.kind == net.VARIANCE:
-            v = rng.uniform(0.5, 2.0, spec.shape)
-        else:  # beta, moving mean, biases
-            v = rng.normal(0, 0.2, spec.shape)
-        values[name] = v.astype(np.float32)
-    return values
+from mbv3 import checkpoint  # noqa: E402
+from mbv3.testing import random_values  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture

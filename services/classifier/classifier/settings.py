@@ -28,27 +28,6 @@ class Settings:
     PREPROCESS_WORKERS: int = 2
     LOG_LEVEL: str = "info"
 
-    # lower-case aliases read better in code
-    @property
-    def model_dir(self):
-        return self.MODEL_DIR
-
-    @property
-    def backend(self):
-        return self.BACKEND
-
-    @property
-    def device_id(self):
-        return self.DEVICE_ID
-
-    @property
-    def max_batch(self):
-        return self.MAX_BATCH
-
-    @property
-    def threads(self):
-        return self.THREADS
-
 
 def _read_dotenv(path):
     values = {}

@@ -22,21 +22,8 @@ SIZE = 96
 
 def make_bundle(path, variant="small", multiplier=0.5, num_classes=11, size=SIZE, seed=0):
     """A real bundle from random weights (TensorFlow is available to tests, never to the service)."""
-    from mbv3 import checkpoint, export, net
-    rng = np.random.default_rng(seed)
-    values = {}
-    for name, spec in net.variable_specs(net.resolve(variant, multiplier), num_classes).items():
-        if spec.kind in (net.WEIGHTS, net.DEPTHWISE):
-            fan_in = int(np.prod(spec.shape[:-1])) if spec.kind == net.WEIGHTS else spec.shape[0] * spec.shape[1]
-            v = rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
-        elif spec.kind in (net.GAMMA, net.VARIANCE):
-            v = rng.uniform(0.5, 1.5, spec.shape)
-        else:
-            v = rng.normal(0, 0.1, spec.shape)
-        values[name] = v.astype(np.float32)
-    prefix = checkpoint.save(str(path) + "-ckpt", 1, values)
-    export.export(prefix, str(path), input_size=size, name="digits_test", log=lambda *_: None)
-    return str(path)
+    from mbv3.testing import random_bundle
+    return random_bundle(path, variant, multiplier, num_classes, size, seed, name="digits_test")
 
 
 @pytest.fixture(scope="session")

@@ -31,24 +31,9 @@ MBATCH = "ascend_mbatch_shape_data"
 EXPORT = textwrap.dedent("""
     import os, sys
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    import numpy as np
-    from mbv3 import checkpoint, export, net
+    from mbv3.testing import random_bundle
     root = sys.argv[1]
-    rng = np.random.default_rng(11)
-    values = {}
-    for name, spec in net.variable_specs(net.resolve("small", 0.35), %d).items():
-        if spec.kind in (net.WEIGHTS, net.DEPTHWISE):  # He-scaled: logits of a useful size
-            fan_in = int(np.prod(spec.shape[:-1])) if spec.kind == net.WEIGHTS else spec.shape[0] * spec.shape[1]
-            v = rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
-        elif spec.kind == net.GAMMA:
-            v = rng.uniform(0.5, 1.5, spec.shape)
-        elif spec.kind == net.VARIANCE:
-            v = rng.uniform(0.5, 2.0, spec.shape)
-        else:
-            v = rng.normal(0, 0.2, spec.shape)
-        values[name] = v.astype(np.float32)
-    prefix = checkpoint.save(os.path.join(root, "run"), 1, values)
-    export.export(prefix, os.path.join(root, "bundle"), input_size=%d, log=lambda *_: None)
+    random_bundle(os.path.join(root, "bundle"), "small", 0.35, %d, input_size=%d, seed=11)
 """ % (CLASSES, SIZE))
 
 

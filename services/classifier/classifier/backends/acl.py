@@ -232,7 +232,7 @@ class AclBackend(Backend):
 
     def __init__(self, bundle, settings):
         super().__init__(bundle, settings)
-        self.device_id = int(settings.device_id)
+        self.device_id = int(settings.DEVICE_ID)
         self._lock = threading.RLock()
         self._closed = False
         self._broken = None

@@ -25,8 +25,8 @@ class OnnxRuntimeBackend(Backend):
     def _session(self, spinning):
         import onnxruntime as ort
         options = ort.SessionOptions()
-        if self.settings.threads:
-            options.intra_op_num_threads = self.settings.threads
+        if self.settings.THREADS:
+            options.intra_op_num_threads = self.settings.THREADS
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         path = self.bundle.file(bundle_mod.ONNX)
@@ -37,7 +37,7 @@ class OnnxRuntimeBackend(Backend):
 
     @property
     def max_batch(self):
-        return self.settings.max_batch  # dynamic batch: any size; the batcher's limit applies
+        return self.settings.MAX_BATCH  # dynamic batch: any size; the batcher's limit applies
 
     def run(self, batch):
         session = self.single if len(batch) == 1 else self.batched
@@ -47,7 +47,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("onnxruntime run failed: %s" % str(e).strip().splitlines()[0])
 
     def describe(self):
-        threads = self.settings.threads or "default"
+        threads = self.settings.THREADS or "default"
         return "onnxruntime %s (CPUExecutionProvider, %s intra-op threads)" % (
             __import__("onnxruntime").__version__, threads)
 

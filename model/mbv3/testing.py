@@ -1,0 +1,34 @@
+"""Random weights that behave numerically like trained ones, for tests and benchmarks of this
+package and of the service: He-scaled convolutions (logits of a useful size) and non-trivial
+batch-norm statistics, so parity checks compare real signal. Training and serving never use it."""
+from __future__ import absolute_import, division, print_function
+
+import numpy as np
+
+from . import checkpoint, net
+
+
+def random_values(variant="large", multiplier=1.0, num_classes=1001, seed=0):
+    """name -> float32 array for every variable of the network."""
+    rng = np.random.default_rng(seed)
+    values = {}
+    for name, spec in net.variable_specs(net.resolve(variant, multiplier), num_classes).items():
+        if spec.kind in (net.WEIGHTS, net.DEPTHWISE):
+            fan_in = int(np.prod(spec.shape[:-1])) if spec.kind == net.WEIGHTS else spec.shape[0] * spec.shape[1]
+            v = rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
+        elif spec.kind == net.GAMMA:
+            v = rng.uniform(0.5, 1.5, spec.shape)
+        elif spec.kind == net.VARIANCE:
+            v = rng.uniform(0.5, 2.0, spec.shape)
+        else:  # beta, moving mean, biases
+            v = rng.normal(0, 0.2, spec.shape)
+        values[name] = v.astype(np.float32)
+    return values
+
+
+def random_bundle(path, variant="small", multiplier=0.5, num_classes=11, input_size=96, seed=0, name=None):
+    """A model bundle at `path` exported from random_values (its checkpoint goes to `path`-ckpt)."""
+    from . import export
+    prefix = checkpoint.save(str(path) + "-ckpt", 1, random_values(variant, multiplier, num_classes, seed))
+    export.export(prefix, str(path), input_size=input_size, name=name, log=lambda *_: None)
+    return str(path)

@@ -20,6 +20,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mbv3 import bundle as bundle_mod
 from mbv3 import imageprep
+from mbv3.runtime import softmax
 
 from . import __version__, backends, kserve
 from .engine import Engine
@@ -31,12 +32,6 @@ log = logging.getLogger("classifier")
 IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp", "image/x-ms-bmp", "image/gif",
                "application/octet-stream"}
 OUTPUTS = ("logits", "probabilities")
-
-
-def softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 class Service:

@@ -11,6 +11,8 @@ RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
+SOC_VERSION ?= Ascend310
+PROFILES   ?= 1 2 4 8 16 32
 HOST       ?= 127.0.0.1
 PORT       ?= 8000
 
@@ -18,7 +20,7 @@ PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint init train eval export predict demo serve bench bench-onnx bench-train bench-serve clean
+.PHONY: help venv test lint init train eval export om predict demo serve bench bench-onnx bench-train bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
@@ -55,6 +57,9 @@ demo: venv ## the whole path on scikit-learn's digits: images -> TFRecords -> tr
 
 export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen graph + model.json + labels)
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
+
+om: venv ## BUNDLE -> model.om with ATC (needs the CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
+	$(MBV3) om --bundle $(BUNDLE) --soc-version $(SOC_VERSION) --batch-profiles $(PROFILES) $(if $(AIPP),--aipp)
 
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
 	$(MBV3) predict --bundle $(BUNDLE) $(IMAGES)

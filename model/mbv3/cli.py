@@ -169,6 +169,20 @@ def cmd_default_bundle(args):
     return 0
 
 
+def cmd_om(args):
+    from . import atc, bundle
+    profiles = [] if args.static else args.batch_profiles
+    if args.print:
+        loaded = bundle.load(args.bundle)
+        print(" ".join(atc.command(loaded.path, loaded.metadata, args.soc_version, profiles, args.aipp, args.atc,
+                                   args.precision_mode)))
+        if args.aipp:
+            print("# %s:\n%s" % (atc.AIPP_FILE, atc.aipp_config(loaded.metadata)))
+        return 0
+    atc.build(args.bundle, args.soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=_say)
+    return 0
+
+
 def _positive(text):
     value = int(text)
     if value < 1:
@@ -241,6 +255,18 @@ def parser():
     s.add_argument("--name", help="model name recorded in model.json")
     s.add_argument("--version", help="model version recorded in model.json (default: the step)")
     s.set_defaults(fn=cmd_export)
+
+    s = sub.add_parser("om", help="convert a bundle to an Ascend .om with ATC (CANN toolkit) and record it in model.json")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--soc-version", default="Ascend310", help="Ascend310 (default), Ascend310P3, ...")
+    s.add_argument("--batch-profiles", type=_positive, nargs="+", default=[1, 2, 4, 8, 16, 32],
+                   help="dynamic batch profiles (ATC --dynamic_batch_size), so the service can micro-batch")
+    s.add_argument("--static", action="store_true", help="batch 1 only, no profiles")
+    s.add_argument("--aipp", action="store_true", help="fold the [-1, 1] normalisation in: the card takes uint8 RGB")
+    s.add_argument("--precision-mode", help="ATC --precision_mode (default: ATC's)")
+    s.add_argument("--atc", default="atc", help="the ATC executable")
+    s.add_argument("--print", action="store_true", help="print the ATC command (and AIPP config) instead of running it")
+    s.set_defaults(fn=cmd_om)
 
     s = sub.add_parser("predict", help="top-k classes for images with a bundle (ONNX Runtime)")
     s.add_argument("--bundle", required=True)

@@ -69,3 +69,28 @@ def test_service_on_the_acl_backend(bundle_dir, tmp_path, om):  # noqa: F811
     device = [t for t in by_thread if t.startswith("device0")]
     assert len(device) == 1 and "acl.mdl.execute" in by_thread[device[0]]    # one thread owns the device
     assert all(calls == ["acl.finalize"] for t, calls in by_thread.items() if t != device[0])  # process exit only
+
+
+def test_mbv3_om_then_serve_the_om_on_acl(bundle_dir, tmp_path):  # noqa: F811
+    """`mbv3 om` (ATC replaced by tests/fake_atc.py) records the build in model.json; the service's
+    ACL backend then serves the .om by that record: batch profiles and AIPP uint8 input."""
+    import subprocess
+    bundle = str(tmp_path / "bundle")
+    shutil.copytree(bundle_dir, bundle)
+    wrapper = tmp_path / "atc"
+    wrapper.write_text("#!/bin/sh\nexec %s %s \"$@\"\n" % (sys.executable, os.path.join(os.path.dirname(SIM_DIR), "fake_atc.py")))
+    wrapper.chmod(0o755)
+    result = subprocess.run([sys.executable, "-c", "import sys; from mbv3.cli import main; sys.exit(main())", "om",
+                             "--bundle", bundle, "--atc", str(wrapper), "--batch-profiles", "1", "2", "4", "--aipp"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert model_json(bundle)["om"] == {"file": "model.om", "batch_profiles": [1, 2, 4], "aipp": True,
+                                        "soc_version": "Ascend310", "input_dtype": "uint8"}
+    path = os.pathsep.join([SIM_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    with Server(bundle, BACKEND="acl", PYTHONPATH=path) as server:
+        assert "acl" in requests.get(server.url + "/readyz").json()["backend"]
+        photo = real_photo()
+        served = classify(server.url, photo, top_k=1).json()["results"][0]["predictions"][0]
+        meta = model_json(bundle)
+        x = imageprep.eval_transform(imageprep.decode(photo), SIZE, meta["preprocessing"])[None]
+        assert served["index"] == OnnxClassifier(bundle).classify(x, 1)[0][0][0]

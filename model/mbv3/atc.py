@@ -1,0 +1,102 @@
+"""Bundle -> Ascend `.om` with ATC (CANN's model converter), driven by the bundle's model.json.
+
+The command is generated from the bundle (input name and size, layout), with dynamic batch
+profiles so the service can micro-batch on the card, and optionally an AIPP stage that folds the
+[-1, 1] normalisation into the model so the card takes uint8 RGB. After ATC succeeds, model.json
+records how the .om was built (the record the service's ACL backend reads). ATC itself exists only
+where the CANN toolkit is installed (the train-npu image); elsewhere `mbv3 om --print` shows the
+command.
+"""
+from __future__ import absolute_import, division, print_function
+
+import io
+import json
+import os
+import shutil
+import subprocess
+
+from . import bundle as bundle_mod
+from .errors import MbV3Error
+
+SOC_VERSIONS = ("Ascend310", "Ascend310P3", "Ascend910", "Ascend910B")
+DEFAULT_PROFILES = (1, 2, 4, 8, 16, 32)
+AIPP_FILE = "aipp.cfg"
+
+
+def aipp_config(metadata):
+    """A static AIPP config for uint8 RGB input: out = (in - mean_chn - min_chn) * var_reci_chn, with
+    min_chn = 255 * mean and var_reci_chn = 1 / (255 * std), i.e. the bundle's (x / 255 - mean) / std."""
+    prep = metadata["preprocessing"]
+    height, width = prep["size"]
+    lines = ["aipp_op {", "    aipp_mode: static", "    input_format: RGB888_U8",
+             "    src_image_size_w: %d" % width, "    src_image_size_h: %d" % height, "    csc_switch: false",
+             "    rbuv_swap_switch: false"]
+    for channel, (mean, std) in enumerate(zip(prep["mean"], prep["std"])):
+        lines += ["    mean_chn_%d: 0" % channel, "    min_chn_%d: %r" % (channel, float(mean) * prep["pixel_max"]),
+                  "    var_reci_chn_%d: %r" % (channel, 1.0 / (float(std) * prep["pixel_max"]))]
+    return "\n".join(lines + ["}", ""])
+
+
+def command(bundle_dir, metadata, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, aipp=False,
+            atc="atc", precision_mode=None):
+    """The ATC argument list (writes <bundle>/model.om)."""
+    if soc_version not in SOC_VERSIONS:
+        raise MbV3Error("soc_version %r: choose one of %s" % (soc_version, ", ".join(SOC_VERSIONS)))
+    inp = metadata["input"]
+    if inp.get("layout") != "NHWC" or len(inp["shape"]) != 4:
+        raise MbV3Error("bundle input must be NHWC [N,H,W,C], got %s %s" % (inp.get("layout"), inp["shape"]))
+    _, height, width, channels = inp["shape"]
+    profiles = sorted(set(int(b) for b in batch_profiles or ()))
+    if profiles and not (2 <= len(profiles) <= 100 and profiles[0] >= 1):
+        raise MbV3Error("ATC takes 2 to 100 positive batch profiles, got %s" % profiles)
+    batch = -1 if profiles else 1
+    args = [atc, "--framework=3", "--model=%s" % os.path.join(bundle_dir, bundle_mod.FROZEN),
+            "--output=%s" % os.path.join(bundle_dir, os.path.splitext(bundle_mod.OM)[0]),
+            "--input_format=NHWC", "--input_shape=%s:%d,%d,%d,%d" % (inp["name"], batch, height, width, channels),
+            "--soc_version=%s" % soc_version, "--output_type=FP32", "--log=error"]
+    if profiles:
+        args.append("--dynamic_batch_size=%s" % ",".join(str(b) for b in profiles))
+    if aipp:
+        args.append("--insert_op_conf=%s" % os.path.join(bundle_dir, AIPP_FILE))
+    if precision_mode:
+        args.append("--precision_mode=%s" % precision_mode)
+    return args
+
+
+def om_record(soc_version, batch_profiles, aipp):
+    profiles = sorted(set(int(b) for b in batch_profiles or ())) or None
+    return {"file": bundle_mod.OM, "batch_profiles": profiles, "aipp": bool(aipp), "soc_version": soc_version,
+            "input_dtype": "uint8" if aipp else "float32"}
+
+
+def build(bundle_dir, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, aipp=False, atc="atc",
+          precision_mode=None, log=print):
+    """Run ATC on a bundle and record the result in its model.json; returns the om record."""
+    loaded = bundle_mod.load(bundle_dir)
+    metadata = loaded.metadata
+    args = command(loaded.path, metadata, soc_version, batch_profiles, aipp, atc, precision_mode)
+    if shutil.which(args[0]) is None:
+        raise MbV3Error("ATC (%s) not found: run inside the train-npu image, or source CANN's "
+                        "/usr/local/Ascend/ascend-toolkit/set_env.sh; `mbv3 om --print` shows the command" % args[0])
+    if aipp:
+        with io.open(os.path.join(loaded.path, AIPP_FILE), "w") as f:
+            f.write(aipp_config(metadata))
+    log("running: %s" % " ".join(args))
+    result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    om_path = loaded.file(bundle_mod.OM)
+    if result.returncode != 0 or not os.path.exists(om_path):
+        tail = "\n".join(result.stdout.strip().splitlines()[-5:])
+        raise MbV3Error("ATC failed (exit %d): %s" % (result.returncode, tail or "no output"))
+    record = om_record(soc_version, batch_profiles, aipp)
+    metadata["om"] = record
+    files = metadata.setdefault("files", {})
+    for name in [bundle_mod.OM] + ([AIPP_FILE] if aipp else []):
+        path = loaded.file(name)
+        files[name] = {"sha256": bundle_mod.sha256(path), "bytes": os.path.getsize(path)}
+    target = loaded.file(bundle_mod.METADATA)
+    tmp = target + ".tmp-%d" % os.getpid()
+    with io.open(tmp, "w", encoding="utf-8") as f:
+        f.write(json.dumps(metadata, indent=2) + "\n")
+    os.replace(tmp, target)
+    log("wrote %s (%s, batch profiles %s, AIPP %s)" % (om_path, soc_version, record["batch_profiles"], record["aipp"]))
+    return record

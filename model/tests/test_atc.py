@@ -1,0 +1,81 @@
+"""ATC command generation and the model.json record (ATC itself needs CANN: a fake stands in)."""
+import json
+import os
+import stat
+
+import pytest
+
+from mbv3 import atc, bundle, checkpoint, export
+from mbv3.errors import MbV3Error
+
+from conftest import assert_one_line_error, random_values, run_cli
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("atc")
+    prefix = checkpoint.save(str(root / "run"), 1, random_values("small", 0.35, 11))
+    export.export(prefix, str(root / "bundle"), input_size=96, log=lambda *_: None)
+    return str(root / "bundle")
+
+
+def _fake_atc(tmp_path, exit_code=0):
+    """An `atc` that writes <--output>.om (or fails), recording its arguments."""
+    path = tmp_path / "atc"
+    path.write_text("#!/bin/sh\necho \"$@\" > %s/atc-args\nfor a in \"$@\"; do case $a in --output=*) out=${a#--output=};; "
+                    "esac; done\n[ %d -eq 0 ] && echo om > \"$out.om\"\nexit %d\n" % (tmp_path, exit_code, exit_code))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return str(path)
+
+
+def test_default_command(bundle_dir):
+    meta = bundle.load(bundle_dir).metadata
+    args = atc.command(bundle_dir, meta)
+    assert args[0] == "atc" and "--framework=3" in args and "--model=%s/model.pb" % bundle_dir in args
+    assert "--input_shape=input:-1,96,96,3" in args and "--input_format=NHWC" in args
+    assert "--dynamic_batch_size=1,2,4,8,16,32" in args and "--soc_version=Ascend310" in args
+    assert "--output_type=FP32" in args and "--output=%s/model" % bundle_dir in args
+    assert not any(a.startswith("--insert_op_conf") for a in args)
+
+
+def test_variants_of_the_command(bundle_dir):
+    meta = bundle.load(bundle_dir).metadata
+    static = atc.command(bundle_dir, meta, "Ascend310P3", batch_profiles=[])
+    assert "--input_shape=input:1,96,96,3" in static and "--soc_version=Ascend310P3" in static
+    assert not any(a.startswith("--dynamic_batch_size") for a in static)
+    with_aipp = atc.command(bundle_dir, meta, aipp=True, batch_profiles=[4, 1, 2], precision_mode="allow_fp32_to_fp16")
+    assert "--insert_op_conf=%s/aipp.cfg" % bundle_dir in with_aipp and "--dynamic_batch_size=1,2,4" in with_aipp
+    assert "--precision_mode=allow_fp32_to_fp16" in with_aipp
+    with pytest.raises(MbV3Error, match="soc_version 'Ascend999'"):
+        atc.command(bundle_dir, meta, "Ascend999")
+    with pytest.raises(MbV3Error, match="2 to 100 positive batch profiles"):
+        atc.command(bundle_dir, meta, batch_profiles=[8])
+
+
+def test_aipp_folds_the_normalisation(bundle_dir):
+    text = atc.aipp_config(bundle.load(bundle_dir).metadata)
+    assert "input_format: RGB888_U8" in text and "src_image_size_w: 96" in text
+    for c in range(3):   # (x - 127.5) / 127.5 == (x / 255 - 0.5) / 0.5: the bundle's [-1, 1]
+        assert "min_chn_%d: 127.5" % c in text and "var_reci_chn_%d: 0.00784313725490196" % c in text
+
+
+def test_build_records_the_om_in_model_json(bundle_dir, tmp_path):
+    fake = _fake_atc(tmp_path)
+    record = atc.build(bundle_dir, "Ascend310P3", [1, 2, 4, 8], aipp=True, atc=fake, log=lambda *_: None)
+    assert record == {"file": "model.om", "batch_profiles": [1, 2, 4, 8], "aipp": True, "soc_version": "Ascend310P3",
+                      "input_dtype": "uint8"}
+    loaded = bundle.load(bundle_dir, verify=True)           # sha256s of model.om and aipp.cfg recorded
+    assert loaded.metadata["om"] == record and {"model.om", "aipp.cfg"} <= set(loaded.metadata["files"])
+    assert "--dynamic_batch_size=1,2,4,8" in (tmp_path / "atc-args").read_text()
+
+
+def test_failures_are_one_line_and_leave_model_json_alone(bundle_dir, tmp_path):
+    before = open(os.path.join(bundle_dir, "model.json")).read()
+    result = run_cli("om", "--bundle", bundle_dir, "--atc", _fake_atc(tmp_path, exit_code=3))
+    assert_one_line_error(result, "ATC failed (exit 3)")
+    result = run_cli("om", "--bundle", bundle_dir, "--atc", str(tmp_path / "no-such-atc"))
+    assert_one_line_error(result, "not found")
+    assert open(os.path.join(bundle_dir, "model.json")).read() == before
+    shown = run_cli("om", "--bundle", bundle_dir, "--print", "--aipp")
+    assert shown.returncode == 0 and shown.stdout.startswith("atc --framework=3") and "aipp_op {" in shown.stdout
+    assert json.loads(before)["format"] == "mbv3-bundle"

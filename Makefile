@@ -12,6 +12,9 @@ RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
 SOC_VERSION ?= Ascend310
+RUNS       ?= runs
+GPU_RECIPE ?= gpu-4p
+COMPOSE    ?= docker compose
 PROFILES   ?= 1 2 4 8 16 32
 HOST       ?= 127.0.0.1
 PORT       ?= 8000
@@ -20,7 +23,7 @@ PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint init train eval export om predict demo serve bench bench-onnx bench-train bench-serve clean
+.PHONY: help venv test lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
@@ -82,6 +85,19 @@ bench-train: venv ## training images/s of V3_LARGE 224 batch 32 vs keras MobileN
 bench-serve: venv ## HTTP service latency and throughput at concurrency 1, 8, 32 vs in-process ONNX Runtime (real JPEGs)
 	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle \
 	  --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png
+
+images: ## build the four images (infer-cpu, infer-ascend, train-gpu, train-npu) with docker compose
+	$(COMPOSE) --profile ascend --profile train build
+
+train-gpu: ## the published recipe on this host's NVIDIA GPUs, in the train-gpu container (DATA, RUNS)
+	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) RECIPE=$(GPU_RECIPE) $(COMPOSE) --profile train run --rm train-gpu
+
+finetune-npu: ## the NPU fine-tune on an Ascend 910, in the train-npu container (DATA, RUNS, CHECKPOINT)
+	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) $(if $(CHECKPOINT),CHECKPOINT=$(CHECKPOINT)) \
+	  $(COMPOSE) --profile train run --rm finetune-npu
+
+infer: ## the Ascend 310 service on 127.0.0.1:8000 for BUNDLE (with model.om from `make om`)
+	BUNDLE=$(abspath $(BUNDLE)) $(COMPOSE) up infer
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)
 	rm -rf build .pytest_cache

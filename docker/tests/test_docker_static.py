@@ -1,0 +1,102 @@
+"""The Dockerfiles and compose.yaml, checked without a Docker engine: hadolint, `docker-compose
+config` for every profile, and the properties the images promise (dependencies before code,
+non-root services with a readiness healthcheck, devices and mounts). Building and running the
+images on a real engine is issue #5's container stage, not done yet."""
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+BIN = os.path.dirname(sys.executable)
+DOCKERFILES = ["infer-cpu", "infer-ascend", "train-gpu", "train-npu"]
+SERVICES = {"infer-cpu", "infer-ascend"}
+
+
+def _tool(name):
+    path = os.path.join(BIN, name)
+    return path if os.path.exists(path) else name
+
+
+def _dockerfile(name):
+    return os.path.join(ROOT, "docker", "%s.Dockerfile" % name)
+
+
+def _compose(*args):
+    result = subprocess.run([_tool("docker-compose")] + list(args), cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_hadolint_reports_no_errors(name):
+    result = subprocess.run([_tool("hadolint"), "--failure-threshold", "error", _dockerfile(name)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
+    assert result.returncode == 0, result.stdout
+
+
+def test_hadolint_check_can_fail(tmp_path):
+    bad = tmp_path / "bad.Dockerfile"
+    bad.write_text("FROM python:3.11-slim\nCOPY a b /app\n")   # DL3021, an error
+    assert subprocess.run([_tool("hadolint"), "--failure-threshold", "error", str(bad)],
+                          stdout=subprocess.PIPE).returncode != 0
+
+
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_dependencies_install_before_the_code_is_copied(name):
+    lines = open(_dockerfile(name)).read().splitlines()
+    first_pip = min(i for i, l in enumerate(lines) if "pip install" in l)
+    first_code = min(i for i, l in enumerate(lines) if l.startswith("COPY model/mbv3"))
+    assert first_pip < first_code
+    assert re.search(r"^ARG BASE_IMAGE=\S+", "\n".join(lines), re.M)
+    assert "org.opencontainers.image.title" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_images_run_as_non_root_with_a_readiness_check(name):
+    text = open(_dockerfile(name)).read()
+    users = re.findall(r"^USER (\S+)", text, re.M)
+    assert users and users[-1] not in ("root", "0")
+    assert re.search(r"^HEALTHCHECK .*\n.*/readyz", text, re.M)
+    assert "tensorflow" not in re.sub(r"#.*", "", text).lower()   # no TensorFlow installed (comments aside)
+
+
+def test_service_requirements_have_no_tensorflow():
+    for name in ("service-base.txt", "service.txt"):
+        text = open(os.path.join(ROOT, "requirements", name)).read().lower()
+        assert "tensorflow" not in re.sub(r"#.*", "", text)
+    assert "onnxruntime" not in open(os.path.join(ROOT, "requirements", "service-base.txt")).read()
+
+
+@pytest.mark.parametrize("profiles", [[], ["ascend"], ["train"], ["ascend", "train"]])
+def test_compose_config_is_valid_for_every_profile(profiles):
+    args = [a for p in profiles for a in ("--profile", p)]
+    _compose(*(args + ["config", "-q"]))
+
+
+def test_bare_up_starts_only_the_cpu_service():
+    assert _compose("config", "--services").split() == ["infer-cpu"]
+
+
+def test_compose_devices_mounts_and_ports():
+    config = json.loads(_compose("--profile", "ascend", "--profile", "train", "config", "--format", "json"))
+    services = config["services"]
+    infer = services["infer"]
+    devices = {d["source"] if isinstance(d, dict) else d.split(":")[0] for d in infer["devices"]}
+    assert {"/dev/davinci0", "/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"} <= devices
+    mounts = {v["target"]: v for v in infer["volumes"]}
+    assert mounts["/models/bundle"]["read_only"] and mounts["/usr/local/Ascend/driver"]["read_only"]
+    for name in ("infer", "infer-cpu"):
+        (port,) = services[name]["ports"]
+        assert port["host_ip"] == "127.0.0.1" and int(port["target"]) == 8000
+    assert services["infer"]["environment"]["BACKEND"] == "acl"
+    assert services["infer-cpu"]["environment"]["BACKEND"] == "onnxruntime"
+    gpu = services["train-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+    assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == -1
+    npu = services["finetune-npu"]
+    assert {"RANK_SIZE", "RANK_ID", "RANK_TABLE_FILE", "ASCEND_DEVICE_ID"} <= set(npu["environment"])
+    assert "train.init_from=/runs/gpu/model.ckpt-1080000" in npu["command"]

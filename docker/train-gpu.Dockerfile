@@ -1,0 +1,15 @@
+# Training on NVIDIA GPUs: `make train-gpu` / `docker compose run train-gpu`.
+ARG BASE_IMAGE=tensorflow/tensorflow:2.17.0-gpu
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="mbv3 training (NVIDIA GPU)" \
+      org.opencontainers.image.description="MobileNetV3 training with tf.distribute, XLA and mixed precision; entrypoint mbv3" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+# The base image's TensorFlow stays: only the package's small dependencies are added.
+RUN python3 -m pip install --no-cache-dir "PyYAML>=5.4,<7" "pillow>=9,<14"
+COPY model/pyproject.toml model/README.md /app/model/
+COPY model/mbv3 /app/model/mbv3
+RUN python3 -m pip install --no-cache-dir --no-deps /app/model
+ENTRYPOINT ["mbv3"]
+CMD ["--help"]

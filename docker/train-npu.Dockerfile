@@ -1,0 +1,18 @@
+# Fine-tuning on an Ascend 910 (CANN's TensorFlow 2.6.5 adapter, Python 3.7) and ATC for `make om`.
+# BASE_IMAGE: a CANN training image with the TF 2.x adapter (npu_device) and the toolkit's ATC; the
+# default tag is an assumption to check against the host's driver and CANN version.
+ARG BASE_IMAGE=ascendhub.huawei.com/public-ascendhub/tensorflow-modelzoo:23.0.RC2-TF2.6.5-ubuntu18.04
+FROM ${BASE_IMAGE}
+LABEL org.opencontainers.image.title="mbv3 training (Ascend 910, CANN TF adapter)" \
+      org.opencontainers.image.description="MobileNetV3 fine-tuning with npu_device and ATC conversion; entrypoint mbv3" \
+      org.opencontainers.image.licenses="Apache-2.0"
+ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+WORKDIR /app
+# Python 3.7 there: versions that still support it; the base image's TensorFlow and adapter stay.
+RUN python3 -m pip install --no-cache-dir "PyYAML>=5.4,<7" "pillow>=8,<10"
+COPY docker/ascend-entrypoint.sh /usr/local/bin/ascend-entrypoint
+COPY model/pyproject.toml model/README.md /app/model/
+COPY model/mbv3 /app/model/mbv3
+RUN python3 -m pip install --no-cache-dir --no-deps /app/model
+ENTRYPOINT ["/usr/local/bin/ascend-entrypoint", "mbv3"]
+CMD ["--help"]

@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from . import net
-from .errors import CheckpointError
+from .errors import CheckpointError, first_line
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 GLOBAL_STEP = "global_step"
@@ -35,7 +35,7 @@ def resolve_prefix(path):
         try:
             prefix = tf.train.latest_checkpoint(path)
         except (tf.errors.OpError, ValueError) as e:  # unparsable `checkpoint` state file
-            raise CheckpointError("%s: unreadable 'checkpoint' state file (%s)" % (path, _first_line(e)))
+            raise CheckpointError("%s: unreadable 'checkpoint' state file (%s)" % (path, first_line(e)))
         if prefix is None:
             indexes = sorted(glob.glob(os.path.join(path, "*.index")))
             if len(indexes) == 1:  # e.g. the official tarball: no state file, one checkpoint
@@ -50,11 +50,6 @@ def resolve_prefix(path):
     raise CheckpointError("no checkpoint at %s (expected %s.index or a directory)" % (path, path))
 
 
-def _first_line(err):
-    text = getattr(err, "message", None) or str(err)
-    return text.strip().splitlines()[0] if text.strip() else err.__class__.__name__
-
-
 class Reader(object):
     """A checkpoint's names, shapes and values; every TensorFlow failure becomes a CheckpointError."""
 
@@ -64,13 +59,13 @@ class Reader(object):
             self._reader = tf.train.load_checkpoint(self.prefix)
             self.shapes = {k: tuple(v) for k, v in self._reader.get_variable_to_shape_map().items()}
         except _READ_ERRORS as e:
-            raise CheckpointError("cannot read checkpoint %s: %s" % (self.prefix, _first_line(e)))
+            raise CheckpointError("cannot read checkpoint %s: %s" % (self.prefix, first_line(e)))
 
     def get(self, name):
         try:
             return self._reader.get_tensor(name)
         except _READ_ERRORS as e:
-            raise CheckpointError("checkpoint %s: cannot read %s: %s" % (self.prefix, name, _first_line(e)))
+            raise CheckpointError("checkpoint %s: cannot read %s: %s" % (self.prefix, name, first_line(e)))
 
     @property
     def step(self):

@@ -12,7 +12,7 @@ import os
 
 import yaml
 
-from .errors import MbV3Error
+from .errors import MbV3Error, first_line
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 SAVED_NAME = "config.yaml"
@@ -66,7 +66,7 @@ def _read_yaml(path):
     except (IOError, OSError) as e:
         raise ConfigError("cannot read config %s: %s" % (path, e.strerror or e))
     except yaml.YAMLError as e:
-        raise ConfigError("config %s is not valid YAML: %s" % (path, str(e).splitlines()[0]))
+        raise ConfigError("config %s is not valid YAML: %s" % (path, first_line(e)))
     if not isinstance(data, dict):
         raise ConfigError("config %s must be a mapping of sections" % path)
     return data

@@ -27,7 +27,7 @@ import tensorflow as tf
 
 from . import __version__, bundle, imageprep, preprocessing
 from .digits import write_digits_folder  # noqa: F401  (part of this module's API)
-from .errors import MbV3Error
+from .errors import MbV3Error, first_line
 
 FORMAT = "mbv3-tfrecords"
 FORMAT_VERSION = 1
@@ -378,13 +378,8 @@ def _prepare(path):
     try:
         shape = tf.io.decode_image(encoded, channels=3, expand_animations=False).shape
     except (tf.errors.OpError, ValueError) as e:
-        raise _Skip("TensorFlow cannot decode it: %s" % _first_line(e))
+        raise _Skip("TensorFlow cannot decode it: %s" % first_line(e))
     return encoded, fmt, int(shape[0]), int(shape[1]), converted
-
-
-def _first_line(err):
-    text = getattr(err, "message", None) or str(err)
-    return text.strip().splitlines()[0] if text.strip() else err.__class__.__name__
 
 
 class _Progress(object):
@@ -608,7 +603,7 @@ def build(images_dir, output_dir, shards=None, labels_file=None, val_split=0.0, 
                         future.result()
                     except (IOError, OSError, tf.errors.OpError) as e:
                         raise DataError("cannot write shard %s: %s" % (os.path.join(output_dir, futures[future][2]),
-                                                                      _first_line(e)))
+                                                                      first_line(e)))
                 if time.time() - last >= PROGRESS_SECONDS and pending:
                     progress.report()
                     last = time.time()

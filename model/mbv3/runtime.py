@@ -4,7 +4,7 @@ from __future__ import absolute_import, division, print_function
 import numpy as np
 
 from . import bundle as bundle_mod
-from .errors import BundleError
+from .errors import BundleError, first_line
 
 
 def onnx_session(model, threads=0):
@@ -17,7 +17,7 @@ def onnx_session(model, threads=0):
         return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
     except Exception as e:  # ORT raises its own Fail/InvalidGraph types without a common base
         raise BundleError("ONNX Runtime cannot load %s: %s" % (model if isinstance(model, str) else "the model",
-                                                              str(e).strip().splitlines()[0]))
+                                                              first_line(e)))
 
 
 def softmax(logits):

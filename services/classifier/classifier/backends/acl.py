@@ -33,6 +33,8 @@ import threading
 
 import numpy as np
 
+from mbv3.errors import first_line
+
 from .base import Backend, BackendError
 
 log = logging.getLogger(__name__)
@@ -101,7 +103,7 @@ def _recent_message(acl):
         message = getter()
     except Exception:  # diagnostics only
         return ""
-    return (message or "").strip().splitlines()[0] if message else ""
+    return first_line(message or "", default="")
 
 
 def _error(acl, call, ret, fatal=None):

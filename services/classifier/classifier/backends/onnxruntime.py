@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbv3 import bundle as bundle_mod
+from mbv3.errors import first_line
 
 from .base import Backend, BackendError
 
@@ -33,7 +34,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT's Fail/InvalidGraph/NoSuchFile share no public base class
-            raise BackendError("onnxruntime cannot load %s: %s" % (path, str(e).strip().splitlines()[0]), fatal=True)
+            raise BackendError("onnxruntime cannot load %s: %s" % (path, first_line(e)), fatal=True)
 
     @property
     def max_batch(self):
@@ -44,7 +45,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             return session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
         except Exception as e:
-            raise BackendError("onnxruntime run failed: %s" % str(e).strip().splitlines()[0])
+            raise BackendError("onnxruntime run failed: %s" % first_line(e))
 
     def describe(self):
         threads = self.settings.THREADS or "default"

@@ -50,6 +50,16 @@ def resolve_prefix(path):
     raise CheckpointError("no checkpoint at %s (expected %s.index or a directory)" % (path, path))
 
 
+def latest(directory):
+    """The latest checkpoint prefix in `directory`, or None when it holds none (or does not exist)."""
+    if not os.path.isdir(directory):
+        return None
+    try:
+        return resolve_prefix(directory)
+    except CheckpointError:
+        return None
+
+
 class Reader(object):
     """A checkpoint's names, shapes and values; every TensorFlow failure becomes a CheckpointError."""
 

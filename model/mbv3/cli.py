@@ -59,13 +59,9 @@ def cmd_inspect(args):
 def cmd_init(args):
     _quiet_tensorflow()
     from . import checkpoint, net
-    if os.path.isdir(args.model_dir):
-        try:
-            found = checkpoint.resolve_prefix(args.model_dir)
-        except MbV3Error:
-            found = None
-        if found:
-            raise MbV3Error("%s already holds checkpoint %s; choose an empty directory" % (args.model_dir, found))
+    found = checkpoint.latest(args.model_dir)
+    if found:
+        raise MbV3Error("%s already holds checkpoint %s; choose an empty directory" % (args.model_dir, found))
     model = net.MobileNetV3(args.variant, args.multiplier, args.num_classes, seed=args.seed)
     try:
         prefix = checkpoint.save(args.model_dir, 0, model.variables)

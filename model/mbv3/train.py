@@ -229,12 +229,7 @@ class Trainer(object):
 
     def _start(self):
         t = self.cfg.train
-        existing = None
-        if os.path.isdir(self.model_dir):
-            try:
-                existing = checkpoint.resolve_prefix(self.model_dir)
-            except MbV3Error:
-                existing = None
+        existing = checkpoint.latest(self.model_dir)
         if existing:
             self.state.restore(existing, self.log)
         elif t.init_from:

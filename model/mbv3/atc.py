@@ -16,6 +16,7 @@ import shutil
 import subprocess
 
 from . import bundle as bundle_mod
+from . import fileio
 from .errors import MbV3Error
 
 SOC_VERSIONS = ("Ascend310", "Ascend310P3", "Ascend910", "Ascend910B")
@@ -93,10 +94,6 @@ def build(bundle_dir, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, 
     for name in [bundle_mod.OM] + ([AIPP_FILE] if aipp else []):
         path = loaded.file(name)
         files[name] = {"sha256": bundle_mod.sha256(path), "bytes": os.path.getsize(path)}
-    target = loaded.file(bundle_mod.METADATA)
-    tmp = target + ".tmp-%d" % os.getpid()
-    with io.open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(metadata, indent=2) + "\n")
-    os.replace(tmp, target)
+    fileio.write_text(loaded.file(bundle_mod.METADATA), json.dumps(metadata, indent=2) + "\n")
     log("wrote %s (%s, batch profiles %s, AIPP %s)" % (om_path, soc_version, record["batch_profiles"], record["aipp"]))
     return record

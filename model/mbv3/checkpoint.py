@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from . import net
+from . import fileio, net
 from .errors import CheckpointError, first_line
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
@@ -228,13 +228,7 @@ def _write_state(model_dir, paths):
     """The text `checkpoint` file TF1's Saver keeps (relative paths, newest last), replaced atomically."""
     text = 'model_checkpoint_path: "%s"\n' % paths[-1]
     text += "".join('all_model_checkpoint_paths: "%s"\n' % p for p in paths)
-    state = os.path.join(model_dir, "checkpoint")
-    tmp = "%s.tmp-%d" % (state, os.getpid())
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, state)
+    fileio.write_text(os.path.join(model_dir, "checkpoint"), text)
 
 
 def _state(model_dir):

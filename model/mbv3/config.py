@@ -12,6 +12,7 @@ import os
 
 import yaml
 
+from . import fileio
 from .errors import MbV3Error, first_line
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
@@ -46,13 +47,8 @@ class Config(object):
         return yaml.safe_dump(self.values, default_flow_style=False, sort_keys=False)
 
     def save(self, directory):
-        path = os.path.join(directory, SAVED_NAME)
-        tmp = path + ".tmp-%d" % os.getpid()
-        with io.open(tmp, "w", encoding="utf-8") as f:
-            f.write(u"# resolved from %s\n" % (self.source or "defaults"))
-            f.write(self.dump())
-        os.replace(tmp, path)
-        return path
+        return fileio.write_text(os.path.join(directory, SAVED_NAME),
+                                 u"# resolved from %s\n" % (self.source or "defaults") + self.dump())
 
 
 def recipe_names():

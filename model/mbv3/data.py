@@ -25,7 +25,7 @@ import time
 
 import tensorflow as tf
 
-from . import __version__, bundle, imageprep, preprocessing
+from . import __version__, bundle, fileio, imageprep, preprocessing
 from .digits import write_digits_folder  # noqa: F401  (part of this module's API)
 from .errors import MbV3Error, first_line
 
@@ -449,10 +449,7 @@ class _Stopped(Exception):
 
 
 def _write_json(path, value):
-    tmp = path + ".tmp"
-    with io.open(tmp, "w", encoding="utf-8") as f:
-        f.write(json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-    os.replace(tmp, path)
+    fileio.write_text(path, json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
 
 
 def _load_json(path):

@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 
+from .console import say
 from . import __version__
 from .errors import MbV3Error
 
@@ -20,10 +21,6 @@ def _quiet_tensorflow():
     import tensorflow as tf
     tf.get_logger().setLevel(logging.ERROR)
     logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-
-
-def _say(msg):
-    print(msg, file=sys.stderr)
 
 
 def cmd_inspect(args):
@@ -67,7 +64,7 @@ def cmd_init(args):
         prefix = checkpoint.save(args.model_dir, 0, model.variables)
     except OSError as e:
         raise MbV3Error("cannot write to %s: %s" % (args.model_dir, e.strerror or e))
-    _say("wrote %s: MobileNetV3 %s %s, %d classes, randomly initialised (step 0)"
+    say("wrote %s: MobileNetV3 %s %s, %d classes, randomly initialised (step 0)"
          % (prefix, args.variant, args.multiplier, args.num_classes))
     return 0
 
@@ -77,7 +74,7 @@ def cmd_export(args):
     from . import export
     export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
                   variant=args.variant, input_size=args.input_size, labels_file=args.labels,
-                  name=args.name, version=args.version, log=_say)
+                  name=args.name, version=args.version, log=say)
     return 0
 
 
@@ -92,7 +89,7 @@ def cmd_predict(args):
             with open(path, "rb") as f:
                 rgb = imageprep.decode(f.read())
         except (IOError, OSError, imageprep.ImageError) as e:
-            _say("mbv3: error: %s: %s" % (path, getattr(e, "strerror", None) or e))
+            say("mbv3: error: %s: %s" % (path, getattr(e, "strerror", None) or e))
             failures += 1
             continue
         batch = imageprep.eval_transform(rgb, prep["size"], prep)[np.newaxis]
@@ -111,7 +108,7 @@ def cmd_benchmark(args):
     if args.json:
         with open(args.json, "w") as f:
             json.dump(results, f, indent=2)
-        _say("wrote %s" % args.json)
+        say("wrote %s" % args.json)
     return 0
 
 
@@ -120,7 +117,7 @@ def cmd_data_build(args):
     from . import data
     summary = data.build(args.images, args.output, shards=args.shards, labels_file=args.labels,
                          val_split=args.val_split, val_labels_file=args.val_labels, workers=args.workers,
-                         seed=args.seed, log=_say)
+                         seed=args.seed, log=say)
     print(json.dumps(summary, indent=2, default=str))
     return 0
 
@@ -130,10 +127,10 @@ def cmd_train(args):
     from . import train
     summary = train.train(args.config, args.data, args.model_dir, overrides=args.set)
     if summary["stopped_by_signal"]:
-        _say("stopped at step %d of %d by signal %d; latest checkpoint %s; rerun the same command to resume"
+        say("stopped at step %d of %d by signal %d; latest checkpoint %s; rerun the same command to resume"
              % (summary["step"], summary["total_steps"], summary["stopped_by_signal"], summary["checkpoint"]))
         return 128 + summary["stopped_by_signal"]
-    _say("done: step %d of %d, latest checkpoint %s" % (summary["step"], summary["total_steps"], summary["checkpoint"]))
+    say("done: step %d of %d, latest checkpoint %s" % (summary["step"], summary["total_steps"], summary["checkpoint"]))
     return 0
 
 
@@ -156,7 +153,7 @@ def cmd_default_bundle(args):
     saved = os.dup(1)
     os.dup2(2, 1)
     try:
-        path = default_model.resolve(args.model or None, args.cache, log=_say)
+        path = default_model.resolve(args.model or None, args.cache, log=say)
     finally:
         sys.stdout.flush()
         os.dup2(saved, 1)
@@ -175,7 +172,7 @@ def cmd_om(args):
         if args.aipp:
             print("# %s:\n%s" % (atc.AIPP_FILE, atc.aipp_config(loaded.metadata)))
         return 0
-    atc.build(args.bundle, args.soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=_say)
+    atc.build(args.bundle, args.soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=say)
     return 0
 
 
@@ -293,10 +290,10 @@ def main(argv=None):
     try:
         return args.fn(args)
     except MbV3Error as e:
-        _say("mbv3: error: %s" % e)
+        say("mbv3: error: %s" % e)
         return 1
     except KeyboardInterrupt:
-        _say("mbv3: interrupted")
+        say("mbv3: interrupted")
         return 130
 
 

@@ -19,12 +19,12 @@ import json
 import math
 import os
 import random
-import sys
 import threading
 import time
 
 import tensorflow as tf
 
+from .console import say
 from . import __version__, bundle, fileio, imageprep, preprocessing
 from .digits import write_digits_folder  # noqa: F401  (part of this module's API)
 from .errors import MbV3Error, first_line
@@ -48,11 +48,6 @@ _EXIF_ORIENTATION = 0x0112
 
 class DataError(MbV3Error):
     pass
-
-
-def _stderr(msg):
-    print(msg, file=sys.stderr)
-    sys.stderr.flush()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -498,7 +493,7 @@ def _remove_stale(output_dir):
 
 
 def build(images_dir, output_dir, shards=None, labels_file=None, val_split=0.0, val_labels_file=None,
-          workers=None, seed=0, log=_stderr):
+          workers=None, seed=0, log=say):
     """Write slim-format TFRecord shards, labels.txt and dataset.json for an ImageNet-layout folder.
 
     images_dir: train/<class>/<image> and optionally val/<class>/<image> (or validation/), or a

@@ -14,10 +14,10 @@ import contextlib
 import hashlib
 import os
 import shutil
-import sys
 import tarfile
 import textwrap
 
+from .console import say
 from . import bundle as bundle_mod
 from .errors import MbV3Error
 
@@ -38,11 +38,6 @@ class RejectedCheckpoint(MbV3Error):
     """The download is not the checkpoint we asked for; it is deleted and never used."""
 
 
-def _stderr(msg):
-    print(msg, file=sys.stderr)
-    sys.stderr.flush()
-
-
 def cache_root(cache_dir=None):
     return os.path.abspath(os.path.expanduser(cache_dir or os.environ.get("MBV3_CACHE") or "~/.cache/mbv3"))
 
@@ -55,7 +50,7 @@ def _is_bundle(path):
     return os.path.isfile(os.path.join(path, bundle_mod.METADATA))
 
 
-def resolve(model=None, cache_dir=None, log=_stderr, url=None, train_fn=None):
+def resolve(model=None, cache_dir=None, log=say, url=None, train_fn=None):
     """The bundle directory to serve. `model`: a bundle or a checkpoint (prefix or directory);
     `train_fn(data_dir, model_dir, log)` replaces the demo's training (tests)."""
     cache = cache_root(cache_dir)
@@ -296,7 +291,7 @@ def _train_digits(data_dir, model_dir, log):
                         % (summary["stopped_by_signal"], summary["step"]))
 
 
-def _demo_bundle(cache, train_fn=None, log=_stderr):
+def _demo_bundle(cache, train_fn=None, log=say):
     """The digits demo bundle: images -> TFRecords -> train -> export at 64x64, each step resumable."""
     out = os.path.join(cache, "bundles", "demo-digits")
     if _is_bundle(out):

@@ -4,17 +4,13 @@ from __future__ import absolute_import, division, print_function
 
 import json
 import os
-import sys
 import time
 
 import tensorflow as tf
 
+from .console import say
 from . import checkpoint, config as config_mod, data, net
 from .errors import MbV3Error
-
-
-def _log_to_stderr(msg):
-    print(msg, file=sys.stderr)
 
 
 def _image_size(prefix, image_size):
@@ -26,7 +22,7 @@ def _image_size(prefix, image_size):
 
 
 def evaluate(checkpoint_path, data_dir, use_ema=None, split="validation", batch_size=100, image_size=None,
-             write=True, log=_log_to_stderr):
+             write=True, log=say):
     reader = checkpoint.Reader(checkpoint_path)
     arch = checkpoint.detect_architecture(reader.shapes)
     info = data.info(data_dir)

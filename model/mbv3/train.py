@@ -13,21 +13,16 @@ import math
 import os
 import shutil
 import signal
-import sys
 import time
 
 import numpy as np
 import tensorflow as tf
 
+from .console import say
 from . import checkpoint, config as config_mod, data, net, recipe, targets
 from .errors import MbV3Error
 
 MOMENTUM_SUFFIX = "/Momentum"
-
-
-def _log_to_stderr(msg):
-    print(msg, file=sys.stderr)
-    sys.stderr.flush()
 
 
 def _tensorboard_available():
@@ -126,7 +121,7 @@ class TrainState(object):
 
 
 class Trainer(object):
-    def __init__(self, cfg, data_dir, model_dir, log=_log_to_stderr, target=None):
+    def __init__(self, cfg, data_dir, model_dir, log=say, target=None):
         self.cfg, self.data_dir, self.model_dir = cfg, data_dir, model_dir
         self.target = target or targets.get(cfg.target.name, cfg.target.__dict__)
         self.strategy = self.target.setup()  # first: the NPU must open before any other TF state
@@ -338,7 +333,7 @@ class Trainer(object):
                 "stopped_by_signal": self._stop or None}
 
 
-def train(recipe_name, data_dir, model_dir, overrides=(), log=_log_to_stderr, target=None):
+def train(recipe_name, data_dir, model_dir, overrides=(), log=say, target=None):
     """Run (or resume) training; returns a summary dict."""
     cfg = config_mod.load(recipe_name, overrides)
     return Trainer(cfg, data_dir, model_dir, log=log, target=target).run()

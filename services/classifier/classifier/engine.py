@@ -2,9 +2,10 @@
 
 Requests put (image, future) items on a bounded queue (full: 503 with Retry-After). The batcher
 takes what is waiting and, while the batch is short of MAX_BATCH and other requests are still being
-preprocessed (so more images are on their way), waits up to MAX_DELAY_MS for them; a lone request
-is not held back. It hands the batch to the worker thread; while the device works, new requests queue up and form
-the next batch. A failed run fails that batch only (503); a fatal failure (device lost) also
+preprocessed (so more images are on their way), waits up to MAX_DELAY_MS for them, then hands the
+batch to the worker thread; while the device works, new requests queue up and form the next batch.
+A request that finds the engine idle skips all that: it is preprocessed and run in one hop on the
+worker thread (infer_alone). A failed run fails that batch only (503); a fatal failure (device lost) also
 reloads the backend on the worker thread before the next batch.
 """
 from __future__ import annotations
@@ -57,22 +58,19 @@ class Engine:
 
     def _run(self, batch):
         if self.backend is None:  # the reload after a fatal error failed: try again first
-            self._load()
-            self._warm_up()
+            self._reload()
         return self.backend.run(batch)
 
     def _reload(self):
-        try:
-            if self.backend is not None:
-                self.backend.close()
-        finally:
-            self.backend = None
+        self._close()
         self._load()
         self._warm_up()
 
     def _close(self):
-        if self.backend is not None:
-            self.backend.close()
+        try:
+            if self.backend is not None:
+                self.backend.close()
+        finally:
             self.backend = None
 
     # --- event-loop side ---------------------------------------------------------------------

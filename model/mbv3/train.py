@@ -86,9 +86,7 @@ class TrainState(object):
     def restore(self, prefix, log):
         """Everything from one of our own checkpoints: a resume."""
         reader = checkpoint.Reader(prefix)
-        values, report = checkpoint.read_values(prefix, self.model.specs, use_ema=False, reader=reader)
-        for name, value in values.items():
-            self.model.variables[name].assign(value)
+        checkpoint.load_into(self.model.variables, self.model.specs, prefix, use_ema=False, reader=reader)
         extras = dict((n, v) for n, v in self.tensors().items() if n not in self.model.variables)
         missing = [n for n in extras if n not in reader.shapes]
         for name, var in extras.items():
@@ -102,10 +100,8 @@ class TrainState(object):
     def initialize_from(self, path, keep_step, reinit_classifier, log):
         """Weights (and with keep_step the step, momentum and EMA) from another run or an official checkpoint."""
         reader = checkpoint.Reader(path)
-        values, report = checkpoint.read_values(reader.prefix, self.model.specs, use_ema=False,
-                                                reinit_classifier=reinit_classifier, reader=reader)
-        for name, value in values.items():
-            self.model.variables[name].assign(value)
+        report = checkpoint.load_into(self.model.variables, self.model.specs, reader.prefix, use_ema=False,
+                                      reinit_classifier=reinit_classifier, reader=reader)
         for name, shadow in self.ema.items():
             source = name + checkpoint.EMA_SUFFIX
             if keep_step and source in reader.shapes and name not in report.reinitialized:

@@ -9,8 +9,9 @@ LABEL org.opencontainers.image.title="mbv3 classifier (Ascend 310, pyACL)" \
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 # No ONNX Runtime and no TensorFlow: pyACL comes from the base image (set_env.sh puts it on PYTHONPATH).
-COPY requirements/service-base.txt /app/requirements/
-RUN python3 -m pip install --no-cache-dir -r /app/requirements/service-base.txt
+# Ranges, not the CPU image's pins: the base image's Python decides; numpy < 2 for CANN.
+COPY requirements/service-ascend.txt /app/requirements/
+RUN python3 -m pip install --no-cache-dir -r /app/requirements/service-ascend.txt
 COPY docker/ascend-entrypoint.sh /usr/local/bin/ascend-entrypoint
 COPY model/pyproject.toml model/README.md /app/model/
 COPY model/mbv3 /app/model/mbv3

@@ -7,7 +7,8 @@ LABEL org.opencontainers.image.title="mbv3 training (NVIDIA GPU)" \
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
 # The base image's TensorFlow stays: only the package's small dependencies are added.
-RUN python3 -m pip install --no-cache-dir "PyYAML>=5.4,<7" "pillow>=9,<14"
+COPY requirements/train-image.txt /app/requirements/
+RUN python3 -m pip install --no-cache-dir -r /app/requirements/train-image.txt
 COPY model/pyproject.toml model/README.md /app/model/
 COPY model/mbv3 /app/model/mbv3
 RUN python3 -m pip install --no-cache-dir --no-deps /app/model

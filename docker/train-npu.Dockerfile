@@ -8,8 +8,9 @@ LABEL org.opencontainers.image.title="mbv3 training (Ascend 910, CANN TF adapter
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /app
-# Python 3.7 there: versions that still support it; the base image's TensorFlow and adapter stay.
-RUN python3 -m pip install --no-cache-dir "PyYAML>=5.4,<7" "pillow>=8,<10"
+# Python 3.7 there: ranges it can satisfy; the base image's TensorFlow and adapter stay.
+COPY requirements/train-image.txt /app/requirements/
+RUN python3 -m pip install --no-cache-dir -r /app/requirements/train-image.txt
 COPY docker/ascend-entrypoint.sh /usr/local/bin/ascend-entrypoint
 COPY model/pyproject.toml model/README.md /app/model/
 COPY model/mbv3 /app/model/mbv3

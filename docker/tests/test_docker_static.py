@@ -1,12 +1,14 @@
 """The Dockerfiles and compose.yaml, checked without a Docker engine: hadolint, `docker-compose
 config` for every profile, and the properties the images promise (dependencies before code,
-non-root services with a readiness healthcheck, devices and mounts). Building and running the
-images on a real engine is issue #5's container stage, not done yet."""
+non-root services with a readiness healthcheck, devices and mounts), and that the requirement
+ranges the Ascend and training images install resolve on the Pythons of their real base images
+(which the stand-ins in test_containers.py, all Python 3.11, cannot show)."""
 import json
 import os
 import re
 import subprocess
 import sys
+import tempfile
 
 import pytest
 
@@ -66,10 +68,51 @@ def test_service_images_run_as_non_root_with_a_readiness_check(name):
 
 
 def test_service_requirements_have_no_tensorflow():
-    for name in ("service-base.txt", "service.txt"):
+    for name in ("service-base.txt", "service.txt", "service-ascend.txt"):
         text = open(os.path.join(ROOT, "requirements", name)).read().lower()
         assert "tensorflow" not in re.sub(r"#.*", "", text)
-    assert "onnxruntime" not in open(os.path.join(ROOT, "requirements", "service-base.txt")).read()
+    for name in ("service-base.txt", "service-ascend.txt"):
+        assert "onnxruntime" not in re.sub(r"#.*", "", open(os.path.join(ROOT, "requirements", name)).read())
+
+
+def _resolve(requirements, python, arch):
+    """What pip would install from `requirements` for CPython `python` on manylinux `arch` (binary
+    wheels only, as in a slim image without compilers), without installing anything."""
+    with tempfile.TemporaryDirectory() as tmp:
+        report = os.path.join(tmp, "report.json")
+        platforms = [a for tag in ("manylinux2014", "manylinux_2_17", "manylinux_2_28")
+                     for a in ("--platform", "%s_%s" % (tag, arch))]
+        result = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--dry-run", "--ignore-installed",
+                                 "--python-version", python, "--implementation", "cp", "--only-binary=:all:"]
+                                + platforms + ["--target", os.path.join(tmp, "t"), "--report", report,
+                                               "-r", os.path.join(ROOT, "requirements", requirements)],
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
+        assert result.returncode == 0, "%s on CPython %s/%s:\n%s" % (requirements, python, arch, result.stdout[-3000:])
+        with open(report) as f:
+            return {i["metadata"]["name"].lower().replace("_", "-"): i["metadata"]["version"] for i in json.load(f)["install"]}
+
+
+# The default infer base (ascendai/cann ...-py3.10) has 3.10; other CANN releases ship 3.8 to 3.11,
+# on x86_64 and aarch64 (Kunpeng) hosts. The TF 2.6.5 CANN image has 3.7, the TF GPU image 3.11.
+@pytest.mark.parametrize("arch", ["x86_64", "aarch64"])
+@pytest.mark.parametrize("requirements,python", [("service-ascend.txt", v) for v in ("3.8", "3.9", "3.10", "3.11")]
+                         + [("train-image.txt", v) for v in ("3.7", "3.11")])
+def test_image_requirements_resolve_on_the_base_images_python(requirements, python, arch):
+    resolved = _resolve(requirements, python, arch)
+    if requirements == "service-ascend.txt":
+        assert {"fastapi", "uvicorn", "numpy", "pillow", "python-multipart", "prometheus-client"} <= set(resolved)
+        assert int(resolved["numpy"].split(".")[0]) == 1   # CANN's extensions are built against numpy 1.x
+
+
+def test_the_resolve_check_can_fail():
+    with pytest.raises(AssertionError, match="service-base.txt on CPython 3.10"):
+        _resolve("service-base.txt", "3.10", "x86_64")   # its pins (fastapi 0.165, numpy 2.4) need 3.11
+
+
+@pytest.mark.parametrize("name,requirements", [("infer-ascend", "service-ascend.txt"), ("train-gpu", "train-image.txt"),
+                                               ("train-npu", "train-image.txt")])
+def test_images_on_foreign_bases_install_the_ranges_file(name, requirements):
+    assert "-r /app/requirements/%s" % requirements in open(_dockerfile(name)).read()
 
 
 @pytest.mark.parametrize("profiles", [[], ["ascend"], ["train"], ["ascend", "train"]])

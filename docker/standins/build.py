@@ -1,0 +1,142 @@
+"""Build the stand-in base images and then the project's four real images on a local Docker engine.
+
+No registry is reachable on the development and CI machines, so the registry images the Dockerfiles
+name are replaced by stand-ins built from Debian's packages and tagged with those names; the real
+Dockerfiles then build unchanged. Each stand-in's Dockerfile says what it reproduces and what not.
+
+    DOCKER_HOST=$(docker/engine.sh start) python docker/standins/build.py [--only infer-cpu ...]
+
+Layers are cached in the engine's data root, so a second run takes seconds.
+"""
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(os.path.dirname(HERE))
+DOCKER = os.environ.get("DOCKER", "/usr/bin/docker")
+
+# The registry images the Dockerfiles and compose.yaml name by default.
+PYTHON_IMAGE = "python:3.11-slim"
+TF_GPU_IMAGE = "tensorflow/tensorflow:2.17.0-gpu"
+CANN_INFER_IMAGE = "ascendai/cann:8.0.0-310p-ubuntu22.04-py3.10"
+CANN_TF_IMAGE = "ascendhub.huawei.com/public-ascendhub/tensorflow-modelzoo:23.0.RC2-TF2.6.5-ubuntu18.04"
+
+# The project's images, as compose.yaml tags them: name -> (Dockerfile, stand-in base it needs).
+IMAGES = {
+    "infer-cpu": ("docker/infer-cpu.Dockerfile", PYTHON_IMAGE),
+    "infer-ascend": ("docker/infer-ascend.Dockerfile", CANN_INFER_IMAGE),
+    "train-gpu": ("docker/train-gpu.Dockerfile", TF_GPU_IMAGE),
+    "train-npu": ("docker/train-npu.Dockerfile", CANN_TF_IMAGE),
+}
+
+NNRT_SET_ENV = """\
+# stand-in for CANN's nnrt set_env.sh: pyACL's folder on PYTHONPATH, as the ascend-infer image has it
+export ASCEND_HOME_PATH=/usr/local/Ascend/nnrt/latest
+export PYTHONPATH=/usr/local/Ascend/nnrt/latest/pyACL/python/site-packages/acl${PYTHONPATH:+:$PYTHONPATH}
+"""
+TOOLKIT_SET_ENV = """\
+# stand-in for CANN's ascend-toolkit set_env.sh: atc on PATH, the TF adapter on PYTHONPATH
+export ASCEND_TOOLKIT_HOME=/usr/local/Ascend/ascend-toolkit/latest
+export PATH=${ASCEND_TOOLKIT_HOME}/bin:${PATH}
+export PYTHONPATH=${ASCEND_TOOLKIT_HOME}/python/site-packages${PYTHONPATH:+:$PYTHONPATH}
+"""
+ATC_WRAPPER = """#!/bin/sh
+# stand-in for CANN's atc: services/classifier/tests/fake_atc.py writes a simulated .om
+exec python3 /usr/local/Ascend/ascend-toolkit/latest/sim/fake_atc.py "$@"
+"""
+
+
+def _write(path, text):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write(text)
+
+
+def _copy(src, dst):
+    os.makedirs(os.path.dirname(dst), exist_ok=True)
+    shutil.copy(os.path.join(ROOT, src), dst)
+
+
+def _stage_cann_infer(ctx):
+    _write(os.path.join(ctx, "nnrt/set_env.sh"), NNRT_SET_ENV)
+    _copy("services/classifier/tests/acl_sim/acl.py",
+          os.path.join(ctx, "nnrt/latest/pyACL/python/site-packages/acl/acl.py"))
+
+
+def _stage_cann_tf(ctx):
+    home = os.path.join(ctx, "ascend-toolkit/latest")
+    _write(os.path.join(ctx, "ascend-toolkit/set_env.sh"), TOOLKIT_SET_ENV)
+    _write(os.path.join(home, "bin/atc"), ATC_WRAPPER)
+    _copy("docker/standins/npu_device.py", os.path.join(home, "python/site-packages/npu_device.py"))
+    _copy("model/tests/fakes/fake_npu_device.py", os.path.join(home, "python/site-packages/fake_npu_device.py"))
+    _copy("services/classifier/tests/fake_atc.py", os.path.join(home, "sim/fake_atc.py"))
+    _copy("services/classifier/tests/acl_sim/acl.py", os.path.join(home, "sim/acl_sim/acl.py"))
+
+
+# Stand-ins in build order: tag -> (Dockerfile, function staging its context, the stand-in it builds on).
+STANDINS = {
+    PYTHON_IMAGE: ("python.Dockerfile", None, None),
+    TF_GPU_IMAGE: ("tensorflow-gpu.Dockerfile", None, PYTHON_IMAGE),
+    CANN_INFER_IMAGE: ("cann-infer.Dockerfile", _stage_cann_infer, PYTHON_IMAGE),
+    CANN_TF_IMAGE: ("cann-tf.Dockerfile", _stage_cann_tf, TF_GPU_IMAGE),
+}
+
+
+def log(msg):
+    sys.stderr.write("standins: %s\n" % msg)
+    sys.stderr.flush()
+
+
+def docker_build(dockerfile, context, tag, build_args=()):
+    """`docker build`, classic builder (no registry access for a syntax image); output kept for errors."""
+    cmd = [DOCKER, "build", "--network", "host", "-f", dockerfile, "-t", tag]
+    for arg in build_args:
+        cmd += ["--build-arg", arg]
+    t0 = time.time()
+    proc = subprocess.run(cmd + [context], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                          env=dict(os.environ, DOCKER_BUILDKIT="0"))
+    if proc.returncode != 0:
+        out = proc.stdout.decode("utf-8", "replace")
+        raise RuntimeError("docker build of %s failed (%s):\n%s" % (tag, " ".join(cmd), out[-6000:]))
+    log("built %s in %.0f s" % (tag, time.time() - t0))
+
+
+def build_base():
+    subprocess.run([os.path.join(HERE, "make-base.sh")], check=True)
+
+
+def build(names):
+    build_base()
+    built = set()
+    for name in names:
+        dockerfile, base = IMAGES[name]
+        chain, tag = [], base
+        while tag and tag not in built:   # each stand-in once, parents first
+            chain.append(tag)
+            tag = STANDINS[tag][2]
+        with tempfile.TemporaryDirectory(prefix="standin-") as tmp:
+            for tag in reversed(chain):
+                file, stage, _ = STANDINS[tag]
+                ctx = os.path.join(tmp, tag.replace("/", "_").replace(":", "_"))
+                os.makedirs(ctx)
+                if stage:
+                    stage(ctx)
+                docker_build(os.path.join(HERE, file), ctx, tag)
+                built.add(tag)
+        docker_build(os.path.join(ROOT, dockerfile), ROOT, "mbv3/%s:latest" % name)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--only", nargs="+", choices=sorted(IMAGES), default=list(IMAGES))
+    args = parser.parse_args(argv)
+    build(args.only)
+
+
+if __name__ == "__main__":
+    main()

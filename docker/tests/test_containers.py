@@ -1,0 +1,288 @@
+"""The four images built from the real Dockerfiles and run on a real Docker engine.
+
+What is real: the engine (dockerd 20.10), every `docker build` of docker/*.Dockerfile, compose.yaml
+run by `docker-compose up`, the images' healthchecks, HTTP from the host on 127.0.0.1, the model
+bundle, TFRecords and checkpoints crossing the host/container boundary through volumes.
+
+What is a stand-in (no registry is reachable here; docker/standins/ says what each reproduces):
+  - python:3.11-slim             Debian bookworm's CPython 3.11 with pip;
+  - tensorflow/...:2.17.0-gpu    TensorFlow 2.17 CPU wheel, no CUDA: train-gpu trains on the CPU target
+                                 and its GPU recipe is shown to stop with a clear "no GPU" error;
+  - ascendai/cann (infer)        the CANN layout (nnrt/set_env.sh, pyACL's site-packages folder) with the
+                                 pyACL simulator in place of pyACL: the ACL backend runs, no Ascend 310;
+  - tensorflow-modelzoo (CANN TF) the toolkit's set_env.sh with mbv3's recording double as `npu_device`
+                                 and a stand-in `atc` (writes a simulated .om): no 910, no real ATC.
+Nothing here has run on a GPU or an Ascend card.
+
+The engine comes from DOCKER_HOST, else docker/engine.sh's socket. Without one these tests skip,
+except under CI=true (or MBV3_CONTAINER_TESTS=1), where a missing engine is a failure.
+"""
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import requests
+from PIL import Image
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "docker", "standins"))
+import build as standins  # noqa: E402
+
+BIN = os.path.dirname(sys.executable)
+DOCKER = standins.DOCKER
+PROJECT = "mbv3test%d" % os.getpid()
+REQUIRED = os.environ.get("CI", "").lower() == "true" or os.environ.get("MBV3_CONTAINER_TESTS") == "1"
+
+
+def _docker_host():
+    if os.environ.get("DOCKER_HOST"):
+        return os.environ["DOCKER_HOST"]
+    return subprocess.run([os.path.join(ROOT, "docker", "engine.sh"), "host"], stdout=subprocess.PIPE,
+                          universal_newlines=True, check=True).stdout.strip()
+
+
+def run(cmd, timeout=600, check=True, env=None):
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True,
+                            timeout=timeout, env=dict(os.environ, **(env or {})))
+    if check and result.returncode != 0:
+        raise AssertionError("%s exited %d:\n%s" % (" ".join(map(str, cmd)), result.returncode, result.stdout[-5000:]))
+    return result
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def engine():
+    host = _docker_host()
+    os.environ["DOCKER_HOST"] = host
+    if not os.path.exists(DOCKER) or run([DOCKER, "version"], check=False, timeout=30).returncode != 0:
+        message = "no Docker engine at %s (start one with docker/engine.sh start)" % host
+        if REQUIRED:
+            pytest.fail(message)
+        pytest.skip(message)
+    return host
+
+
+@pytest.fixture(scope="module")
+def images(engine):
+    """The stand-in bases and the four images (cached layers make a warm run take seconds)."""
+    t0 = time.time()
+    standins.build(sorted(standins.IMAGES))
+    sys.stderr.write("container images ready in %.0f s\n" % (time.time() - t0))
+    return {name: "mbv3/%s:latest" % name for name in standins.IMAGES}
+
+
+def readable_dir(path):
+    """Bind-mounted folders the containers' users (uid 10001, or root) can read and write."""
+    os.makedirs(path, exist_ok=True)
+    os.chmod(path, 0o777)
+    return path
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from mbv3.testing import random_bundle
+    return random_bundle(str(readable_dir(str(tmp_path_factory.mktemp("ctr"))) + "/bundle"),
+                         "small", 0.5, 11, 96, seed=3, name="container_test")
+
+
+@pytest.fixture(scope="module")
+def tfrecords(tmp_path_factory):
+    from mbv3 import digits
+    root = readable_dir(str(tmp_path_factory.mktemp("ctrdata")))
+    digits.write_digits_folder(os.path.join(root, "images"), size=32)
+    run([os.path.join(BIN, "mbv3"), "data", "build", "--images", os.path.join(root, "images"),
+         "--output", os.path.join(root, "data"), "--val-split", "0.2"])
+    return readable_dir(os.path.join(root, "data"))
+
+
+def image_bytes(seed):
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 255, (120, 150, 3), dtype=np.uint8))
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def host_probabilities(bundle_dir, data):
+    """What the host's ONNX Runtime says for the same image, through the same preprocessing."""
+    from mbv3 import imageprep
+    from mbv3.runtime import OnnxClassifier, softmax
+    clf = OnnxClassifier(bundle_dir)
+    prep = clf.bundle.metadata["preprocessing"]
+    x = imageprep.eval_transform(imageprep.decode(data), prep["size"], prep)[None]
+    return softmax(clf.logits(x))[0]
+
+
+class Compose(object):
+    """docker-compose on the repository's compose.yaml (plus an override file when given)."""
+
+    def __init__(self, env, override=None):
+        self.env = env
+        self.files = ["-f", os.path.join(ROOT, "compose.yaml")] + (["-f", override] if override else [])
+
+    def __call__(self, *args, **kwargs):
+        cmd = [os.path.join(BIN, "docker-compose"), "-p", PROJECT] + self.files + list(args)
+        return run(cmd, env=self.env, **kwargs)
+
+    def container(self, service):
+        return self("ps", "-q", service).stdout.strip()
+
+
+def wait_healthy(container, timeout=180):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        state = json.loads(run([DOCKER, "inspect", "--format", "{{json .State}}", container]).stdout)
+        health = (state.get("Health") or {}).get("Status")
+        if health == "healthy":
+            return state
+        if not state.get("Running"):
+            break
+        time.sleep(1)
+    logs = run([DOCKER, "logs", "--tail", "60", container], check=False).stdout
+    raise AssertionError("container %s not healthy (%s):\n%s" % (container, state, logs))
+
+
+def process_uid(container):
+    status = run([DOCKER, "exec", container, "cat", "/proc/1/status"]).stdout
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+
+
+def classify(port, data):
+    r = requests.post("http://127.0.0.1:%d/classify?top_k=11" % port, data=data,
+                      headers={"Content-Type": "image/png"}, timeout=30)
+    assert r.status_code == 200, r.text
+    (result,) = r.json()["results"]
+    return result
+
+
+def assert_same_answer(answer, expected):
+    got = {p["index"]: p["score"] for p in answer["predictions"]}
+    assert answer["predictions"][0]["index"] == int(np.argmax(expected))
+    np.testing.assert_allclose([got[i] for i in range(len(expected))], expected, atol=2e-3)
+
+
+def test_infer_cpu_compose_up_healthy_non_root_and_classifies(images, bundle):
+    port = free_port()
+    compose = Compose({"BUNDLE": bundle, "PORT": str(port)})
+    try:
+        compose("up", "-d", "--no-build", "infer-cpu")
+        container = compose.container("infer-cpu")
+        wait_healthy(container)
+        assert process_uid(container) == 10001
+        data = image_bytes(0)
+        assert_same_answer(classify(port, data), host_probabilities(bundle, data))
+        bad = requests.post("http://127.0.0.1:%d/classify" % port, data=b"not an image",
+                            headers={"Content-Type": "image/png"}, timeout=30)
+        assert bad.status_code == 400 and requests.get("http://127.0.0.1:%d/readyz" % port, timeout=5).ok
+        served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
+        assert served["name"] == "container_test" and "onnxruntime" in str(served["serving"]["backend"]).lower()
+    finally:
+        compose("down", "-v", "--timeout", "20", check=False)
+
+
+ASCEND_OVERRIDE = """\
+# The test machine has no Ascend devices or driver: compose.yaml's `infer` service without them,
+# plus a writable folder for the pyACL simulator's exit report.
+services:
+  infer:
+    devices: !reset []
+    volumes: !override
+      - "%(bundle)s:/models/bundle:ro"
+      - "%(report)s:/report"
+    environment:
+      ACL_SIM_EXIT_REPORT: /report/acl-exit.json
+"""
+
+
+def test_infer_ascend_serves_through_the_acl_backend_on_an_om_made_in_the_train_npu_image(images, bundle, tmp_path):
+    work = readable_dir(str(tmp_path / "ascend"))
+    om_bundle = os.path.join(work, "bundle")
+    shutil.copytree(bundle, om_bundle)
+    for d in (work, om_bundle):
+        os.chmod(d, 0o777)
+    # `mbv3 om` inside the training image: the entrypoint sources the toolkit's set_env.sh (atc on PATH).
+    out = run([DOCKER, "run", "--rm", "-v", "%s:/bundle" % om_bundle, images["train-npu"],
+               "om", "--bundle", "/bundle", "--aipp", "--batch-profiles", "1", "2", "4", "8"]).stdout
+    meta = json.load(open(os.path.join(om_bundle, "model.json")))
+    assert meta["om"]["aipp"] and meta["om"]["batch_profiles"] == [1, 2, 4, 8], out
+    report = readable_dir(os.path.join(work, "report"))
+    override = os.path.join(work, "override.yaml")
+    with open(override, "w") as f:
+        f.write(ASCEND_OVERRIDE % {"bundle": om_bundle, "report": report})
+    port = free_port()
+    compose = Compose({"PORT": str(port)}, override)
+    try:
+        compose("--profile", "ascend", "up", "-d", "--no-build", "infer")
+        container = compose.container("infer")
+        wait_healthy(container)
+        assert process_uid(container) == 10001
+        served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
+        assert "acl" in str(served["serving"]["backend"]).lower(), served["serving"]
+        for seed in range(3):
+            data = image_bytes(seed)
+            # AIPP: the device gets uint8 and normalises itself; the answer matches float ONNX closely.
+            assert_same_answer(classify(port, data), host_probabilities(bundle, data))
+        compose("--profile", "ascend", "stop", "--timeout", "30", "infer")
+        state = json.loads(run([DOCKER, "inspect", "--format", "{{json .State}}", container]).stdout)
+        assert state["ExitCode"] == 0, state
+    finally:
+        compose("--profile", "ascend", "down", "-v", "--timeout", "20", check=False)
+    exit_report = json.load(open(os.path.join(report, "acl-exit.json")))
+    assert exit_report["finalized"] and not exit_report["leaks"] and not exit_report["errors"], exit_report
+    assert exit_report["executes"] >= 3
+
+
+def latest_step(model_dir):
+    from mbv3 import checkpoint
+    prefix = checkpoint.latest(model_dir)
+    assert prefix, os.listdir(model_dir)
+    return int(prefix.rsplit("-", 1)[1])
+
+
+@pytest.fixture(scope="module")
+def gpu_run(images, tfrecords, tmp_path_factory):
+    """A few steps in the train-gpu image (CPU target: the stand-in has no GPU)."""
+    runs = readable_dir(str(tmp_path_factory.mktemp("ctrruns")))
+    out = run([DOCKER, "run", "--rm", "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs, images["train-gpu"],
+               "train", "--config", "smoke", "--data", "/data", "--model-dir", "/runs/gpu",
+               "--set", "target.name=cpu", "--set", "train.steps=6", "--set", "checkpoint.every_steps=3"]).stdout
+    return runs, out
+
+
+def test_train_gpu_image_trains_and_writes_a_checkpoint(gpu_run):
+    runs, out = gpu_run
+    assert latest_step(os.path.join(runs, "gpu")) == 6, out
+    assert os.path.exists(os.path.join(runs, "gpu", "config.yaml"))
+
+
+def test_train_gpu_image_without_a_gpu_stops_with_a_clear_error(images, tfrecords, tmp_path):
+    runs = readable_dir(str(tmp_path / "runs"))
+    result = run([DOCKER, "run", "--rm", "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs, images["train-gpu"],
+                  "train", "--config", "gpu-4p", "--data", "/data", "--model-dir", "/runs/gpu4p"], check=False)
+    assert result.returncode == 1, result.stdout
+    assert "mbv3: error: target gpu: TensorFlow sees no GPU" in result.stdout, result.stdout
+
+
+def test_train_npu_image_fine_tunes_the_gpu_checkpoint_through_npu_device(gpu_run, images, tfrecords):
+    runs, _ = gpu_run
+    result = run([DOCKER, "run", "--rm", "-e", "NPU_SIM_REPORT=/runs/npu-adapter.json",
+                  "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs, images["train-npu"],
+                  "train", "--config", "smoke", "--data", "/data", "--model-dir", "/runs/npu",
+                  "--set", "target.name=npu", "--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
+                  "--set", "train.init_from=/runs/gpu/model.ckpt-6"])
+    assert latest_step(os.path.join(runs, "npu")) == 4, result.stdout
+    calls = [c[0] for c in json.load(open(os.path.join(runs, "npu-adapter.json")))["calls"]]
+    assert calls.index("global_options") < calls.index("open") < calls.index("set_npu_loop_size"), calls
+    assert "npu_get_float_status" in calls or "set_npu_loop_size" in calls

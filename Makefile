@@ -14,6 +14,9 @@ MODEL      ?=
 SOC_VERSION ?= Ascend310
 RUNS       ?= runs
 GPU_RECIPE ?= gpu-4p
+NPU_RECIPE ?= npu-finetune
+# the checkpoint finetune-npu starts from, as a path inside the container (RUNS is mounted at /runs)
+INIT_FROM  ?= /runs/gpu/model.ckpt-1080000
 COMPOSE    ?= docker compose
 PROFILES   ?= 1 2 4 8 16 32
 HOST       ?= 127.0.0.1
@@ -23,7 +26,7 @@ PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve clean
+.PHONY: help venv test test-containers engine standins lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
@@ -40,7 +43,7 @@ test: venv ## run the test suite (what CI runs)
 
 lint: venv ## Python 3.7 syntax check of mbv3 (vermin) and ruff
 	$(VENV)/bin/vermin -t=3.7- --violations --no-tips --eval-annotations model/mbv3
-	$(VENV)/bin/ruff check model
+	$(VENV)/bin/ruff check model services docker
 
 init: venv ## write a randomly initialised step-0 checkpoint into CHECKPOINT
 	$(MBV3) init --model-dir $(CHECKPOINT)
@@ -89,12 +92,23 @@ bench-serve: venv ## HTTP service latency and throughput at concurrency 1, 8, 32
 images: ## build the four images (infer-cpu, infer-ascend, train-gpu, train-npu) with docker compose
 	$(COMPOSE) --profile ascend --profile train build
 
-train-gpu: ## the published recipe on this host's NVIDIA GPUs, in the train-gpu container (DATA, RUNS)
-	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) RECIPE=$(GPU_RECIPE) $(COMPOSE) --profile train run --rm train-gpu
+engine: ## start a private Docker engine (root, docker.io); prints the DOCKER_HOST to export
+	docker/engine.sh start
 
-finetune-npu: ## the NPU fine-tune on an Ascend 910, in the train-npu container (DATA, RUNS, CHECKPOINT)
-	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) $(if $(CHECKPOINT),CHECKPOINT=$(CHECKPOINT)) \
-	  $(COMPOSE) --profile train run --rm finetune-npu
+standins: ## build the four images on local stand-ins for their registry bases (no registry needed; see docker/standins)
+	DOCKER_HOST="$$(docker/engine.sh start)" $(PY) docker/standins/build.py
+
+test-containers: venv ## only the container tests: the images built on stand-ins, run on the private engine
+	DOCKER_HOST="$$(docker/engine.sh start)" MBV3_CONTAINER_TESTS=1 $(PY) -m pytest docker/tests/test_containers.py
+
+train-gpu: ## GPU_RECIPE (the published one) on this host's NVIDIA GPUs in the train-gpu container: DATA -> RUNS/gpu
+	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) $(COMPOSE) --profile train run --rm train-gpu \
+	  train --config $(GPU_RECIPE) --data /data --model-dir /runs/gpu $(foreach s,$(SET),--set $(s))
+
+finetune-npu: ## NPU_RECIPE from INIT_FROM on an Ascend 910 in the train-npu container: DATA -> RUNS/npu
+	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) $(COMPOSE) --profile train run --rm finetune-npu \
+	  train --config $(NPU_RECIPE) --data /data --model-dir /runs/npu --set train.init_from=$(INIT_FROM) \
+	  $(foreach s,$(SET),--set $(s))
 
 infer: ## the Ascend 310 service on 127.0.0.1:8000 for BUNDLE (with model.om from `make om`)
 	BUNDLE=$(abspath $(BUNDLE)) $(COMPOSE) up infer

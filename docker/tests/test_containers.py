@@ -251,20 +251,47 @@ def latest_step(model_dir):
     return int(prefix.rsplit("-", 1)[1])
 
 
+TRAIN_OVERRIDE = """\
+# No GPU driver and no Ascend devices here: compose.yaml's training services without the GPU
+# reservation and the device nodes and driver mounts; the adapter stand-in's report is passed through.
+services:
+  train-gpu:
+    deploy: !reset {}
+  finetune-npu:
+    devices: !reset []
+    volumes: !override
+      - "${DATA}:/data:ro"
+      - "${RUNS}:/runs"
+    environment:
+      NPU_SIM_REPORT: /runs/npu-adapter.json
+"""
+
+
+def make_target(target, work, **variables):
+    """`make <target>` as a user runs it, on compose.yaml plus TRAIN_OVERRIDE, with the venv's docker-compose."""
+    override = os.path.join(work, "train-override.yaml")
+    with open(override, "w") as f:
+        f.write(TRAIN_OVERRIDE)
+    env = {"COMPOSE_FILE": os.pathsep.join([os.path.join(ROOT, "compose.yaml"), override]),
+           "COMPOSE_PROJECT_NAME": PROJECT}
+    args = ["%s=%s" % kv for kv in sorted(variables.items())]
+    return run(["make", "-C", ROOT, target, "COMPOSE=%s" % os.path.join(BIN, "docker-compose")] + args, env=env).stdout
+
+
 @pytest.fixture(scope="module")
 def gpu_run(images, tfrecords, tmp_path_factory):
-    """A few steps in the train-gpu image (CPU target: the stand-in has no GPU)."""
+    """`make train-gpu` for a few steps (CPU target: the stand-in has no GPU)."""
     runs = readable_dir(str(tmp_path_factory.mktemp("ctrruns")))
-    out = run([DOCKER, "run", "--rm", "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs, images["train-gpu"],
-               "train", "--config", "smoke", "--data", "/data", "--model-dir", "/runs/gpu",
-               "--set", "target.name=cpu", "--set", "train.steps=6", "--set", "checkpoint.every_steps=3"]).stdout
+    out = make_target("train-gpu", runs, DATA=tfrecords, RUNS=runs, GPU_RECIPE="smoke",
+                      SET="target.name=cpu train.steps=6 checkpoint.every_steps=3")
     return runs, out
 
 
-def test_train_gpu_image_trains_and_writes_a_checkpoint(gpu_run):
+def test_make_train_gpu_trains_in_the_image_and_writes_a_checkpoint(gpu_run):
     runs, out = gpu_run
     assert latest_step(os.path.join(runs, "gpu")) == 6, out
     assert os.path.exists(os.path.join(runs, "gpu", "config.yaml"))
+    assert "compose" in out and "run --rm train-gpu" in out   # make printed the command it ran
 
 
 def test_train_gpu_image_without_a_gpu_stops_with_a_clear_error(images, tfrecords, tmp_path):
@@ -275,14 +302,11 @@ def test_train_gpu_image_without_a_gpu_stops_with_a_clear_error(images, tfrecord
     assert "mbv3: error: target gpu: TensorFlow sees no GPU" in result.stdout, result.stdout
 
 
-def test_train_npu_image_fine_tunes_the_gpu_checkpoint_through_npu_device(gpu_run, images, tfrecords):
+def test_make_finetune_npu_starts_from_the_gpu_checkpoint_through_npu_device(gpu_run, tfrecords):
     runs, _ = gpu_run
-    result = run([DOCKER, "run", "--rm", "-e", "NPU_SIM_REPORT=/runs/npu-adapter.json",
-                  "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs, images["train-npu"],
-                  "train", "--config", "smoke", "--data", "/data", "--model-dir", "/runs/npu",
-                  "--set", "target.name=npu", "--set", "train.steps=4", "--set", "checkpoint.every_steps=2",
-                  "--set", "train.init_from=/runs/gpu/model.ckpt-6"])
-    assert latest_step(os.path.join(runs, "npu")) == 4, result.stdout
+    out = make_target("finetune-npu", runs, DATA=tfrecords, RUNS=runs, NPU_RECIPE="smoke",
+                      INIT_FROM="/runs/gpu/model.ckpt-6", SET="target.name=npu train.steps=4 checkpoint.every_steps=2")
+    assert latest_step(os.path.join(runs, "npu")) == 4, out
+    assert "loaded /runs/gpu/model.ckpt-6 (step 6, raw weights); starting at step 0" in out   # the trainer's own line
     calls = [c[0] for c in json.load(open(os.path.join(runs, "npu-adapter.json")))["calls"]]
     assert calls.index("global_options") < calls.index("open") < calls.index("set_npu_loop_size"), calls
-    assert "npu_get_float_status" in calls or "set_npu_loop_size" in calls

@@ -142,4 +142,4 @@ def test_compose_devices_mounts_and_ports():
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == -1
     npu = services["finetune-npu"]
     assert {"RANK_SIZE", "RANK_ID", "RANK_TABLE_FILE", "ASCEND_DEVICE_ID"} <= set(npu["environment"])
-    assert "train.init_from=/runs/gpu/model.ckpt-1080000" in npu["command"]
+    assert "train.init_from=/runs/gpu/model.ckpt-1080000" in npu["command"]   # INIT_FROM unset

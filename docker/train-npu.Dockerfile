@@ -12,8 +12,10 @@ WORKDIR /app
 COPY requirements/train-image.txt /app/requirements/
 RUN python3 -m pip install --no-cache-dir -r /app/requirements/train-image.txt
 COPY docker/ascend-entrypoint.sh /usr/local/bin/ascend-entrypoint
+COPY docker/npu-launch.sh /usr/local/bin/npu-launch
 COPY model/pyproject.toml model/README.md /app/model/
 COPY model/mbv3 /app/model/mbv3
 RUN python3 -m pip install --no-cache-dir --no-deps /app/model
-ENTRYPOINT ["/usr/local/bin/ascend-entrypoint", "mbv3"]
+# npu-launch starts one `mbv3 train` per card when RANK_SIZE > 1; otherwise it just runs mbv3.
+ENTRYPOINT ["/usr/local/bin/ascend-entrypoint", "/usr/local/bin/npu-launch", "mbv3"]
 CMD ["--help"]

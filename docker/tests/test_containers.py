@@ -263,17 +263,17 @@ services:
       - "${DATA}:/data:ro"
       - "${RUNS}:/runs"
     environment:
-      NPU_SIM_REPORT: /runs/npu-adapter.json
+      NPU_SIM_REPORT: "/runs/npu-adapter-{rank}.json"
 """
 
 
-def make_target(target, work, **variables):
+def make_target(target, work, env=None, **variables):
     """`make <target>` as a user runs it, on compose.yaml plus TRAIN_OVERRIDE, with the venv's docker-compose."""
     override = os.path.join(work, "train-override.yaml")
     with open(override, "w") as f:
         f.write(TRAIN_OVERRIDE)
-    env = {"COMPOSE_FILE": os.pathsep.join([os.path.join(ROOT, "compose.yaml"), override]),
-           "COMPOSE_PROJECT_NAME": PROJECT}
+    env = dict(env or {}, COMPOSE_FILE=os.pathsep.join([os.path.join(ROOT, "compose.yaml"), override]),
+               COMPOSE_PROJECT_NAME=PROJECT)
     args = ["%s=%s" % kv for kv in sorted(variables.items())]
     return run(["make", "-C", ROOT, target, "COMPOSE=%s" % os.path.join(BIN, "docker-compose")] + args, env=env).stdout
 
@@ -308,5 +308,62 @@ def test_make_finetune_npu_starts_from_the_gpu_checkpoint_through_npu_device(gpu
                       INIT_FROM="/runs/gpu/model.ckpt-6", SET="target.name=npu train.steps=4 checkpoint.every_steps=2")
     assert latest_step(os.path.join(runs, "npu")) == 4, out
     assert "loaded /runs/gpu/model.ckpt-6 (step 6, raw weights); starting at step 0" in out   # the trainer's own line
-    calls = [c[0] for c in json.load(open(os.path.join(runs, "npu-adapter.json")))["calls"]]
+    calls = [c[0] for c in json.load(open(os.path.join(runs, "npu-adapter-0.json")))["calls"]]
     assert calls.index("global_options") < calls.index("open") < calls.index("set_npu_loop_size"), calls
+    assert "all_reduce" not in calls   # one card: nothing to reduce
+
+
+def test_make_finetune_npu_on_two_cards_runs_one_process_per_card(gpu_run, tfrecords, tmp_path):
+    runs = readable_dir(str(tmp_path / "runs"))   # a fresh RUNS/npu: the one-card test's run is complete
+    shutil.copytree(os.path.join(gpu_run[0], "gpu"), os.path.join(runs, "gpu"))
+    with open(os.path.join(runs, "rank_table.json"), "w") as f:
+        json.dump({"status": "completed", "server_count": "1"}, f)   # read by HCCL on a 910, not by the double
+    out = make_target("finetune-npu", runs, env={"RANK_SIZE": "2", "RANK_TABLE_FILE": "/runs/rank_table.json"},
+                      DATA=tfrecords, RUNS=runs, NPU_RECIPE="smoke", INIT_FROM="/runs/gpu/model.ckpt-6",
+                      SET="target.name=npu train.steps=4 checkpoint.every_steps=2 train.batch_size=16")
+    assert latest_step(os.path.join(runs, "npu")) == 4, out
+    assert "2 card(s) (this is rank 1)" in out and "2 card(s) (this is rank 0)" in out, out
+    opened = []
+    for rank in (0, 1):
+        calls = json.load(open(os.path.join(runs, "npu-adapter-%d.json" % rank)))["calls"]
+        names = [c[0] for c in calls]
+        assert "broadcast" in names and "all_reduce" in names, names   # initial weights, gradients over HCCL
+        opened += [int(c[1]) for c in calls if c[0] == "open"]
+    assert sorted(opened) == [0, 1]   # ASCEND_DEVICE_ID 0 and 1
+
+
+def test_two_cards_without_a_rank_table_stop_with_a_clear_error(images, tfrecords, tmp_path):
+    runs = readable_dir(str(tmp_path / "runs"))
+    result = run([DOCKER, "run", "--rm", "-e", "RANK_SIZE=2", "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs,
+                  images["train-npu"], "train", "--config", "smoke", "--data", "/data", "--model-dir", "/runs/npu"],
+                 check=False)
+    assert result.returncode == 2 and "needs RANK_TABLE_FILE" in result.stdout, result.stdout
+
+
+def test_docker_stop_of_a_two_card_run_checkpoints_every_card_and_resumes(images, tfrecords, tmp_path):
+    """`docker stop` sends SIGTERM to the launcher (PID 1); it must reach both trainers, the chief
+    saves, the container exits 128+15, and the next start continues from that step."""
+    runs = readable_dir(str(tmp_path / "runs"))
+    with open(os.path.join(runs, "rank_table.json"), "w") as f:
+        json.dump({"status": "completed"}, f)
+    def train(steps):
+        return ["-e", "RANK_SIZE=2", "-e", "RANK_TABLE_FILE=/runs/rank_table.json",
+                "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs, images["train-npu"],
+                "train", "--config", "smoke", "--data", "/data", "--model-dir", "/runs/npu", "--set", "target.name=npu",
+                "--set", "train.steps=%d" % steps, "--set", "checkpoint.every_steps=100000", "--set", "log.every_steps=1"]
+    container = run([DOCKER, "run", "-d"] + train(100000)).stdout.strip()
+    try:
+        deadline = time.time() + 120
+        while "[worker 1] step" not in run([DOCKER, "logs", container], check=False).stdout:
+            assert time.time() < deadline, run([DOCKER, "logs", container], check=False).stdout
+            time.sleep(1)
+        run([DOCKER, "stop", "--time", "60", container])
+        state = json.loads(run([DOCKER, "inspect", "--format", "{{json .State}}", container]).stdout)
+        logs = run([DOCKER, "logs", container], check=False).stdout
+    finally:
+        run([DOCKER, "rm", "-f", container], check=False)
+    assert state["ExitCode"] == 128 + 15, logs
+    stopped_at = latest_step(os.path.join(runs, "npu"))
+    assert 0 < stopped_at < 100000, logs
+    again = run([DOCKER, "run", "--rm"] + train(stopped_at + 2)).stdout
+    assert latest_step(os.path.join(runs, "npu")) == stopped_at + 2, again

@@ -143,3 +143,17 @@ def test_compose_devices_mounts_and_ports():
     npu = services["finetune-npu"]
     assert {"RANK_SIZE", "RANK_ID", "RANK_TABLE_FILE", "ASCEND_DEVICE_ID"} <= set(npu["environment"])
     assert "train.init_from=/runs/gpu/model.ckpt-1080000" in npu["command"]   # INIT_FROM unset
+
+
+def test_the_eight_card_override_adds_every_910_and_the_rank_size():
+    config = json.loads(_compose("-f", "compose.yaml", "-f", "docker/compose.npu-8p.yaml", "--profile", "train",
+                                 "config", "--format", "json"))
+    npu = config["services"]["finetune-npu"]
+    devices = {d["source"] if isinstance(d, dict) else d.split(":")[0] for d in npu["devices"]}
+    assert {"/dev/davinci%d" % i for i in range(8)} <= devices and "/dev/davinci_manager" in devices
+    assert npu["environment"]["RANK_SIZE"] == "8"
+
+
+def test_the_npu_image_starts_training_through_the_card_launcher():
+    text = open(_dockerfile("train-npu")).read()
+    assert 'ENTRYPOINT ["/usr/local/bin/ascend-entrypoint", "/usr/local/bin/npu-launch", "mbv3"]' in text

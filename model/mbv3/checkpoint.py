@@ -51,12 +51,17 @@ def resolve_prefix(path):
 
 
 def latest(directory):
-    """The latest checkpoint prefix in `directory`, or None when it holds none (or does not exist)."""
+    """The latest checkpoint prefix in `directory`, or None when it holds no checkpoint at all (or does
+    not exist). Checkpoint files that cannot be resolved (an unreadable `checkpoint` state file, or one
+    naming a checkpoint that is gone) are an error, not "none": a resume must never start over at step 0."""
     if not os.path.isdir(directory):
         return None
     try:
         return resolve_prefix(directory)
-    except CheckpointError:
+    except CheckpointError as e:
+        if glob.glob(os.path.join(directory, "*.index")) or os.path.exists(os.path.join(directory, "checkpoint")):
+            raise CheckpointError("%s holds checkpoint files but no checkpoint to resume (%s); repair or remove them, "
+                                  "or choose another directory" % (directory, e))
         return None
 
 

@@ -182,3 +182,37 @@ def test_interoperates_with_tf1_saver(tmp_path):
     assert ours.endswith("model.ckpt-7")
     for name in values:
         np.testing.assert_array_equal(restored[name], shifted[name])
+
+
+def test_latest_is_none_only_when_there_is_no_checkpoint(tmp_path):
+    assert checkpoint.latest(str(tmp_path / "missing")) is None
+    assert checkpoint.latest(str(tmp_path)) is None
+    prefix = checkpoint.save(str(tmp_path), 7, random_values(**SMALL))
+    assert checkpoint.latest(str(tmp_path)) == prefix
+
+
+@pytest.mark.parametrize("damage", ["garbled state file", "state names a deleted checkpoint"])
+def test_latest_refuses_checkpoint_files_it_cannot_resolve(tmp_path, damage):
+    values = random_values(**SMALL)
+    for step in (10, 20, 30):
+        checkpoint.save(str(tmp_path), step, values, keep=3)
+    if damage == "garbled state file":
+        (tmp_path / "checkpoint").write_text("model_checkpoint_path: {{{ not a proto\n")
+    else:   # two older ones remain: which to resume is a guess, so it is the user's call
+        for name in os.listdir(str(tmp_path)):
+            if name.startswith("model.ckpt-30"):
+                os.remove(str(tmp_path / name))
+    with pytest.raises(CheckpointError, match="holds checkpoint files but no checkpoint to resume"):
+        checkpoint.latest(str(tmp_path))
+
+
+def test_init_on_a_damaged_run_stops_instead_of_overwriting_it(tmp_path):
+    """`mbv3 init` and the trainer's resume ask the same checkpoint.latest."""
+    from conftest import assert_one_line_error, run_cli
+    for step in (10, 20):
+        checkpoint.save(str(tmp_path / "run"), step, random_values(**SMALL))
+    (tmp_path / "run" / "checkpoint").write_text("garbage {")
+    before = sorted(os.listdir(str(tmp_path / "run")))
+    result = run_cli("init", "--model-dir", str(tmp_path / "run"))
+    assert_one_line_error(result, "holds checkpoint files but no checkpoint to resume")
+    assert sorted(os.listdir(str(tmp_path / "run"))) == before

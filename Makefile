@@ -17,6 +17,8 @@ GPU_RECIPE ?= gpu-4p
 NPU_RECIPE ?= npu-finetune
 # the checkpoint finetune-npu starts from, as a path inside the container (RUNS is mounted at /runs)
 INIT_FROM  ?= /runs/gpu/model.ckpt-1080000
+# who owns what train-gpu writes into RUNS (finetune-npu runs as root, as CANN's device access expects)
+TRAIN_USER ?= $(shell id -u):$(shell id -g)
 COMPOSE    ?= docker compose
 PROFILES   ?= 1 2 4 8 16 32
 HOST       ?= 127.0.0.1
@@ -102,7 +104,7 @@ test-containers: venv ## only the container tests: the images built on stand-ins
 	DOCKER_HOST="$$(docker/engine.sh start)" MBV3_CONTAINER_TESTS=1 $(PY) -m pytest docker/tests/test_containers.py
 
 train-gpu: ## GPU_RECIPE (the published one) on this host's NVIDIA GPUs in the train-gpu container: DATA -> RUNS/gpu
-	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) $(COMPOSE) --profile train run --rm train-gpu \
+	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) $(COMPOSE) --profile train run --rm --user $(TRAIN_USER) train-gpu \
 	  train --config $(GPU_RECIPE) --data /data --model-dir /runs/gpu $(foreach s,$(SET),--set $(s))
 
 finetune-npu: ## NPU_RECIPE from INIT_FROM on an Ascend 910 in the train-npu container: DATA -> RUNS/npu

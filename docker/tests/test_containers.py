@@ -282,7 +282,7 @@ def make_target(target, work, env=None, **variables):
 def gpu_run(images, tfrecords, tmp_path_factory):
     """`make train-gpu` for a few steps (CPU target: the stand-in has no GPU)."""
     runs = readable_dir(str(tmp_path_factory.mktemp("ctrruns")))
-    out = make_target("train-gpu", runs, DATA=tfrecords, RUNS=runs, GPU_RECIPE="smoke",
+    out = make_target("train-gpu", runs, DATA=tfrecords, RUNS=runs, GPU_RECIPE="smoke", TRAIN_USER="4321:4321",
                       SET="target.name=cpu train.steps=6 checkpoint.every_steps=3")
     return runs, out
 
@@ -291,7 +291,9 @@ def test_make_train_gpu_trains_in_the_image_and_writes_a_checkpoint(gpu_run):
     runs, out = gpu_run
     assert latest_step(os.path.join(runs, "gpu")) == 6, out
     assert os.path.exists(os.path.join(runs, "gpu", "config.yaml"))
-    assert "compose" in out and "run --rm train-gpu" in out   # make printed the command it ran
+    owners = {os.stat(os.path.join(runs, "gpu", name)).st_uid for name in os.listdir(os.path.join(runs, "gpu"))}
+    assert owners == {4321}   # written as TRAIN_USER (the invoking user by default), not root
+    assert "compose" in out and "run --rm --user 4321:4321 train-gpu" in out   # make printed the command it ran
 
 
 def test_train_gpu_image_without_a_gpu_stops_with_a_clear_error(images, tfrecords, tmp_path):

@@ -12,6 +12,8 @@ RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
 SOC_VERSION ?= Ascend310
+# the Ascend card (/dev/davinci$(DEVICE)) that `make infer` and `make finetune-npu` give their container
+DEVICE     ?= 0
 RUNS       ?= runs
 GPU_RECIPE ?= gpu-4p
 NPU_RECIPE ?= npu-finetune
@@ -31,7 +33,7 @@ MBV3 := $(VENV)/bin/mbv3
 .PHONY: help venv test test-containers engine standins lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-11s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
 
 venv: $(VENV)/.installed ## create .venv: pinned CPU stack (tensorflow-cpu, tf2onnx, onnxruntime), mbv3, the service
 $(VENV)/.installed: requirements/*.txt model/pyproject.toml services/classifier/pyproject.toml
@@ -108,12 +110,12 @@ train-gpu: ## GPU_RECIPE (the published one) on this host's NVIDIA GPUs in the t
 	  train --config $(GPU_RECIPE) --data /data --model-dir /runs/gpu $(foreach s,$(SET),--set $(s))
 
 finetune-npu: ## NPU_RECIPE from INIT_FROM on an Ascend 910 in the train-npu container: DATA -> RUNS/npu
-	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) $(COMPOSE) --profile train run --rm finetune-npu \
+	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) DEVICE=$(DEVICE) $(COMPOSE) --profile train run --rm finetune-npu \
 	  train --config $(NPU_RECIPE) --data /data --model-dir /runs/npu --set train.init_from=$(INIT_FROM) \
 	  $(foreach s,$(SET),--set $(s))
 
 infer: ## the Ascend 310 service on 127.0.0.1:8000 for BUNDLE (with model.om from `make om`)
-	BUNDLE=$(abspath $(BUNDLE)) $(COMPOSE) up infer
+	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) $(COMPOSE) up infer
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)
 	rm -rf build .pytest_cache

@@ -25,12 +25,13 @@ COMPOSE    ?= docker compose
 PROFILES   ?= 1 2 4 8 16 32
 HOST       ?= 127.0.0.1
 PORT       ?= 8000
+UP_FLAGS   ?=
 
 PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-containers engine standins lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve clean
+.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -77,6 +78,9 @@ predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
 serve: venv ## the classifier on HOST:PORT: MODEL (bundle or checkpoint), else the official ImageNet checkpoint, else the digits demo
 	MODEL_DIR="$$($(MBV3) default-bundle --model "$(MODEL)")" && \
 	  export MODEL_DIR HOST="$(HOST)" PORT="$(PORT)" && exec $(PY) -m classifier
+
+serve-container: venv ## the same model as `make serve`, in the infer-cpu container (docker compose up infer-cpu) on 127.0.0.1:PORT
+	BUNDLE="$$($(MBV3) default-bundle --model "$(MODEL)")" PORT=$(PORT) $(COMPOSE) up $(UP_FLAGS) infer-cpu
 
 bench: bench-onnx bench-train bench-serve ## every benchmark
 

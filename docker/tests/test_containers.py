@@ -173,11 +173,14 @@ def assert_same_answer(answer, expected):
     np.testing.assert_allclose([got[i] for i in range(len(expected))], expected, atol=2e-3)
 
 
-def test_infer_cpu_compose_up_healthy_non_root_and_classifies(images, bundle):
+def test_make_serve_container_compose_up_healthy_non_root_and_classifies(images, bundle):
+    """`make serve-container MODEL=bundle` = `docker compose up infer-cpu` with BUNDLE set."""
     port = free_port()
     compose = Compose({"BUNDLE": bundle, "PORT": str(port)})
     try:
-        compose("up", "-d", "--no-build", "infer-cpu")
+        out = run(["make", "-C", ROOT, "serve-container", "MODEL=%s" % bundle, "PORT=%d" % port, "UP_FLAGS=-d --no-build",
+                   "COMPOSE=%s -p %s" % (os.path.join(BIN, "docker-compose"), PROJECT)]).stdout
+        assert "up -d --no-build infer-cpu" in out
         container = compose.container("infer-cpu")
         wait_healthy(container)
         assert process_uid(container) == 10001

@@ -1,8 +1,10 @@
 """The four images built from the real Dockerfiles and run on a real Docker engine.
 
 What is real: the engine (dockerd 20.10), every `docker build` of docker/*.Dockerfile, compose.yaml
-run by `docker-compose up`, the images' healthchecks, HTTP from the host on 127.0.0.1, the model
-bundle, TFRecords and checkpoints crossing the host/container boundary through volumes.
+run by `docker-compose up` / `run` (through `make serve-container`, `make train-gpu`, `make
+finetune-npu`, with an override file that only removes the GPU reservation and Ascend device nodes),
+the images' healthchecks and entrypoints, signals from `docker stop`, HTTP from the host on
+127.0.0.1, and the model bundle, TFRecords and checkpoints crossing the host/container boundary.
 
 What is a stand-in (no registry is reachable here; docker/standins/ says what each reproduces):
   - python:3.11-slim             Debian bookworm's CPython 3.11 with pip;
@@ -17,6 +19,7 @@ Nothing here has run on a GPU or an Ascend card.
 The engine comes from DOCKER_HOST, else docker/engine.sh's socket. Without one these tests skip,
 except under CI=true (or MBV3_CONTAINER_TESTS=1), where a missing engine is a failure.
 """
+import importlib.util
 import io
 import json
 import os
@@ -32,8 +35,9 @@ import requests
 from PIL import Image
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-sys.path.insert(0, os.path.join(ROOT, "docker", "standins"))
-import build as standins  # noqa: E402
+_spec = importlib.util.spec_from_file_location("mbv3_standins", os.path.join(ROOT, "docker", "standins", "build.py"))
+standins = importlib.util.module_from_spec(_spec)   # not `import build`: PyPI's `build` package has that name
+_spec.loader.exec_module(standins)
 
 BIN = os.path.dirname(sys.executable)
 DOCKER = standins.DOCKER

@@ -92,11 +92,9 @@ def log(msg):
     sys.stderr.flush()
 
 
-def docker_build(dockerfile, context, tag, build_args=()):
+def docker_build(dockerfile, context, tag):
     """`docker build`, classic builder (no registry access for a syntax image); output kept for errors."""
     cmd = [DOCKER, "build", "--network", "host", "-f", dockerfile, "-t", tag]
-    for arg in build_args:
-        cmd += ["--build-arg", arg]
     t0 = time.time()
     proc = subprocess.run(cmd + [context], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                           env=dict(os.environ, DOCKER_BUILDKIT="0"))

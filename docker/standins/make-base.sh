@@ -8,11 +8,11 @@ DOCKER="${DOCKER:-/usr/bin/docker}"
 MIRROR="${DEBIAN_MIRROR:-http://deb.debian.org/debian}"
 if "$DOCKER" image inspect "$IMAGE" >/dev/null 2>&1; then exit 0; fi
 command -v debootstrap >/dev/null || { echo "make-base.sh: debootstrap not found (apt-get install debootstrap)" >&2; exit 1; }
-ROOTFS="$(mktemp -d)"
-trap 'rm -rf "$ROOTFS"' EXIT
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+ROOTFS="$WORK/rootfs"
 echo "make-base.sh: debootstrap bookworm minbase -> $IMAGE" >&2
-debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR" >"$ROOTFS.log" 2>&1 || { tail -20 "$ROOTFS.log" >&2; exit 1; }
-rm -f "$ROOTFS.log"
+debootstrap --variant=minbase bookworm "$ROOTFS" "$MIRROR" >"$WORK/debootstrap.log" 2>&1 || { tail -20 "$WORK/debootstrap.log" >&2; exit 1; }
 mkdir -p "$ROOTFS/usr/local/share/ca-certificates" "$ROOTFS/etc/ssl/certs"
 cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/" 2>/dev/null || true
 cp /etc/ssl/certs/ca-certificates.crt "$ROOTFS/etc/ssl/certs/ca-certificates.crt"

@@ -25,6 +25,8 @@ def main(argv=None):
         print("classifier: error: MODEL_DIR=%s: %s" % (settings.MODEL_DIR, e), file=sys.stderr)
         return 2
     import uvicorn
+
+    from .transport import JsonErrorsH11Protocol
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal with the handlers it found at start.
     # Finding these, the process ends with a normal exit (status 0, atexit handlers run) instead of
     # being killed by the re-raised signal.
@@ -32,7 +34,7 @@ def main(argv=None):
         signal.signal(sig, _exit_after_drain)
     try:
         uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level=settings.LOG_LEVEL.lower(),
-                    access_log=False, timeout_graceful_shutdown=30)
+                    access_log=False, timeout_graceful_shutdown=30, http=JsonErrorsH11Protocol)
     except SystemExit:
         pass
     return 1 if app.state.service.failure else 0

@@ -14,8 +14,9 @@ import uuid
 import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mbv3 import bundle as bundle_mod
@@ -23,8 +24,9 @@ from mbv3 import imageprep
 from mbv3.runtime import softmax
 
 from . import __version__, backends, kserve
+from . import errors as errors_mod
 from .engine import Engine
-from .errors import ApiError, bad_request, unavailable
+from .errors import ApiError, bad_request, error_response, unavailable
 from .metrics import Metrics
 
 log = logging.getLogger("classifier")
@@ -149,6 +151,26 @@ async def image_parts(request, body):
     return [(None, body)]
 
 
+def classify_openapi(num_classes):
+    """/classify reads its body itself (raw image or multipart): this describes it for the OpenAPI document."""
+    binary = {"schema": {"type": "string", "format": "binary"}}
+    return {"parameters": [{"name": "top_k", "in": "query", "required": False, "description": "predictions per image",
+                            "schema": {"type": "integer", "minimum": 1, "maximum": num_classes, "default": 5}}],
+            "requestBody": {"required": True, "content": dict(
+                {t: binary for t in sorted(IMAGE_TYPES)},
+                **{"multipart/form-data": {"schema": {"type": "object", "description": "one or more image files",
+                                                      "additionalProperties": {"type": "string", "format": "binary"}}}})}}
+
+
+V2_INFER_OPENAPI = {
+    "parameters": [{"name": kserve.HEADER, "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
+                    "description": "binary tensor extension: the JSON header's length; the tensors follow it"}],
+    "requestBody": {"required": True, "content": {
+        "application/json": {"schema": kserve.request_schema()},
+        "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}},
+}
+
+
 def parse_top_k(request, num_classes):
     raw = request.query_params.get("top_k", "5")
     try:
@@ -189,15 +211,12 @@ class RequestContext:
         except Exception:
             log.exception("unhandled error (request %s)", request_id)
             if not status:
-                body = JSONResponse({"error": {"code": "internal", "message": "internal error"}, "request_id": request_id},
-                                    status_code=500)
+                body = error_response(scope["path"], 500, "internal", "internal error", request_id)
                 await body(scope, receive, send_with_id)
         finally:
             seconds = time.perf_counter() - start
             code = str(status[0]) if status else "500"
-            template = getattr(scope.get("route"), "path", "unmatched")
-            self.service.metrics.requests.labels(template, scope["method"], code).inc()
-            self.service.metrics.request_latency.labels(template).observe(seconds)
+            self.service.metrics.observe_request(scope, code, seconds)
             log.info("%s %s %s %.1fms request_id=%s", scope["method"], scope["path"], code, seconds * 1000, request_id)
 
 
@@ -217,26 +236,39 @@ def create_app(settings, backend_factory=None):
     app.state.service = service
     app.add_middleware(RequestContext, service=service)
 
+    # --- every error in errors.py's shapes, whatever raised it -------------------------------------
+    def answer(request, status, code, message, headers=None):
+        return error_response(request.url.path, status, code, message, getattr(request.state, "request_id", None),
+                              headers)
+
     @app.exception_handler(ApiError)
     async def api_error(request: Request, exc: ApiError):
-        rid = getattr(request.state, "request_id", None)
-        if request.url.path.startswith("/v2/"):
-            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
-        return JSONResponse(exc.body(rid), status_code=exc.status, headers=exc.headers)
+        return answer(request, exc.status, exc.code, exc.message, exc.headers)
+
+    @app.exception_handler(HTTPException)   # Starlette's 404 and 405
+    async def http_error(request: Request, exc: HTTPException):
+        code = errors_mod.HTTP_CODES.get(exc.status_code, "invalid_request")
+        allow = (exc.headers or {}).get("Allow")
+        message = {404: "no route for %s" % request.url.path,
+                   405: "%s is not allowed on %s (Allow: %s)" % (request.method, request.url.path, allow)
+                   }.get(exc.status_code, str(exc.detail))
+        return answer(request, exc.status_code, code, message, exc.headers)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError):
-        return JSONResponse({"error": {"code": "invalid_request", "message": str(exc.errors()[:3])}}, status_code=422)
+        where = ["%s: %s" % (".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()[:3]]
+        return answer(request, 422, "invalid_request", "; ".join(where))
 
     @app.exception_handler(kserve.ProtocolError)
     async def protocol_error(request: Request, exc: kserve.ProtocolError):
-        return JSONResponse({"error": str(exc)}, status_code=400)
+        return answer(request, 400, exc.code, str(exc))
 
     # --- the classifier API --------------------------------------------------------------------
     @app.post("/classify", summary="Classify one image (raw body) or several (multipart/form-data)",
-              responses={400: {"description": "undecodable image"}, 413: {"description": "body over MAX_BODY_BYTES"},
-                         415: {"description": "unsupported Content-Type"}, 422: {"description": "bad top_k"},
-                         503: {"description": "not ready, queue full or backend failure (Retry-After)"}})
+              responses=errors_mod.responses("empty_body", "invalid_image", "image_too_large", "invalid_multipart",
+                                             "no_image", "body_too_large", "unsupported_media_type", "invalid_top_k",
+                                             "not_ready", "queue_full", "backend_error", "shutting_down"),
+              openapi_extra=classify_openapi(service.num_classes))
     async def classify(request: Request):
         top_k = parse_top_k(request, service.num_classes)
         body = await read_body(request, settings.MAX_BODY_BYTES)
@@ -259,12 +291,14 @@ def create_app(settings, backend_factory=None):
     async def healthz():
         return {"status": "ok"}
 
-    @app.get("/readyz", summary="Readiness: model loaded and warmed up")
+    @app.get("/readyz", summary="Readiness: model loaded and warmed up", responses=errors_mod.responses("not_ready"))
     async def readyz():
         service.require_ready()
         return {"status": "ready", "model": service.bundle.name, "backend": service.engine.backend.describe()}
 
-    @app.get("/metrics", summary="Prometheus metrics")
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
+             responses={200: {"description": "Prometheus text exposition format",
+                              "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}}}})
     async def metrics():
         service.metrics.queue_depth.set(service.engine.depth)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
@@ -290,12 +324,12 @@ def create_app(settings, backend_factory=None):
     async def v2_live():
         return {"live": True}
 
-    @app.get("/v2/health/ready")
+    @app.get("/v2/health/ready", responses=errors_mod.responses("not_ready", v2=True))
     async def v2_ready():
         service.require_ready()
         return {"ready": True}
 
-    @app.get("/v2/models/{name}")
+    @app.get("/v2/models/{name}", responses=errors_mod.responses("unknown_model", "invalid_request", v2=True))
     async def v2_model(name: str):
         model_or_404(name)
         h, w = service.size
@@ -305,13 +339,18 @@ def create_app(settings, backend_factory=None):
                            {"name": "images", "datatype": "BYTES", "shape": [-1]}],
                 "outputs": [{"name": n, "datatype": "FP32", "shape": [-1, service.num_classes]} for n in OUTPUTS]}
 
-    @app.get("/v2/models/{name}/ready")
+    @app.get("/v2/models/{name}/ready", responses=errors_mod.responses("unknown_model", "invalid_request", "not_ready",
+                                                                          v2=True))
     async def v2_model_ready(name: str):
         model_or_404(name)
         service.require_ready()
         return {"name": name, "ready": True}
 
-    @app.post("/v2/models/{name}/infer")
+    @app.post("/v2/models/{name}/infer", summary="KServe v2 inference: JSON, or Triton's binary tensor extension",
+              responses=errors_mod.responses("unknown_model", "invalid_request", "body_too_large", "invalid_json",
+                                             "invalid_inference_request", "invalid_image", "image_too_large",
+                                             "not_ready", "queue_full", "backend_error", "shutting_down", v2=True),
+              openapi_extra=V2_INFER_OPENAPI)
     async def v2_infer(name: str, request: Request):
         model_or_404(name)
         body = await read_body(request, settings.MAX_BODY_BYTES)
@@ -321,8 +360,10 @@ def create_app(settings, backend_factory=None):
         images = await _v2_images(tensors)
         rows = await asyncio.gather(*[service.engine.infer(image) for image in images])
         logits = np.stack([row for row, _ in rows]).astype(np.float32)
+        if not np.isfinite(logits).all():   # finite inputs far outside [-1, 1] can overflow the model
+            raise kserve.ProtocolError("the model's output for this input is not finite: send 'input' values in [-1, 1]")
         arrays = {"logits": logits, "probabilities": softmax(logits.astype(np.float64)).astype(np.float32)}
-        payload, headers = kserve.encode_response(name, service.bundle.version, head.get("id"),
+        payload, headers = kserve.encode_response(name, service.bundle.version, head.id,
                                                   [(n, arrays[n], binary) for n, binary in outputs])
         return Response(payload, headers=headers)
 
@@ -330,6 +371,8 @@ def create_app(settings, backend_factory=None):
         if len(tensors) != 1:
             raise kserve.ProtocolError("send exactly one input: 'input' (FP32 [N,H,W,3]) or 'images' (BYTES [N])")
         (name, value), = tensors.items()
+        if name != ("images" if isinstance(value, list) else "input"):
+            raise kserve.ProtocolError("input %r: this model takes 'input' (FP32 [N,H,W,3]) or 'images' (BYTES [N])" % name)
         h, w = service.size
         if isinstance(value, list):  # BYTES: encoded images
             with service.engine.arriving():

@@ -1,8 +1,10 @@
-"""Prometheus metrics, one registry per app so several apps (tests) never collide."""
+"""Prometheus metrics, one registry per app so several apps (tests) never collide. Every label comes
+from a closed set: a client can add no series."""
 from __future__ import annotations
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
+METHODS = frozenset(("GET", "HEAD", "POST", "PUT", "DELETE", "PATCH", "OPTIONS"))
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -23,3 +25,24 @@ class Metrics:
         self.backend_errors = Counter("classifier_backend_errors_total", "Failed backend runs", ["fatal"], registry=r)
         self.images = Counter("classifier_images_total", "Images classified", registry=r)
         self.ready = Gauge("classifier_ready", "1 once the model is loaded and warmed up", registry=r)
+
+    def observe_request(self, scope, status, seconds):
+        """Count a request under labels from closed sets, so no client can grow /metrics: a method
+        outside METHODS is `other`, and so is a path that matched no route (else its template)."""
+        method = scope["method"] if scope["method"] in METHODS else "other"
+        route = route_label(scope)
+        self.requests.labels(route, method, str(status)).inc()
+        self.request_latency.labels(route).observe(seconds)
+
+
+def route_label(scope):
+    """The matched route's template; FastAPI's own pages (/docs, /openapi.json) set no scope["route"],
+    so a path equal to one of the app's fixed route paths counts as itself; anything else is `other`."""
+    route = scope.get("route")
+    if route is not None:
+        return route.path
+    path = scope["path"]
+    for candidate in getattr(scope.get("app"), "routes", ()):
+        if getattr(candidate, "path", None) == path and "{" not in path:
+            return path
+    return "other"

@@ -1,0 +1,282 @@
+"""What every kind of bad request gets, on a real server (`python -m classifier` on loopback): the
+malformed KServe v2 requests that once got a 500, NaN in and out, 404/405 and malformed HTTP in the
+documented JSON shapes, metric labels a client cannot grow, one table of error codes that the code,
+the OpenAPI document and the README agree on."""
+import ast
+import json
+import os
+import re
+import socket
+import time
+
+import numpy as np
+import pytest
+import requests
+
+from classifier import kserve
+from classifier.errors import CODES
+
+from svc_support import SIZE, Server, bundle_dir, model_json  # noqa: F401
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+PACKAGE = os.path.join(ROOT, "services", "classifier", "classifier")
+PIXELS = SIZE * SIZE * 3
+
+
+@pytest.fixture(scope="module")
+def server(bundle_dir):  # noqa: F811
+    with Server(bundle_dir, LOG_LEVEL="warning") as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def infer_url(server, bundle_dir):  # noqa: F811
+    return "%s/v2/models/%s/infer" % (server.url, model_json(bundle_dir)["name"])
+
+
+def expect(response, status, code, v2=True):
+    """The documented error: that status, JSON in the path's shape, that code, the request id."""
+    assert response.status_code == status, (response.status_code, response.text[:300])
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    if v2:
+        assert isinstance(body["error"], str) and body["error"] and body["code"] == code, body
+    else:
+        assert body["error"]["code"] == code and body["error"]["message"], body
+    assert body["request_id"] == response.headers["X-Request-ID"]
+    assert CODES[code][0] == status
+    return body
+
+
+def fp32(**changes):
+    spec = {"name": "input", "datatype": "FP32", "shape": [1, SIZE, SIZE, 3], "data": [0.0] * PIXELS}
+    spec.update(changes)
+    return {"inputs": [spec]}
+
+
+def binary(header, tensor):
+    head = json.dumps(header).encode()
+    return head + tensor, {"Inference-Header-Content-Length": str(len(head))}
+
+
+def bytes_input(**changes):
+    spec = {"name": "images", "datatype": "BYTES", "shape": [1], "data": ["aGk="]}
+    spec.update(changes)
+    return {"inputs": [spec]}
+
+
+# The 17 requests issue 9 found answered with a 500 (finding 3), each with what it gets now.
+MALFORMED = {
+    "empty batch": (fp32(shape=[0, SIZE, SIZE, 3], data=[]), "invalid_inference_request", "has no elements"),
+    "BYTES shape [0]": (bytes_input(shape=[0], data=[]), "invalid_inference_request", "has no elements"),
+    "negative dim": (fp32(shape=[-1, SIZE, SIZE, 3]), "invalid_inference_request", "shape[0]"),
+    "string dim": (fp32(shape=["1", SIZE, SIZE, 3]), "invalid_inference_request", "shape[0]"),
+    "float dim": (fp32(shape=[1.0, SIZE, SIZE, 3]), "invalid_inference_request", "shape[0]"),
+    "null dim": (fp32(shape=[None, SIZE, SIZE, 3]), "invalid_inference_request", "shape[0]"),
+    "UINT8 300": (fp32(datatype="UINT8", data=[300] + [0] * (PIXELS - 1)), "invalid_inference_request", "0 to 255"),
+    "INT32 2**40": (fp32(datatype="INT32", data=[2 ** 40] + [0] * (PIXELS - 1)), "invalid_inference_request",
+                    "-2147483648 to 2147483647"),
+    "inputs [1]": ({"inputs": [1]}, "invalid_inference_request", "inputs[0]"),
+    "input parameters 'x'": (fp32(parameters="x"), "invalid_inference_request", "inputs[0].parameters"),
+    "binary_data_size 'abc'": (fp32(parameters={"binary_data_size": "abc"}), "invalid_inference_request",
+                               "binary_data_size"),
+    "5 binary bytes for FP32": (binary({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1],
+                                                    "parameters": {"binary_data_size": 5}}]}, b"12345"),
+                                "invalid_inference_request", "binary_data_size 5"),
+    "BYTES element 10**15": (bytes_input(data=[10 ** 15]), "invalid_inference_request", "base64 strings"),
+    "outputs ['logits']": (dict(fp32(), outputs=["logits"]), "invalid_inference_request", "outputs[0]"),
+    "output parameters 5": (dict(fp32(), outputs=[{"name": "logits", "parameters": 5}]), "invalid_inference_request",
+                            "outputs[0].parameters"),
+    "parameters [1]": (dict(fp32(), parameters=[1]), "invalid_inference_request", "parameters"),
+    "JSON 100,000 deep": ((b"[" * 100_000 + b"]" * 100_000, {}), "invalid_json", "deeper than 32"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(MALFORMED))
+def test_malformed_v2_request_gets_json_400(infer_url, case):
+    request, code, says = MALFORMED[case]
+    if isinstance(request, tuple):
+        body, headers = request
+        r = requests.post(infer_url, data=body, headers=headers, timeout=30)
+    else:
+        r = requests.post(infer_url, json=request, timeout=30)
+    assert says in expect(r, 400, code)["error"]
+
+
+def test_the_server_still_serves_after_them(infer_url):
+    for case in sorted(MALFORMED):
+        request = MALFORMED[case][0]
+        if isinstance(request, dict):
+            requests.post(infer_url, json=request, timeout=30)
+    r = requests.post(infer_url, json=fp32(), timeout=30)
+    assert r.status_code == 200 and r.json()["outputs"][0]["shape"][0] == 1
+
+
+def _strict_json(text):
+    def refuse(name):
+        raise ValueError("bare %s in the response" % name)
+    return json.loads(text, parse_constant=refuse)
+
+
+def test_nan_and_infinity_are_refused_and_answers_are_strict_json(infer_url):
+    """Finding 7: NaN in an FP32 input once came back as bare NaN tokens in a 200."""
+    nan_json = json.dumps(fp32(data=[float("nan")] + [0.0] * (PIXELS - 1)))   # Python writes the NaN token
+    assert "NaN" in nan_json
+    r = requests.post(infer_url, data=nan_json, timeout=30)
+    assert "NaN is not a JSON number" in expect(r, 400, "invalid_json")["error"]
+    for value in (np.nan, np.inf, -np.inf):
+        tensor = np.zeros((1, SIZE, SIZE, 3), np.float32)
+        tensor[0, 5, 5, 1] = value
+        body, headers = binary({"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, SIZE, SIZE, 3],
+                                            "parameters": {"binary_data_size": tensor.nbytes}}]}, tensor.tobytes())
+        r = requests.post(infer_url, data=body, headers=headers, timeout=30)
+        assert "must be finite" in expect(r, 400, "invalid_inference_request")["error"]
+    r = requests.post(infer_url, json=fp32(data=[1e39] + [0.0] * (PIXELS - 1)), timeout=30)   # inf as FP32
+    assert "must be finite" in expect(r, 400, "invalid_inference_request")["error"]
+    # finite inputs far outside [-1, 1] overflow this model's logits: refused, never a bare NaN
+    r = requests.post(infer_url, json=fp32(data=[3e38] * PIXELS), timeout=30)
+    assert "not finite" in expect(r, 400, "invalid_inference_request")["error"]
+    r = requests.post(infer_url, json=fp32(data=[0.5] * PIXELS), timeout=30)
+    assert r.status_code == 200
+    assert [len(o["data"]) for o in _strict_json(r.text)["outputs"]] == [11, 11]
+
+
+@pytest.mark.parametrize("method,path,status,code", [
+    ("GET", "/no/such/page", 404, "not_found"), ("GET", "/v2/no/such/page", 404, "not_found"),
+    ("DELETE", "/healthz", 405, "method_not_allowed"), ("GET", "/classify", 405, "method_not_allowed"),
+    ("PUT", "/v2/models/x/infer", 405, "method_not_allowed"), ("BREW", "/v1/model", 405, "method_not_allowed"),
+    ("POST", "/v2/models/other/infer", 404, "unknown_model")])
+def test_404_and_405_answer_the_documented_shape(server, method, path, status, code):
+    """Finding 13: FastAPI's {"detail": ...} is gone; /v2 keeps the protocol's string `error`."""
+    r = requests.request(method, server.url + path, timeout=30)
+    body = expect(r, status, code, v2=path.startswith("/v2"))
+    assert "detail" not in body
+    if status == 405:
+        assert r.headers["Allow"] and r.headers["Allow"] in json.dumps(body)
+
+
+def _raw_http(port, head):
+    with socket.create_connection(("127.0.0.1", port), timeout=30) as s:
+        s.sendall(head)
+        chunks = []
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            chunks.append(chunk)
+    status_line, _, rest = b"".join(chunks).partition(b"\r\n")
+    headers, _, body = rest.partition(b"\r\n\r\n")
+    return int(status_line.split()[1]), headers.decode("latin-1").lower(), body
+
+
+@pytest.mark.parametrize("length", ["-1", "100000000000000000000", "12abc"])
+def test_a_content_length_uvicorn_refuses_gets_the_json_error(server, length):
+    """Finding 10: h11 refuses these before the app sees the request; the service's own protocol class
+    (classifier/transport.py) answers in the JSON shape instead of uvicorn's plain text."""
+    status, headers, body = _raw_http(server.port, ("POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
+                                                    "Content-Length: %s\r\n\r\n" % length).encode())
+    assert status == 400 and "content-type: application/json" in headers
+    assert json.loads(body)["error"]["code"] == "invalid_http"
+    assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
+
+
+def test_made_up_methods_and_paths_do_not_grow_metrics(server):
+    """Finding 6: 2,000 made-up methods once grew /metrics from 40 KB to 618 KB."""
+    def sample(text, labels):
+        line = 'classifier_requests_total{%s} ' % labels
+        return float(text.split(line)[1].split()[0]) if line in text else 0.0
+    made_up, unknown = 'method="other",route="/healthz",status="405"', 'method="GET",route="other",status="404"'
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    size, counts = len(text), (sample(text, made_up), sample(text, unknown))
+    with requests.Session() as session:
+        for i in range(1000):
+            session.request("M%dX" % i, server.url + "/healthz", timeout=30)
+            session.get(server.url + "/page/%d" % i, timeout=30)
+    text = requests.get(server.url + "/metrics", timeout=30).text
+    assert len(text) - size < 4000, len(text) - size   # a handful of new series, not thousands
+    assert (sample(text, made_up) - counts[0], sample(text, unknown) - counts[1]) == (1000, 1000)
+
+
+# --- one table of codes ---------------------------------------------------------------------------
+def _raised_codes():
+    """(status or None, code) of every error the service's source raises, read from its syntax tree."""
+    found = []
+    for name in sorted(os.listdir(PACKAGE)):
+        if not name.endswith(".py"):
+            continue
+        for node in ast.walk(ast.parse(open(os.path.join(PACKAGE, name)).read())):
+            if not isinstance(node, ast.Call):
+                continue
+            func = getattr(node.func, "id", None) or getattr(node.func, "attr", None)
+            args = [a.value if isinstance(a, ast.Constant) else None for a in node.args]
+            if func == "ApiError":
+                found.append((args[0], args[1]))
+            elif func == "bad_request":
+                found.append((400, args[0]))
+            elif func == "unavailable":
+                found.append((503, args[0]))
+            elif func == "ProtocolError" and len(args) > 1:
+                found.append((400, args[1]))
+            elif func in ("error_response", "answer") and len(args) > 3 and isinstance(args[2], str):
+                found.append((args[1], args[2]))
+            elif func == "error_body" and len(args) > 2 and isinstance(args[1], str):
+                found.append((None, args[1]))
+    return [(status, code) for status, code in found if isinstance(code, str)]   # not the helpers' own bodies
+
+
+def test_every_code_the_service_raises_is_in_the_table_with_its_status():
+    raised = _raised_codes()
+    assert len(raised) >= 15 and ("body_too_large" in {c for _, c in raised})
+    for status, code in raised:
+        assert code in CODES, code
+        assert status is None or CODES[code][0] == status, (code, status, CODES[code])
+    assert kserve.ProtocolError("x").code in CODES
+
+
+def test_the_readme_lists_every_code_with_its_status():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    for code, (status, _) in CODES.items():
+        assert "| %d | `%s` |" % (status, code) in readme, code
+
+
+def test_the_openapi_document_describes_bodies_parameters_errors_and_metrics(server, bundle_dir):  # noqa: F811
+    doc = requests.get(server.url + "/openapi.json", timeout=30).json()
+    classify = doc["paths"]["/classify"]["post"]
+    assert {"image/jpeg", "image/png", "multipart/form-data", "application/octet-stream"} <= set(
+        classify["requestBody"]["content"])
+    (top_k,) = [p for p in classify["parameters"] if p["name"] == "top_k"]
+    assert top_k["schema"] == {"type": "integer", "minimum": 1, "maximum": model_json(bundle_dir)["output"]["num_classes"],
+                               "default": 5}
+    infer = doc["paths"]["/v2/models/{name}/infer"]["post"]
+    content = infer["requestBody"]["content"]
+    assert "inputs" in content["application/json"]["schema"]["properties"] and "application/octet-stream" in content
+    assert kserve.HEADER in [p["name"] for p in infer["parameters"]]
+    metrics = doc["paths"]["/metrics"]["get"]["responses"]["200"]["content"]
+    assert metrics and all(t.startswith("text/plain") for t in metrics)
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            for status, response in operation["responses"].items():
+                if int(status) >= 400:
+                    ref = response["content"]["application/json"]["schema"]["$ref"]
+                    assert ref.endswith("/V2Error" if path.startswith("/v2") else "/Error"), (path, status, ref)
+                    codes = re.findall(r"`(\w+)`", response["description"])
+                    assert codes and all(CODES[code][0] == int(status) for code in codes), (path, status, codes)
+
+
+# --- the JSON depth scan, on its own ----------------------------------------------------------------
+@pytest.mark.parametrize("text,deeper", [
+    (b"[" * 32 + b"]" * 32, False), (b"[" * 33 + b"]" * 33, True), (b'{"a":' * 33 + b"1" + b"}" * 33, True),
+    (b'["' + b"[" * 100 + b'"]', False),               # brackets inside a string do not count
+    (b'["\\"' + b"[" * 100 + b'"]', False),            # nor after an escaped quote inside it
+    (b'["\\\\"' + b"[" * 100, True),                   # an escaped backslash ends the string: these count
+    (b'"' + b"[" * 100, False),                         # an unterminated string swallows the rest
+])
+def test_depth_scan(text, deeper):
+    assert kserve.nests_deeper_than(text, 32) is deeper
+
+
+def test_depth_scan_is_linear_on_hostile_input():
+    for text in (b'"\\"' * 3_000_000, b"[]" * 5_000_000, b'{"a":' * 2_000_000, b"[" * 10_000_000):
+        start = time.perf_counter()
+        kserve.nests_deeper_than(text, 32)
+        assert time.perf_counter() - start < 3, text[:10]

@@ -22,7 +22,8 @@ CODES = {   # code: (HTTP status, when)
     "image_too_large": (400, "an image over MAX_IMAGE_PIXELS, refused from its header"),
     "invalid_multipart": (400, "a multipart body that cannot be parsed"),
     "no_image": (400, "a multipart body without a file part"),
-    "invalid_json": (400, "v2: a JSON header that is not UTF-8 JSON, holds NaN/Infinity or nests too deep"),
+    "invalid_json": (400, "v2: a JSON header that is not UTF-8 JSON, holds NaN/Infinity, nests too deep or holds "
+                          "too many arrays and objects"),
     "invalid_inference_request": (400, "v2: a request the protocol or this model does not accept (schema, shape, "
                                        "datatype, value range, non-finite floats, binary sizes, unknown input/output)"),
     "not_found": (404, "no such path"),

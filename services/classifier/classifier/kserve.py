@@ -3,7 +3,8 @@ tensor data extension (the official tritonclient sends and asks for binary data 
 a JSON header of `Inference-Header-Content-Length` bytes, then the raw tensors in order.
 
 A request is checked in an order that never lets the client choose how much is allocated or how
-deep anything recurses: the JSON header's nesting depth is measured on the raw bytes before
+deep anything recurses: the JSON header's nesting depth and its count of arrays and objects (the
+values that cost `json.loads` most, about 75 bytes each) are bounded on the raw bytes before
 `json.loads`; the parsed header goes through one pydantic schema (InferenceRequest); each tensor's
 element count (from its shape, in Python integers) must fit the body before any array is made;
 values must be in their datatype's range, and floats finite (JSON has no NaN or Infinity, and a
@@ -23,6 +24,7 @@ HEADER = "Inference-Header-Content-Length"
 DTYPES = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2"), "FP64": np.dtype("<f8"), "UINT8": np.dtype("u1"),
           "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
 MAX_JSON_DEPTH = 32   # a v2 request needs about 4 + the rank of nested `data`
+MAX_JSON_CONTAINERS = 1 << 17   # arrays and objects in the JSON header: nested `data` of two 224x224 images
 MAX_DIMS = 8
 MAX_TENSORS = 16
 
@@ -119,23 +121,24 @@ def split_body(body, header_length):
     return view[:n], view[n:]
 
 
-_STRINGS = re.compile(rb'"(?:[^"\\]+|\\.)*(?:"|\\?\Z)', re.S)   # always matches at a quote: linear, no backtracking
-_NOT_BRACKETS = re.compile(rb"[^\[\]{}]+")
-
-
 def nests_deeper_than(text, limit):
     """Whether the JSON in `text` nests arrays and objects more than `limit` deep (brackets inside
-    strings do not count). Linear time; memory bounded by a chunk; stops once past the limit."""
+    strings do not count). Linear time, memory bounded by a chunk, no Python loop over the text."""
     if text.count(b"[") + text.count(b"{") <= limit:   # the common case: no need to look closer
         return False
-    brackets = _NOT_BRACKETS.sub(b"", _STRINGS.sub(b"", text)).translate(bytes.maketrans(b"{}", b"[]"))
-    codes = np.frombuffer(brackets, np.uint8)
-    depth = 0
-    for start in range(0, len(codes), 1 << 20):
-        levels = depth + np.cumsum(np.where(codes[start:start + (1 << 20)] == ord("["), 1, -1), dtype=np.int64)
+    text = text.replace(b"\\\\", b"").replace(b'\\"', b"")   # escapes, left to right as JSON reads them
+    codes = np.frombuffer(text, np.uint8)
+    depth = quotes = 0
+    for start in range(0, len(codes), 1 << 18):
+        chunk = codes[start:start + (1 << 18)]
+        is_quote = chunk == ord('"')
+        outside = (quotes + np.cumsum(is_quote, dtype=np.int64)) % 2 == 0
+        opens = ((chunk == ord("[")) | (chunk == ord("{"))) & outside
+        closes = ((chunk == ord("]")) | (chunk == ord("}"))) & outside
+        levels = depth + np.cumsum(opens.astype(np.int64) - closes, dtype=np.int64)
         if int(levels.max()) > limit:
             return True
-        depth = int(levels[-1])
+        depth, quotes = int(levels[-1]), quotes + int(is_quote.sum())
     return False
 
 
@@ -146,6 +149,9 @@ def _refuse_constant(name):
 def load_header(head):
     """The JSON header as a dict, its depth checked before the parser recurses into it."""
     head = bytes(head)
+    if head.count(b"[") + head.count(b"{") > MAX_JSON_CONTAINERS:   # each costs json.loads about 75 bytes
+        raise ProtocolError("request header holds more than %d arrays and objects: send tensor data flat"
+                            % MAX_JSON_CONTAINERS, "invalid_json")
     if nests_deeper_than(head, MAX_JSON_DEPTH):
         raise ProtocolError("request header nests deeper than %d levels" % MAX_JSON_DEPTH, "invalid_json")
     try:
@@ -177,8 +183,9 @@ def parse_request(body, header_length=None):
         if count == 0:
             raise ProtocolError("input %r: shape %s has no elements; send at least one" % (name, spec.shape))
         if count > len(body):   # every element takes at least a byte, in JSON or binary
-            raise ProtocolError("input %r: shape %s claims %d elements, more than a %d-byte body can carry"
-                                % (name, spec.shape, count, len(body)))
+            shape = str(spec.shape)
+            raise ProtocolError("input %r: shape %s claims more elements than a %d-byte body can carry"
+                                % (name, shape if len(shape) <= 60 else shape[:57] + "...", len(body)))
         size = spec.parameters.binary_data_size if spec.parameters else None
         if size is not None:
             if "data" in spec.model_fields_set:

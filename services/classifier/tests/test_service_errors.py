@@ -197,6 +197,18 @@ def test_made_up_methods_and_paths_do_not_grow_metrics(server):
     assert (sample(text, made_up) - counts[0], sample(text, unknown) - counts[1]) == (1000, 1000)
 
 
+def test_json_headers_are_bounded_before_parsing(infer_url):
+    """10 MB of empty lists once cost json.loads about 760 MB: arrays and objects are counted first."""
+    many = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1],"data":[' + b"[]," * 200_000 + b'[]]}]}'
+    r = requests.post(infer_url, data=many, timeout=30)
+    assert "more than %d arrays and objects" % kserve.MAX_JSON_CONTAINERS in expect(r, 400, "invalid_json")["error"]
+    deep = json.dumps(fp32(data=[[[[v] for v in [0.0] * 16]]] * 8)).replace("[0.0]", "[" * 30 + "0.0" + "]" * 30)
+    r = requests.post(infer_url, data=deep, timeout=30)
+    assert "deeper than 32" in expect(r, 400, "invalid_json")["error"]
+    nested = fp32(data=np.zeros((1, SIZE, SIZE, 3)).tolist())   # nested data within both limits is fine
+    assert requests.post(infer_url, json=nested, timeout=30).status_code == 200
+
+
 # --- one table of codes ---------------------------------------------------------------------------
 def _raised_codes():
     """(status or None, code) of every error the service's source raises, read from its syntax tree."""

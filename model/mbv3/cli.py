@@ -82,7 +82,7 @@ def cmd_predict(args):
     import numpy as np
     from . import imageprep, runtime
     clf = runtime.OnnxClassifier(args.bundle, args.threads)
-    prep = clf.bundle.metadata["preprocessing"]
+    prep = clf.bundle.preprocessing
     failures = 0
     for path in args.images:
         try:
@@ -92,11 +92,21 @@ def cmd_predict(args):
             say("mbv3: error: %s: %s" % (path, getattr(e, "strerror", None) or e))
             failures += 1
             continue
-        batch = imageprep.eval_transform(rgb, prep["size"], prep)[np.newaxis]
+        batch = imageprep.eval_transform(rgb, prep=prep)[np.newaxis]
         print(path)
         for rank, (index, label, prob) in enumerate(clf.classify(batch, args.top_k)[0], 1):
             print("  %d. %-40s %.4f  (class %d)" % (rank, label[:40], prob, index))
     return 1 if failures else 0
+
+
+def cmd_verify(args):
+    from . import runtime
+    loaded = runtime.verify_bundle(args.bundle)
+    info = loaded.info
+    print("%s: ok: %s v%s, %d classes, input %dx%d, %d files match their sha256%s" % (
+        loaded.path, info.name, info.version, info.num_classes, info.preprocessing.height, info.preprocessing.width,
+        len(info.files), ", model.om built for %s" % info.om.soc_version if info.om else ""))
+    return 0
 
 
 def cmd_benchmark(args):
@@ -167,10 +177,10 @@ def cmd_om(args):
     profiles = [] if args.static else args.batch_profiles
     if args.print:
         loaded = bundle.load(args.bundle)
-        print(" ".join(atc.command(loaded.path, loaded.metadata, args.soc_version, profiles, args.aipp, args.atc,
+        print(" ".join(atc.command(loaded.path, loaded.info, args.soc_version, profiles, args.aipp, args.atc,
                                    args.precision_mode)))
         if args.aipp:
-            print("# %s:\n%s" % (atc.AIPP_FILE, atc.aipp_config(loaded.metadata)))
+            print("# %s:\n%s" % (atc.AIPP_FILE, atc.aipp_config(loaded.info)))
         return 0
     atc.build(args.bundle, args.soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=say)
     return 0
@@ -267,6 +277,11 @@ def parser():
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("images", nargs="+")
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("verify", help="check a bundle as a server does before serving: model.json, sha256s, labels, "
+                       "the ONNX model's shapes")
+    s.add_argument("--bundle", required=True)
+    s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("benchmark", help="ONNX Runtime latency of a bundle, next to TensorFlow on its frozen graph")
     s.add_argument("--bundle", required=True)

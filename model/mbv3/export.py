@@ -10,7 +10,6 @@ export leaves nothing behind and a reader never sees half a bundle.
 from __future__ import absolute_import, division, print_function
 
 import datetime
-import json
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from . import __version__, bundle, checkpoint, imageprep, net, runtime
+from . import __version__, bundle, checkpoint, net, runtime
 from .errors import MbV3Error
 
 INPUT, OUTPUT = "input", "logits"
@@ -177,38 +176,32 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
             f.write(onnx_bytes)
         bundle.write_labels(os.path.join(tmp, bundle.LABELS), labels)
         trainable, _ = net.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
-        metadata = {
-            "format": bundle.FORMAT,
-            "format_version": bundle.FORMAT_VERSION,
-            "name": name or "mobilenet_v3_%s_%s" % (arch.variant, arch.multiplier),
-            "version": str(version if version is not None else (report.step if report.step is not None else 1)),
-            "created": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
-            "exporter": "mbv3 %s, TensorFlow %s" % (__version__, tf.__version__),
-            "source": {"checkpoint": os.path.abspath(reader.prefix), "step": report.step,
-                       "weights": "ema" if report.used_ema else "raw"},
-            "architecture": {"family": "MobileNetV3", "variant": arch.variant, "multiplier": arch.multiplier,
-                             "trainable_parameters": trainable},
-            "input": {"name": INPUT, "shape": [-1, input_size, input_size, 3], "layout": "NHWC",
-                      "dtype": "float32", "range": [-1.0, 1.0]},
-            "output": {"name": OUTPUT, "shape": [-1, arch.num_classes], "dtype": "float32", "kind": "logits",
-                       "num_classes": arch.num_classes},
-            "labels": {"file": bundle.LABELS, "label_offset": 1 if labels[0] == bundle.BACKGROUND else 0,
-                       "background_index": 0 if labels[0] == bundle.BACKGROUND else None},
-            "preprocessing": dict(imageprep.EVAL_PREPROCESSING, size=[input_size, input_size]),
-            "frozen_graph": {"file": bundle.FROZEN, "ops": sorted(set(n.op for n in graph_def.node))},
-            "onnx": {"file": bundle.ONNX, "opset": ONNX_OPSET},
-            "verification": {"onnx_vs_frozen_graph": parity},
-            "files": {},
-        }
+        info = bundle.ModelInfo(
+            name=name or "mobilenet_v3_%s_%s" % (arch.variant, arch.multiplier),
+            version=str(version if version is not None else (report.step if report.step is not None else 1)),
+            created=datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
+            exporter="mbv3 %s, TensorFlow %s" % (__version__, tf.__version__),
+            source=bundle.Source(checkpoint=os.path.abspath(reader.prefix), step=report.step,
+                                 weights="ema" if report.used_ema else "raw"),
+            architecture=bundle.Architecture(variant=arch.variant, multiplier=arch.multiplier,
+                                             trainable_parameters=trainable),
+            input=bundle.TensorInfo(name=INPUT, shape=[-1, input_size, input_size, 3], layout="NHWC",
+                                    dtype="float32", range=[-1.0, 1.0]),
+            output=bundle.TensorInfo(name=OUTPUT, shape=[-1, arch.num_classes], dtype="float32", kind="logits",
+                                     num_classes=arch.num_classes),
+            labels=bundle.label_info(labels),
+            preprocessing=bundle.Preprocessing(size=[input_size, input_size]),
+            frozen_graph={"file": bundle.FROZEN, "ops": sorted(set(n.op for n in graph_def.node))},
+            onnx={"file": bundle.ONNX, "opset": ONNX_OPSET},
+            verification={"onnx_vs_frozen_graph": parity},
+        )
         for fname in sorted(os.listdir(tmp)):
-            path = os.path.join(tmp, fname)
-            metadata["files"][fname] = {"sha256": bundle.sha256(path), "bytes": os.path.getsize(path)}
+            info.files[fname] = bundle.file_info(os.path.join(tmp, fname))
         with open(os.path.join(tmp, bundle.METADATA), "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(info.to_json())
         _install(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log("wrote bundle %s" % output)
-    return metadata
+    return info.to_dict()

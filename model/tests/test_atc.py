@@ -1,4 +1,5 @@
 """ATC command generation and the model.json record (ATC itself needs CANN: a fake stands in)."""
+import dataclasses
 import json
 import os
 import stat
@@ -29,7 +30,7 @@ def _fake_atc(tmp_path, exit_code=0):
 
 
 def test_default_command(bundle_dir):
-    meta = bundle.load(bundle_dir).metadata
+    meta = bundle.load(bundle_dir).info
     args = atc.command(bundle_dir, meta)
     assert args[0] == "atc" and "--framework=3" in args and "--model=%s/model.pb" % bundle_dir in args
     assert "--input_shape=input:-1,96,96,3" in args and "--input_format=NHWC" in args
@@ -39,7 +40,7 @@ def test_default_command(bundle_dir):
 
 
 def test_variants_of_the_command(bundle_dir):
-    meta = bundle.load(bundle_dir).metadata
+    meta = bundle.load(bundle_dir).info
     static = atc.command(bundle_dir, meta, "Ascend310P3", batch_profiles=[])
     assert "--input_shape=input:1,96,96,3" in static and "--soc_version=Ascend310P3" in static
     assert not any(a.startswith("--dynamic_batch_size") for a in static)
@@ -53,7 +54,7 @@ def test_variants_of_the_command(bundle_dir):
 
 
 def test_aipp_folds_the_normalisation(bundle_dir):
-    text = atc.aipp_config(bundle.load(bundle_dir).metadata)
+    text = atc.aipp_config(bundle.load(bundle_dir).info)
     assert "input_format: RGB888_U8" in text and "src_image_size_w: 96" in text
     for c in range(3):   # (x - 127.5) / 127.5 == (x / 255 - 0.5) / 0.5: the bundle's [-1, 1]
         assert "min_chn_%d: 127.5" % c in text and "var_reci_chn_%d: 0.00784313725490196" % c in text
@@ -62,10 +63,10 @@ def test_aipp_folds_the_normalisation(bundle_dir):
 def test_build_records_the_om_in_model_json(bundle_dir, tmp_path):
     fake = _fake_atc(tmp_path)
     record = atc.build(bundle_dir, "Ascend310P3", [1, 2, 4, 8], aipp=True, atc=fake, log=lambda *_: None)
-    assert record == {"file": "model.om", "batch_profiles": [1, 2, 4, 8], "aipp": True, "soc_version": "Ascend310P3",
-                      "input_dtype": "uint8"}
+    assert dataclasses.asdict(record) == {"file": "model.om", "batch_profiles": [1, 2, 4, 8], "aipp": True,
+                                          "soc_version": "Ascend310P3", "input_dtype": "uint8"}
     loaded = bundle.load(bundle_dir, verify=True)           # sha256s of model.om and aipp.cfg recorded
-    assert loaded.metadata["om"] == record and {"model.om", "aipp.cfg"} <= set(loaded.metadata["files"])
+    assert loaded.metadata["om"] == dataclasses.asdict(record) and {"model.om", "aipp.cfg"} <= set(loaded.metadata["files"])
     assert "--dynamic_batch_size=1,2,4,8" in (tmp_path / "atc-args").read_text()
 
 

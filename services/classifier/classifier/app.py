@@ -40,15 +40,14 @@ class Service:
     def __init__(self, settings, backend_factory=None):
         self.settings = settings
         self.metrics = Metrics()
-        self.bundle = bundle_mod.load(settings.MODEL_DIR)
+        self.bundle = bundle_mod.load(settings.MODEL_DIR, verify=True)  # schema, sha256s, labels; shapes at load
         self.engine = Engine(self.bundle, settings, self.metrics, log.info, backend_factory)
         self.pool = concurrent.futures.ThreadPoolExecutor(settings.PREPROCESS_WORKERS, thread_name_prefix="preprocess")
         self.ready = False
         self.failure = None
-        prep = self.bundle.metadata["preprocessing"]
-        self.size = prep["size"]
-        self.prep = prep
-        self.num_classes = self.bundle.metadata["output"]["num_classes"]
+        self.prep = self.bundle.preprocessing
+        self.size = self.prep.size
+        self.num_classes = self.bundle.num_classes
 
     async def start(self):
         try:
@@ -82,7 +81,7 @@ class Service:
             raise bad_request("image_too_large", str(e))
         except imageprep.ImageError as e:
             raise bad_request("invalid_image", str(e))
-        image = imageprep.eval_transform(rgb, self.size, self.prep, normalize=self.engine.input_dtype != np.uint8)
+        image = imageprep.eval_transform(rgb, prep=self.prep, normalize=self.engine.input_dtype != np.uint8)
         return image, time.perf_counter() - start
 
     async def prepare(self, data):
@@ -339,7 +338,7 @@ def create_app(settings, backend_factory=None):
             raise kserve.ProtocolError("input %s must be [N,%d,%d,3], got %s" % (name, h, w, list(value.shape)))
         batch = value.astype(np.float32)
         if service.engine.input_dtype == np.uint8:  # an AIPP model takes pixels: undo the [-1, 1] scaling
-            batch = np.clip(np.round(batch * 127.5 + 127.5), 0, 255).astype(np.uint8)
+            batch = service.prep.denormalize(batch)
         return list(batch)
 
     return app

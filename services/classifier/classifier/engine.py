@@ -52,7 +52,7 @@ class Engine:
         return self.backend
 
     def _warm_up(self):
-        h, w = self.bundle.metadata["preprocessing"]["size"]
+        h, w = self.bundle.preprocessing.size
         for n in sorted({1, self.backend.max_batch}):
             self.backend.run(np.zeros((n, h, w, 3), self.backend.input_dtype))
 

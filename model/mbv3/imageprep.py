@@ -15,6 +15,9 @@ import numpy as np
 from .bundle import Preprocessing
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 class ImageError(ValueError):
     """The bytes are not an image Pillow can decode."""
 
@@ -26,18 +29,22 @@ class ImageTooLarge(ImageError):
 def decode(data, max_pixels=None):
     """RGB uint8 HxWx3 from encoded bytes: the first frame of animations, EXIF orientation applied,
     any mode (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB. The pixel count is checked from
-    the header before anything is decoded, so a decompression bomb costs nothing."""
+    the header before anything is decoded, so a decompression bomb costs nothing. The result may be
+    a read-only view of the decoded image (no copy is made where none is needed)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     if not data:
         raise ImageError("empty image")
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
+            if width < 1 or height < 1:
+                raise ImageError("image is %dx%d pixels: nothing to classify" % (width, height))
             if max_pixels and width * height > max_pixels:
                 raise ImageTooLarge("image is %dx%d pixels, over the limit of %d" % (width, height, max_pixels))
             img.seek(0)
             img.load()
-            img = ImageOps.exif_transpose(img)
+            if img.getexif().get(EXIF_ORIENTATION, 1) not in (0, 1):
+                img = ImageOps.exif_transpose(img)   # a copy, so only when there is something to turn
             return to_rgb(img)
     except UnidentifiedImageError:
         raise ImageError("not an image in a format Pillow recognises")
@@ -52,15 +59,44 @@ def decode(data, max_pixels=None):
         raise ImageError("cannot decode image: %s" % (str(e).strip() or type(e).__name__))
 
 
+def probe(data):
+    """(width, height, mode) from the image's header, nothing decoded: what a server needs to know
+    what decoding will cost before it decides to."""
+    from PIL import Image, UnidentifiedImageError
+    if not data:
+        raise ImageError("empty image")
+    try:
+        with Image.open(io.BytesIO(data)) as img:
+            width, height = img.size
+            mode = img.mode
+    except UnidentifiedImageError:
+        raise ImageError("not an image in a format Pillow recognises")
+    except Image.DecompressionBombError as e:
+        raise ImageTooLarge(str(e))
+    except Exception as e:
+        raise ImageError("cannot read the image header: %s" % (str(e).strip() or type(e).__name__))
+    if width < 1 or height < 1:
+        raise ImageError("image is %dx%d pixels: nothing to classify" % (width, height))
+    return width, height, mode
+
+
 def to_rgb(img):
     """8-bit RGB. Alpha is dropped as TensorFlow's decode_png(channels=3) drops it, so the server
     sees what training saw; 16- and 32-bit grayscale is scaled down, not clipped."""
-    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+    if img.mode == "RGB":
+        return np.asarray(img)
+    if img.mode == "L":
+        return np.repeat(np.asarray(img)[:, :, None], 3, axis=2)
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N"):   # exact integer rounding of v * 255 / 65535
+        values = np.asarray(img).astype(np.uint32)
+        gray = ((values * 255 + 32767) // 65535).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode in ("I", "F"):
         values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        top = 65535.0 if values.max() > 255 else 255.0
         gray = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
-    return np.asarray(img.convert("RGB"), dtype=np.uint8)
+    return np.asarray(img.convert("RGB"))
 
 
 def central_crop(image, fraction):

@@ -53,10 +53,13 @@ def softmax(logits):
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def top_k(probabilities, labels, k=5):
-    """Per row, the k best [(index, label, probability)], best first."""
-    k = min(k, probabilities.shape[-1])
-    order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+def top_k(probabilities, labels, k=5, skip=None):
+    """Per row, the k best [(index, label, probability)], best first. `skip` (slim's background
+    index) is never a prediction; probabilities stay those of the model's softmax over all classes."""
+    order = np.argsort(-probabilities, axis=-1, kind="stable")
+    if skip is not None:
+        order = order[order != skip].reshape(len(order), -1)
+    order = order[:, :k]
     return [[(int(i), labels[i], float(row[i])) for i in idx] for row, idx in zip(probabilities, order)]
 
 
@@ -75,4 +78,4 @@ class OnnxClassifier(object):
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
     def classify(self, batch, k=5):
-        return top_k(softmax(self.logits(batch)), self.bundle.labels, k)
+        return top_k(softmax(self.logits(batch)), self.bundle.labels, k, skip=self.bundle.background_index)

@@ -142,7 +142,7 @@ def test_not_ready_until_loaded_and_warmed(bundle_dir, flaky):  # noqa: F811
 def test_image_over_the_pixel_limit(bundle_dir):  # noqa: F811
     with ThreadServer({"MODEL_DIR": bundle_dir, "MAX_IMAGE_PIXELS": 5000}) as s:
         r = classify(s.url, jpeg_bytes(size=(100, 80)))
-        assert r.status_code == 400 and r.json()["error"]["code"] == "image_too_large"
+        assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
         assert "100x80" in r.json()["error"]["message"]
 
 

@@ -254,7 +254,7 @@ def create_app(settings, backend_factory=None):
     async def api_error(request: Request, exc: ApiError):
         rid = getattr(request.state, "request_id", None)
         if request.url.path.startswith("/v2/"):
-            return JSONResponse({"error": exc.message}, status_code=exc.status, headers=exc.headers)
+            return JSONResponse({"error": exc.message, "code": exc.code}, status_code=exc.status, headers=exc.headers)
         return JSONResponse(exc.body(rid), status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)

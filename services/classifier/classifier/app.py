@@ -35,12 +35,6 @@ IMAGE_TYPES = {"image/jpeg", "image/jpg", "image/png", "image/webp", "image/bmp"
 OUTPUTS = ("logits", "probabilities")
 
 
-# A lone image up to this many pixels is decoded on the device thread right before its inference
-# (one thread hop instead of two; see Engine.infer_alone): at most a few milliseconds of decoding
-# that a request arriving meanwhile can wait behind. Larger images always go to the pool.
-ONE_HOP_MAX_PIXELS = 1_000_000
-
-
 class Service:
     """What the routes share: settings, bundle, engine, metrics, the preprocessing pool and budget."""
 
@@ -102,7 +96,7 @@ class Service:
         what = "this image" if len(uploads) == 1 else "this request's %d images" % len(uploads)
         async with self.budget.hold(self.images.cost(good), what):
             uint8 = self.engine.input_dtype == np.uint8
-            if len(good) == 1 and len(uploads) == 1 and good[0].pixels <= ONE_HOP_MAX_PIXELS and self.engine.idle:
+            if len(good) == 1 and len(uploads) == 1 and good[0].pixels <= self.settings.ONE_HOP_MAX_PIXELS and self.engine.idle:
                 upload = good[0]
                 row, timings = await self.engine.infer_alone(lambda: self.images.prepare(upload, uint8).image)
                 upload.logits = row

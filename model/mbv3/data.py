@@ -225,9 +225,11 @@ def _class_folder_items(root, folders, images_dir, class_index, what, passed, sp
         other = sorted(other + [(n, "a folder, not an image (class folders are read one level deep)")
                                 for n in subfolders])
         if not images:
-            raise DataError("class folder %s holds no images%s; add images or remove the folder"
-                            % (folder, " (only %d other entries, e.g. %s: %s)" % ((len(other),) + other[0])
-                               if other else ""))
+            hint = ""
+            if other:
+                count = "1 other entry" if len(other) == 1 else "%d other entries" % len(other)
+                hint = " (only %s, e.g. %s: %s)" % ((count,) + other[0])
+            raise DataError("class folder %s holds no images%s; add images or remove the folder" % (folder, hint))
         for entry, reason in other:
             passed.add(folder, entry, reason, split)
         for image in images:

@@ -13,6 +13,7 @@ from __future__ import absolute_import, division, print_function
 
 import concurrent.futures
 import datetime
+import errno
 import hashlib
 import io
 import json
@@ -125,12 +126,15 @@ def _kind(path):
     try:
         mode = os.stat(path).st_mode
     except OSError as e:
-        if os.path.islink(path):
-            try:
-                return "dangling symbolic link (to %s)" % os.readlink(path)
-            except OSError:
-                return "dangling symbolic link"
-        return "cannot inspect it: %s" % (e.strerror or e)
+        if not os.path.islink(path):
+            return "cannot inspect it: %s" % (e.strerror or e)
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if e.errno == errno.ENOENT:
+            return "dangling symbolic link (to %s)" % target
+        return "symbolic link to %s that cannot be followed: %s" % (target, e.strerror or e)
     if stat.S_ISDIR(mode):
         return "dir"
     if stat.S_ISREG(mode):

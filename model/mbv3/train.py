@@ -23,8 +23,9 @@ from . import checkpoint, config as config_mod, data, fileio, net, recipe, targe
 from .errors import MbV3Error, file_reason
 
 MOMENTUM_SUFFIX = "/Momentum"
+LABELS = data.LABELS  # the data set's labels.txt, copied into the model dir
 # What a run writes into its model dir besides checkpoints, each through fileio's temporaries.
-RUN_FILES = (config_mod.SAVED_NAME, data.LABELS)
+RUN_FILES = (config_mod.SAVED_NAME, LABELS)
 
 
 def is_stale_temporary(name):
@@ -249,9 +250,9 @@ class Trainer(object):
             self.log("removed %d temporary files an interrupted save left in %s: %s"
                      % (len(removed), self.model_dir, ", ".join(removed)))
         self.cfg.save(self.model_dir)
-        labels = os.path.join(self.data_dir, data.LABELS)
+        labels = os.path.join(self.data_dir, LABELS)
         if os.path.exists(labels):
-            fileio.copy(labels, os.path.join(self.model_dir, data.LABELS))
+            fileio.copy(labels, os.path.join(self.model_dir, LABELS))
 
     # --- the run -----------------------------------------------------------------------------
     def _on_signal(self, signum, frame):

@@ -282,6 +282,7 @@ def test_every_path_passed_over_is_listed_with_its_reason(tmp_path):
     image_folder(src, {"a": 1}, split="val")
     a, jpeg = src / "train" / "a", encode(picture(30, 30, 5))
     os.symlink(str(a / "gone.jpg"), str(a / "ghost.jpg"))                 # dangling symbolic link
+    os.symlink("loop.jpg", str(a / "loop.jpg"))                           # a link to itself
     write(a / "folder.png" / "inner.png", encode(picture(30, 30, 6), "PNG"))  # a folder named like an image
     os.mkfifo(str(a / "pipe.jpg"))                                        # opening it would block forever
     write(a / ".hidden.jpg", jpeg)
@@ -296,6 +297,8 @@ def test_every_path_passed_over_is_listed_with_its_reason(tmp_path):
     reasons = {s["path"]: (s["reason"], s["split"]) for s in summary["skipped"]}
     assert reasons == {
         "train/a/ghost.jpg": ("dangling symbolic link (to %s)" % (a / "gone.jpg"), "train"),
+        "train/a/loop.jpg": ("symbolic link to loop.jpg that cannot be followed: Too many levels of symbolic links",
+                             "train"),
         "train/a/folder.png": ("a folder, not an image (class folders are read one level deep)", "train"),
         "train/a/pipe.jpg": ("not a regular file (a device, pipe or socket)", "train"),
         "train/a/.hidden.jpg": ("hidden (the name starts with a dot)", "train"),
@@ -308,11 +311,11 @@ def test_every_path_passed_over_is_listed_with_its_reason(tmp_path):
     }
     for path, (reason, _) in reasons.items():
         assert "skipped %s: %s" % (src / path, reason) in lines, (path, lines)
-    assert (summary["splits"]["train"]["ignored"], summary["splits"]["validation"]["ignored"]) == (7, 1)
+    assert (summary["splits"]["train"]["ignored"], summary["splits"]["validation"]["ignored"]) == (8, 1)
     assert (summary["splits"]["train"]["written"], summary["splits"]["validation"]["written"]) == (3, 1)
     with open(str(tmp_path / "out" / "dataset.json")) as f:
         assert json.load(f)["skipped"] == summary["skipped"]
-    assert any(l.startswith("train: 3 images written, 0 unreadable skipped, 7 other paths skipped") for l in lines), lines
+    assert any(l.startswith("train: 3 images written, 0 unreadable skipped, 8 other paths skipped") for l in lines), lines
 
 
 @pytest.mark.parametrize("split", ["train", "val"])

@@ -242,10 +242,16 @@ def test_resume_clears_stale_temporaries_and_passes_over_a_damaged_newest_checkp
 
 
 def test_disk_full_during_a_save_is_one_line_and_loses_nothing(digits_data, tiny_fs):
-    """A real full file system: the save at step 10 finds no space; the step-5 checkpoint and the state
-    file stay as they were, nothing partial is left, and the run resumes once there is space."""
+    """A real full file system: first no room for config.yaml; then the save at step 10 finds no space,
+    the step-5 checkpoint and the state file stay as they were, nothing partial is left, and the run
+    resumes once there is space."""
     run = os.path.join(tiny_fs.path, "run")
     base = ["train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", run]
+    tiny_fs.fill()
+    assert_one_line_error(run_cli(*base, "--set", "train.steps=5"),
+                          "cannot write %s: No space left on device" % os.path.join(run, "config.yaml"))
+    assert os.listdir(run) == []
+    tiny_fs.empty_filler()
     assert run_cli(*base, "--set", "train.steps=5").returncode == 0
     checkpoint_files = {n: open(os.path.join(run, n), "rb").read() for n in os.listdir(run) if n.startswith(
         ("model.ckpt-", "checkpoint"))}

@@ -318,6 +318,24 @@ def test_every_path_passed_over_is_listed_with_its_reason(tmp_path):
     assert any(l.startswith("train: 3 images written, 0 unreadable skipped, 8 other paths skipped") for l in lines), lines
 
 
+def test_an_unreadable_image_is_listed_with_the_reason(tmp_path, monkeypatch):
+    src = image_folder(tmp_path / "src", {"a": 2})
+    locked = os.path.join(src, "train", "a", "a_0.JPEG")
+    real_open = open
+
+    def open_as_if_locked(path, *args, **kwargs):   # chmod 000 does not stop root, who runs CI
+        if path == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(data, "open", open_as_if_locked, raising=False)
+    lines = []
+    summary = data.build(src, str(tmp_path / "out"), log=lines.append, workers=2)
+    assert summary["skipped"] == [{"path": "train/a/a_0.JPEG", "reason": "cannot read file: Permission denied",
+                                   "split": "train", "shard": "train-00000-of-00001"}]
+    assert "skipped %s: cannot read file: Permission denied" % locked in lines
+    assert summary["splits"]["train"]["written"] == 1
+
+
 @pytest.mark.parametrize("split", ["train", "val"])
 def test_an_empty_class_folder_is_an_error_naming_it(tmp_path, split):
     src = image_folder(tmp_path / "src", {"a": 2, "b": 2})

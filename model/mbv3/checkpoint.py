@@ -68,6 +68,7 @@ def existing(directory, log=None):
         state = _state(directory)
         if state is not None:  # relative paths come back joined to `directory`
             named = [state.model_checkpoint_path] + list(reversed(state.all_model_checkpoint_paths))
+            named = [_moved(p, directory) for p in named]
         elif log:
             log("%s: unreadable checkpoint state file; taking the checkpoints by step"
                 % os.path.join(directory, STATE_FILE))
@@ -78,6 +79,12 @@ def existing(directory, log=None):
         if prefix not in ordered:
             ordered.append(prefix)
     return ordered
+
+
+def _moved(prefix, directory):
+    """TF1's Saver records absolute paths: after the run folder moved, the same name in `directory`."""
+    here = os.path.join(directory, os.path.basename(prefix))
+    return here if not os.path.exists(prefix + ".index") and os.path.exists(here + ".index") else prefix
 
 
 def found_in(directory):

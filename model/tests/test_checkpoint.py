@@ -225,6 +225,20 @@ def test_interoperates_with_tf1_saver(tmp_path):
         np.testing.assert_array_equal(restored[name], shifted[name])
 
 
+def test_latest_follows_a_moved_run_whose_state_file_has_absolute_paths(tmp_path):
+    """What TF1's Saver writes by default, then the folder is moved or copied to another machine."""
+    values = random_values(**SMALL)
+    for step in (10, 20):
+        checkpoint.save(str(tmp_path / "old"), step, values)
+    os.rename(str(tmp_path / "old"), str(tmp_path / "new"))
+    (tmp_path / "new" / "checkpoint").write_text(
+        'model_checkpoint_path: "%s/model.ckpt-20"\n' % (tmp_path / "old") +
+        "".join('all_model_checkpoint_paths: "%s/model.ckpt-%d"\n' % (tmp_path / "old", s) for s in (10, 20)))
+    lines = []
+    assert checkpoint.latest(str(tmp_path / "new"), lines.append) == str(tmp_path / "new" / "model.ckpt-20")
+    assert lines == []
+
+
 def test_latest_is_none_only_when_there_is_no_checkpoint(tmp_path):
     assert checkpoint.latest(str(tmp_path / "missing")) is None
     assert checkpoint.latest(str(tmp_path)) is None

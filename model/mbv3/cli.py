@@ -56,14 +56,12 @@ def cmd_inspect(args):
 def cmd_init(args):
     _quiet_tensorflow()
     from . import checkpoint, net
-    found = checkpoint.latest(args.model_dir)
+    # any checkpoint file, readable or not, is someone's run: never write a step 0 among them
+    found = checkpoint.found_in(args.model_dir)
     if found:
-        raise MbV3Error("%s already holds checkpoint %s; choose an empty directory" % (args.model_dir, found))
+        raise MbV3Error("%s already holds checkpoint files (%s); choose an empty directory" % (args.model_dir, found[0]))
     model = net.MobileNetV3(args.variant, args.multiplier, args.num_classes, seed=args.seed)
-    try:
-        prefix = checkpoint.save(args.model_dir, 0, model.variables)
-    except OSError as e:
-        raise MbV3Error("cannot write to %s: %s" % (args.model_dir, e.strerror or e))
+    prefix = checkpoint.save(args.model_dir, 0, model.variables)
     say("wrote %s: MobileNetV3 %s %s, %d classes, randomly initialised (step 0)"
          % (prefix, args.variant, args.multiplier, args.num_classes))
     return 0

@@ -152,8 +152,12 @@ async def image_parts(request, body, max_images):
     if ctype == "multipart/form-data":
         async def stream():
             yield body
+        parser = MultiPartParser(request.headers, stream(), max_files=max_images, max_fields=max_images)
+        # No part outgrows the body already in memory (bounded by MAX_BODY_BYTES): never spool to a
+        # temporary file, so the service runs on a read-only root file system.
+        parser.spool_max_size = len(body)
         try:
-            form = await MultiPartParser(request.headers, stream(), max_files=max_images, max_fields=max_images).parse()
+            form = await parser.parse()
         except MultiPartException as e:
             if "Too many" in e.message:
                 raise ApiError(413, "too_many_images", "more than %d parts in one request (MAX_IMAGES_PER_REQUEST); "

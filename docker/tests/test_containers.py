@@ -222,8 +222,10 @@ def test_infer_cpu_runs_read_only_within_its_limits_and_takes_a_3mb_multipart_pa
     port, container, _ = cpu_service
     hc = host_config(container)
     assert hc["ReadonlyRootfs"] and hc["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hc["SecurityOpt"]
-    assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (2 * 1024 ** 3, 2 * 10 ** 9, 256)
-    assert "THREADS=2" in json.loads(run([DOCKER, "inspect", "--format", "{{json .Config.Env}}", container]).stdout)
+    assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (3 * 1024 ** 3, 2 * 10 ** 9, 256)
+    env = json.loads(run([DOCKER, "inspect", "--format", "{{json .Config.Env}}", container]).stdout)
+    assert {"THREADS=2", "PREPROCESS_WORKERS=2"} <= set(env)   # one per CPU of the limit
+    assert not [e for e in env if e.startswith("PREPROCESS_MEMORY_MB=")]   # unset: the service's default
     denied = run([DOCKER, "exec", container, "sh", "-c", "touch /tmp/x"], check=False)
     assert denied.returncode != 0 and "Read-only file system" in denied.stdout, denied.stdout
     buf = io.BytesIO()
@@ -265,16 +267,16 @@ def test_infer_ascend_serves_through_the_acl_backend_on_an_om_made_in_the_train_
     with open(override, "w") as f:
         f.write(ASCEND_OVERRIDE % {"bundle": om_bundle, "report": report})
     port = free_port()
-    compose = Compose({"PORT": str(port), "INFER_CPUS": CPUS}, override)
+    compose = Compose({"PORT": str(port), "INFER_CPUS": CPUS, "ASCEND_GID": "4242"}, override)
     try:
         compose("--profile", "ascend", "up", "-d", "--no-build", "infer")
         container = compose.container("infer")
         wait_healthy(container)
         assert process_uid(container) == 10001
-        assert "1000" in process_status(container)["Groups"].split()   # group_add: the host's HwHiAiUser gid
+        assert "4242" in process_status(container)["Groups"].split()   # group_add: the host's HwHiAiUser gid
         hc = host_config(container)
         assert hc["ReadonlyRootfs"] and hc["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hc["SecurityOpt"]
-        assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (3 * 1024 ** 3, int(float(CPUS) * 10 ** 9), 512)
+        assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (4 * 1024 ** 3, int(float(CPUS) * 10 ** 9), 512)
         # CANN's log path is on the tmpfs; the rest of the root is read-only
         run([DOCKER, "exec", container, "sh", "-c", "mkdir -p $ASCEND_PROCESS_LOG_PATH && touch $ASCEND_PROCESS_LOG_PATH/x"])
         assert run([DOCKER, "exec", container, "touch", "/app/x"], check=False).returncode != 0

@@ -91,8 +91,8 @@ def test_a_run_at_another_resolution_serves_what_it_evaluated(digits_data, tmp_p
     assert evaluation["image_size"] == 48 and evaluation["top1"] >= 0.3, evaluation   # learning, not guessing
     result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle")
     assert result.returncode == 0, result.stderr[-2000:]
-    assert "from the run %s: input 48x48" % run in result.stderr
     assert json.loads((tmp_path / "bundle" / "model.json").read_text())["preprocessing"]["size"] == [48, 48]
+    assert "from the run %s: input 48x48" % run in result.stderr
     served = _bundle_eval(tmp_path / "bundle", digits_data / "data")
     assert served["image_size"] == 48 and served["examples"] == evaluation["examples"] == 359
     assert abs(served["top1"] - evaluation["top1"]) <= 0.005 and abs(served["top5"] - evaluation["top5"]) <= 0.005, \

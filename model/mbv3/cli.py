@@ -152,8 +152,10 @@ def cmd_eval(args):
         _quiet_tensorflow()
         from . import bundle_eval
         result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
-                                      threads=args.threads)
+                                      threads=args.threads or 0)
     else:
+        if args.threads is not None:
+            raise MbV3Error("--threads applies to --bundle (ONNX Runtime)")
         _quiet_tensorflow()
         from . import evaluate
         result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
@@ -256,7 +258,7 @@ def parser():
     s.add_argument("--split", default="validation")
     s.add_argument("--batch-size", type=_positive, default=100)
     s.add_argument("--image-size", type=_positive, help="default: the run's config.yaml, else 224")
-    s.add_argument("--threads", type=int, default=0, help="--bundle: ONNX Runtime threads (0: its default)")
+    s.add_argument("--threads", type=int, help="--bundle: ONNX Runtime threads (default: ONNX Runtime's choice)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")

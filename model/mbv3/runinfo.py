@@ -73,6 +73,7 @@ class Choice:
     labels: List[str]
     run: Optional[Run] = None
     differs: Dict[str, Any] = field(default_factory=dict)   # model.json's source.differs_from_run
+    size_given: bool = False
 
     def describe(self, prep, weights):
         """One line saying where the bundle's settings came from (prep: its Preprocessing record)."""
@@ -80,7 +81,7 @@ class Choice:
             return ("bare checkpoint (no %s beside it): input %dx%d%s, TF-slim's eval preprocessing (central "
                     "%g%% crop, pixels to [-1, 1]), %s weights" % (
                         config_mod.SAVED_NAME, prep.height, prep.width,
-                        " (the default; --input-size sets another)" if self.size == bundle.DEFAULT_SIZE else "",
+                        "" if self.size_given else " (the default; --input-size sets another)",
                         prep.crop_fraction * 100, weights))
         line = "from the run %s: input %dx%d, central %g%% crop, %s weights, %d labels" % (
             self.run.folder, prep.height, prep.width, prep.crop_fraction * 100, weights, len(self.labels))
@@ -100,7 +101,7 @@ def choose(reader, arch, input_size=None, use_ema=None, labels_file=None, overri
     """Settle export's flags against the checkpoint's run (see the module docstring)."""
     run = find(reader.prefix)
     if run is None:
-        return Choice(size=int(input_size or bundle.DEFAULT_SIZE), use_ema=use_ema,
+        return Choice(size=int(input_size or bundle.DEFAULT_SIZE), use_ema=use_ema, size_given=bool(input_size),
                       labels=_bare_labels(arch.num_classes, labels_file, reader.prefix))
     _check_architecture(run, arch, reader.prefix)
     differs = {}
@@ -119,10 +120,9 @@ def choose(reader, arch, input_size=None, use_ema=None, labels_file=None, overri
                  [size, size], [int(input_size), int(input_size)])
         size = int(input_size)
 
-    run_weights = "ema" if reader.has_ema else "raw"
     if use_ema is False and reader.has_ema:
         conflict("source.weights", "--no-ema", "%s has EMA weights, which `mbv3 eval` of the run uses" % reader.prefix,
-                 "--no-ema", run_weights, "raw")
+                 "--no-ema", "ema", "raw")
 
     labels = None
     if run.labels_path:

@@ -126,7 +126,7 @@ def test_progress_shows_images_per_second(world):
     assert progress and all(" img/s, ETA " in line and "/12 images (" in line for line in progress)
 
 
-@pytest.mark.parametrize("case", ["classes", "image-size", "ema", "not-a-bundle", "no-data"])
+@pytest.mark.parametrize("case", ["classes", "image-size", "ema", "threads", "not-a-bundle", "no-data"])
 def test_bad_input_is_one_line(world, tmp_path, case):
     base = ["eval", "--bundle", world / "bundle", "--data", world / "data"]
     if case == "classes":
@@ -138,6 +138,9 @@ def test_bad_input_is_one_line(world, tmp_path, case):
         assert_one_line_error(run_cli(*base, "--image-size", "64"), "--image-size applies to --checkpoint")
     elif case == "ema":
         assert_one_line_error(run_cli(*base, "--no-ema"), "--ema/--no-ema applies to --checkpoint")
+    elif case == "threads":
+        assert_one_line_error(run_cli("eval", "--checkpoint", world / "run", "--data", world / "data", "--threads", "2"),
+                              "--threads applies to --bundle")
     elif case == "not-a-bundle":
         assert_one_line_error(run_cli("eval", "--bundle", world / "run", "--data", world / "data"),
                               "is not a model bundle")

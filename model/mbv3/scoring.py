@@ -3,10 +3,12 @@ mbv3.evaluate) and the bundle eval (ONNX Runtime, mbv3.bundle_eval): both count 
 results compare field by field. No TensorFlow here."""
 from __future__ import absolute_import, division, print_function
 
-import io
 import json
 
 import numpy as np
+
+from . import fileio
+from .errors import WriteError
 
 TOP_K = 5
 
@@ -42,12 +44,11 @@ class Tally(object):
 
 
 def write_json(result, path, log):
-    """The result as JSON at path; the path, or None (with a warning) when it cannot be written: the
-    result is printed anyway, so an unwritable folder loses nothing."""
+    """The result as JSON at path (atomically); the path, or None with a warning when it cannot be
+    written: the caller prints the result anyway, so an unwritable folder loses nothing."""
     try:
-        with io.open(path, "w", encoding="utf-8") as f:
-            f.write(json.dumps(result, indent=2) + "\n")
-    except (IOError, OSError) as e:
-        log("warning: cannot write %s: %s" % (path, getattr(e, "strerror", None) or e))
+        fileio.write_text(path, json.dumps(result, indent=2) + "\n")
+    except WriteError as e:
+        log("warning: %s; the result is printed only" % e)
         return None
     return path

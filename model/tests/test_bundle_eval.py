@@ -84,6 +84,14 @@ def test_cli_prints_and_writes_json_beside_the_bundle(world):
     bundle.load(str(world / "bundle"), verify=True)     # nothing inside the bundle changed
 
 
+def test_an_unwritable_result_file_loses_nothing(world, tmp_path, monkeypatch):
+    monkeypatch.setattr(bundle_eval, "result_path", lambda bundle_dir, split: str(tmp_path / "gone" / "r.json"))
+    logs = []
+    result = bundle_eval.evaluate(str(world / "bundle"), str(world / "data"), log=logs.append)
+    assert result["examples"] == 12 and "written_to" not in result
+    assert any(line.startswith("warning: cannot write %s" % (tmp_path / "gone" / "r.json")) for line in logs)
+
+
 def test_a_corrupt_record_is_skipped_and_counted_by_both(world, tmp_path):
     bad = tmp_path / "data"
     shutil.copytree(str(world / "data"), str(bad))

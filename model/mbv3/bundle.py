@@ -35,6 +35,7 @@ OM = "model.om"
 AIPP_FILE = "aipp.cfg"
 BACKGROUND = "background"
 MAX_METADATA_BYTES = 1 << 20   # model.json is a few KB; a larger file is not ours
+DEFAULT_SIZE = 224             # TF-slim's ImageNet models; a bundle exported from a run has the run's size
 _RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 
 
@@ -47,7 +48,7 @@ class Preprocessing:
     Training's eval transform (mbv3.preprocessing), the server's NumPy transform (mbv3.imageprep)
     and the AIPP stage ATC folds into an .om all derive their arithmetic from this record:
     pixels / pixel_max, then (x - mean) / std, after a central crop and a bilinear resize."""
-    size: List[int] = field(default_factory=lambda: [224, 224])   # [height, width]
+    size: List[int] = field(default_factory=lambda: [DEFAULT_SIZE, DEFAULT_SIZE])   # [height, width]
     color: str = "RGB"
     crop_fraction: float = 0.875
     resize: str = "bilinear"

@@ -72,7 +72,7 @@ def cmd_export(args):
     from . import export
     export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
                   variant=args.variant, input_size=args.input_size, labels_file=args.labels,
-                  name=args.name, version=args.version, log=say)
+                  name=args.name, version=args.version, override_run=args.override_run, log=say)
     return 0
 
 
@@ -143,10 +143,23 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    _quiet_tensorflow()
-    from . import evaluate
-    result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
-                               batch_size=args.batch_size, image_size=args.image_size)
+    if args.bundle:
+        given = [flag for flag, value in (("--ema/--no-ema", args.ema), ("--image-size", args.image_size))
+                 if value is not None]
+        if given:
+            raise MbV3Error("%s applies to --checkpoint; a bundle's weights and input size are fixed in its model.json"
+                            % " and ".join(given))
+        _quiet_tensorflow()
+        from . import bundle_eval
+        result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
+                                      threads=args.threads or 0)
+    else:
+        if args.threads is not None:
+            raise MbV3Error("--threads applies to --bundle (ONNX Runtime)")
+        _quiet_tensorflow()
+        from . import evaluate
+        result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
+                                   batch_size=args.batch_size, image_size=args.image_size)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -232,8 +245,12 @@ def parser():
     s.add_argument("--model-dir", required=True, help="checkpoints, config.yaml, labels.txt, TensorBoard logs")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint over a whole split")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint, or of an exported bundle through the serving "
+                       "path, over a whole split")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint prefix or run directory (TensorFlow)")
+    source.add_argument("--bundle", help="an exported bundle: the server's NumPy/Pillow preprocessing and its "
+                        "model.onnx in ONNX Runtime; writes <bundle>.eval-<split>.json")
     s.add_argument("--data", required=True)
     ema = s.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="EMA shadow weights (error if absent)")
@@ -241,6 +258,7 @@ def parser():
     s.add_argument("--split", default="validation")
     s.add_argument("--batch-size", type=_positive, default=100)
     s.add_argument("--image-size", type=_positive, help="default: the run's config.yaml, else 224")
+    s.add_argument("--threads", type=int, help="--bundle: ONNX Runtime threads (default: ONNX Runtime's choice)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")
@@ -251,10 +269,14 @@ def parser():
     ema = s.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="use EMA shadow weights (error if absent)")
     ema.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights")
-    s.add_argument("--input-size", type=_positive, default=224)
+    s.add_argument("--input-size", type=_positive,
+                   help="default: the run's data.image_size (config.yaml beside the checkpoint), else 224")
     s.add_argument("--labels", help="labels file: num_classes lines, or num_classes-1 without background")
     s.add_argument("--name", help="model name recorded in model.json")
     s.add_argument("--version", help="model version recorded in model.json (default: the step)")
+    s.add_argument("--override-run", action="store_true",
+                   help="let --input-size, --no-ema and --labels differ from the checkpoint's training run "
+                   "(recorded in model.json's source.differs_from_run); without it a contradiction is an error")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("om", help="convert a bundle to an Ascend .om with ATC (CANN toolkit) and record it in model.json")

@@ -9,6 +9,8 @@ import pytest
 from mbv3 import atc, bundle, checkpoint, export
 from mbv3.errors import MbV3Error
 
+from mbv3.testing import random_run
+
 from conftest import assert_one_line_error, random_values, run_cli
 
 
@@ -80,3 +82,19 @@ def test_failures_are_one_line_and_leave_model_json_alone(bundle_dir, tmp_path):
     shown = run_cli("om", "--bundle", bundle_dir, "--print", "--aipp")
     assert shown.returncode == 0 and shown.stdout.startswith("atc --framework=3") and "aipp_op {" in shown.stdout
     assert json.loads(before)["format"] == "mbv3-bundle"
+
+
+def test_a_run_trained_at_64_yields_an_om_for_64(tmp_path):
+    """Export with no size flag takes 64 from the run; `mbv3 om` takes it (and the normalisation) from the bundle."""
+    prefix = random_run(tmp_path / "run", image_size=64)
+    export.export(prefix, str(tmp_path / "bundle"), log=lambda *_: None)
+    shown = run_cli("om", "--bundle", tmp_path / "bundle", "--print", "--aipp")
+    assert shown.returncode == 0, shown.stderr
+    command, config = shown.stdout.split("\n", 1)
+    assert "--input_shape=input:-1,64,64,3" in command.split() and "--dynamic_batch_size=1,2,4,8,16,32" in command
+    assert "src_image_size_w: 64" in config and "src_image_size_h: 64" in config
+    assert config.count("min_chn_") == 3 and "var_reci_chn_0: 0.00784313725490196" in config
+    fake = _fake_atc(tmp_path)
+    atc.build(str(tmp_path / "bundle"), "Ascend310", [1, 2, 4], aipp=True, atc=fake, log=lambda *_: None)
+    assert "--input_shape=input:-1,64,64,3" in (tmp_path / "atc-args").read_text().split()
+    assert "src_image_size_h: 64" in (tmp_path / "bundle" / "aipp.cfg").read_text()

@@ -52,15 +52,51 @@ def test_digits_converge_and_serve(digits_data, tmp_path):
     assert os.path.exists(evaluation["written_to"])
     print("digits: trained in %.0f s, held-out top-1 %.4f" % (seconds, evaluation["top1"]))
 
-    # the trained model, exported and served through ONNX Runtime, reads digits it never trained on
-    result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle", "--input-size", "64")
+    # exported with no flags, the bundle is what the run trained (64x64) and scores what eval reported,
+    # through the serving path (Pillow + NumPy preprocessing, ONNX Runtime)
+    result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle")
     assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert meta["preprocessing"]["size"] == [64, 64] and meta["input"]["shape"] == [-1, 64, 64, 3]
+    assert meta["source"]["run"] == str(run) and meta["source"]["weights"] == "ema"
+    served = _bundle_eval(tmp_path / "bundle", digits_data / "data")
+    assert served["examples"] == evaluation["examples"] and served["skipped_records"] == 0
+    assert abs(served["top1"] - evaluation["top1"]) <= 0.005, (served, evaluation)
+    print("digits: bundle eval top-1 %.4f (checkpoint eval %.4f)" % (served["top1"], evaluation["top1"]))
     held_out = _validation_files(digits_data)[:20]
     result = run_cli("predict", "--bundle", tmp_path / "bundle", "--top-k", "1", *[p for p, _ in held_out])
     assert result.returncode == 0, result.stderr[-2000:]
     predicted = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  1.")]
     correct = sum(p == label for p, (_, label) in zip(predicted, held_out))
     assert correct >= 17, list(zip(predicted, held_out))
+
+
+def _bundle_eval(bundle_dir, data_dir):
+    result = run_cli("eval", "--bundle", bundle_dir, "--data", data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_a_run_at_another_resolution_serves_what_it_evaluated(digits_data, tmp_path):
+    """A short run at 48x48 (smoke scale): export with no size flag gives a 48x48 bundle whose eval through
+    the serving path agrees with the checkpoint's."""
+    run = tmp_path / "run"
+    result = run_cli("train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", run,
+                     "--set", "data.image_size=48", "--set", "train.steps=60", "--set", "train.batch_size=32",
+                     "--set", "data.deterministic=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("eval", "--checkpoint", run, "--data", digits_data / "data")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads(result.stdout)
+    assert evaluation["image_size"] == 48 and evaluation["top1"] >= 0.3, evaluation   # learning, not guessing
+    result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "bundle" / "model.json").read_text())["preprocessing"]["size"] == [48, 48]
+    assert "from the run %s: input 48x48" % run in result.stderr
+    served = _bundle_eval(tmp_path / "bundle", digits_data / "data")
+    assert served["image_size"] == 48 and served["examples"] == evaluation["examples"] == 359
+    assert abs(served["top1"] - evaluation["top1"]) <= 0.005 and abs(served["top5"] - evaluation["top5"]) <= 0.005, \
+        (served, evaluation)
 
 
 def _validation_files(root):

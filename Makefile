@@ -19,8 +19,12 @@ GPU_RECIPE ?= gpu-4p
 NPU_RECIPE ?= npu-finetune
 # the checkpoint finetune-npu starts from, as a path inside the container (RUNS is mounted at /runs)
 INIT_FROM  ?= /runs/gpu/model.ckpt-1080000
-# who owns what train-gpu writes into RUNS (finetune-npu runs as root, as CANN's device access expects)
+# who owns what train-gpu writes into RUNS
 TRAIN_USER ?= $(shell id -u):$(shell id -g)
+# finetune-npu's user: empty = the image's uid 10001 in group HwHiAiUser; NPU_USER=root if the driver refuses it
+NPU_USER   ?=
+# the host's HwHiAiUser gid, which owns /dev/davinci*: given to the Ascend containers (compose's default: 1000)
+ASCEND_GID ?= $(shell getent group HwHiAiUser 2>/dev/null | cut -d: -f3)
 COMPOSE    ?= docker compose
 PROFILES   ?= 1 2 4 8 16 32
 HOST       ?= 127.0.0.1
@@ -59,12 +63,13 @@ train: venv ## train RECIPE on DATA into RUN (resumes; override with SET="train.
 eval: venv ## top-1/top-5 of RUN's latest checkpoint on DATA's validation split
 	$(MBV3) eval --checkpoint $(RUN) --data $(DATA)
 
-demo: venv ## the whole path on scikit-learn's digits: images -> TFRecords -> train -> eval -> bundles/digits
+demo: venv ## the whole path on scikit-learn's digits: images -> TFRecords -> train -> eval -> bundles/digits -> its eval
 	$(PY) -c "from mbv3 import digits; digits.write_digits_folder('$(DEMO_DIR)/images', size=64)"
 	$(MBV3) data build --images $(DEMO_DIR)/images --output $(DEMO_DIR)/data --val-split 0.2
 	$(MBV3) train --config digits-cpu --data $(DEMO_DIR)/data --model-dir $(DEMO_DIR)/run
 	$(MBV3) eval --checkpoint $(DEMO_DIR)/run --data $(DEMO_DIR)/data
-	$(MBV3) export --checkpoint $(DEMO_DIR)/run --output bundles/digits --input-size 64
+	$(MBV3) export --checkpoint $(DEMO_DIR)/run --output bundles/digits
+	$(MBV3) eval --bundle bundles/digits --data $(DEMO_DIR)/data
 
 export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen graph + model.json + labels)
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
@@ -114,12 +119,13 @@ train-gpu: ## GPU_RECIPE (the published one) on this host's NVIDIA GPUs in the t
 	  train --config $(GPU_RECIPE) --data /data --model-dir /runs/gpu $(foreach s,$(SET),--set $(s))
 
 finetune-npu: ## NPU_RECIPE from INIT_FROM on an Ascend 910 in the train-npu container: DATA -> RUNS/npu
-	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) DEVICE=$(DEVICE) $(COMPOSE) --profile train run --rm finetune-npu \
+	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) DEVICE=$(DEVICE) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) \
+	  $(COMPOSE) --profile train run --rm $(if $(NPU_USER),--user $(NPU_USER)) finetune-npu \
 	  train --config $(NPU_RECIPE) --data /data --model-dir /runs/npu --set train.init_from=$(INIT_FROM) \
 	  $(foreach s,$(SET),--set $(s))
 
 infer: ## the Ascend 310 service on 127.0.0.1:8000 for BUNDLE (with model.om from `make om`)
-	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) $(COMPOSE) up infer
+	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) $(COMPOSE) up infer
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)
 	rm -rf build .pytest_cache

@@ -11,6 +11,9 @@ COPY requirements/train-image.txt /app/requirements/
 RUN python3 -m pip install --no-cache-dir -r /app/requirements/train-image.txt
 COPY model/pyproject.toml model/README.md /app/model/
 COPY model/mbv3 /app/model/mbv3
-RUN python3 -m pip install --no-cache-dir --no-deps /app/model
+RUN python3 -m pip install --no-cache-dir --no-deps /app/model \
+    && useradd --no-log-init --uid 10001 --create-home --shell /bin/bash mbv3
+# Not root by default; `make train-gpu` runs it as TRAIN_USER (you) so RUNS stays yours.
+USER 10001
 ENTRYPOINT ["mbv3"]
 CMD ["--help"]

@@ -15,7 +15,14 @@ COPY docker/ascend-entrypoint.sh /usr/local/bin/ascend-entrypoint
 COPY docker/npu-launch.sh /usr/local/bin/npu-launch
 COPY model/pyproject.toml model/README.md /app/model/
 COPY model/mbv3 /app/model/mbv3
-RUN python3 -m pip install --no-cache-dir --no-deps /app/model
+# Not root: uid 10001 whose group is HwHiAiUser (Huawei's images define it; the host's device nodes
+# belong to it), with a home for CANN's logs ($HOME/ascend/log). The working directory is that home
+# because TBE's kernel_meta and ATC's fusion_result.json are written into the current directory.
+RUN python3 -m pip install --no-cache-dir --no-deps /app/model \
+    && useradd --no-log-init --uid 10001 --create-home --shell /bin/bash \
+       --gid "$(getent group HwHiAiUser >/dev/null && echo HwHiAiUser || echo users)" mbv3
+USER 10001
+WORKDIR /home/mbv3
 # npu-launch starts one `mbv3 train` per card when RANK_SIZE > 1; otherwise it just runs mbv3.
 ENTRYPOINT ["/usr/local/bin/ascend-entrypoint", "/usr/local/bin/npu-launch", "mbv3"]
 CMD ["--help"]

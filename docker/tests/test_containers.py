@@ -43,6 +43,8 @@ BIN = os.path.dirname(sys.executable)
 DOCKER = standins.DOCKER
 PROJECT = "mbv3test%d" % os.getpid()
 REQUIRED = os.environ.get("CI", "").lower() == "true" or os.environ.get("MBV3_CONTAINER_TESTS") == "1"
+# compose's CPU defaults for infer and training (4, 16) exceed this machine's cores, which docker refuses
+CPUS = str(min(2, os.cpu_count()))
 
 
 def _docker_host():
@@ -158,13 +160,19 @@ def wait_healthy(container, timeout=180):
     raise AssertionError("container %s not healthy (%s):\n%s" % (container, state, logs))
 
 
-def process_uid(container):
+def process_status(container):
+    """/proc/1/status of the container's main process, as a dict."""
     status = run([DOCKER, "exec", container, "cat", "/proc/1/status"]).stdout
-    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("Uid:")))
+    return dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+
+
+def process_uid(container):
+    return int(process_status(container)["Uid"].split()[0])
 
 
 def classify(port, data):
-    r = requests.post("http://127.0.0.1:%d/classify?top_k=11" % port, data=data,
+    """Every class of the 11-class bundle but slim's background (index 0), which is never a prediction."""
+    r = requests.post("http://127.0.0.1:%d/classify?top_k=10" % port, data=data,
                       headers={"Content-Type": "image/png"}, timeout=30)
     assert r.status_code == 200, r.text
     (result,) = r.json()["results"]
@@ -173,30 +181,61 @@ def classify(port, data):
 
 def assert_same_answer(answer, expected):
     got = {p["index"]: p["score"] for p in answer["predictions"]}
-    assert answer["predictions"][0]["index"] == int(np.argmax(expected))
-    np.testing.assert_allclose([got[i] for i in range(len(expected))], expected, atol=2e-3)
+    assert answer["predictions"][0]["index"] == int(np.argmax(expected[1:])) + 1
+    np.testing.assert_allclose([got[i] for i in range(1, len(expected))], expected[1:], atol=2e-3)
 
 
-def test_make_serve_container_compose_up_healthy_non_root_and_classifies(images, bundle):
-    """`make serve-container MODEL=bundle` = `docker compose up infer-cpu` with BUNDLE set."""
+@pytest.fixture(scope="module")
+def cpu_service(images, bundle):
+    """`make serve-container MODEL=bundle` = `docker compose up infer-cpu` with BUNDLE set: (port, container, make's output)."""
     port = free_port()
     compose = Compose({"BUNDLE": bundle, "PORT": str(port)})
     try:
         out = run(["make", "-C", ROOT, "serve-container", "MODEL=%s" % bundle, "PORT=%d" % port, "UP_FLAGS=-d --no-build",
                    "COMPOSE=%s -p %s" % (os.path.join(BIN, "docker-compose"), PROJECT)]).stdout
-        assert "up -d --no-build infer-cpu" in out
         container = compose.container("infer-cpu")
         wait_healthy(container)
-        assert process_uid(container) == 10001
-        data = image_bytes(0)
-        assert_same_answer(classify(port, data), host_probabilities(bundle, data))
-        bad = requests.post("http://127.0.0.1:%d/classify" % port, data=b"not an image",
-                            headers={"Content-Type": "image/png"}, timeout=30)
-        assert bad.status_code == 400 and requests.get("http://127.0.0.1:%d/readyz" % port, timeout=5).ok
-        served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
-        assert served["name"] == "container_test" and "onnxruntime" in str(served["serving"]["backend"]).lower()
+        yield port, container, out
     finally:
         compose("down", "-v", "--timeout", "20", check=False)
+
+
+def test_make_serve_container_compose_up_healthy_non_root_and_classifies(cpu_service, bundle):
+    port, container, out = cpu_service
+    assert "up -d --no-build infer-cpu" in out
+    assert process_uid(container) == 10001
+    data = image_bytes(0)
+    assert_same_answer(classify(port, data), host_probabilities(bundle, data))
+    bad = requests.post("http://127.0.0.1:%d/classify" % port, data=b"not an image",
+                        headers={"Content-Type": "image/png"}, timeout=30)
+    assert bad.status_code == 400 and requests.get("http://127.0.0.1:%d/readyz" % port, timeout=5).ok
+    served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
+    assert served["name"] == "container_test" and "onnxruntime" in str(served["serving"]["backend"]).lower()
+
+
+def host_config(container):
+    return json.loads(run([DOCKER, "inspect", "--format", "{{json .HostConfig}}", container]).stdout)
+
+
+def test_infer_cpu_runs_read_only_within_its_limits_and_takes_a_3mb_multipart_part(cpu_service):
+    """compose's defaults as `docker inspect` shows them; a part over starlette's 1 MB spool size
+    (which went to a temporary file) is answered on the read-only root."""
+    port, container, _ = cpu_service
+    hc = host_config(container)
+    assert hc["ReadonlyRootfs"] and hc["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hc["SecurityOpt"]
+    assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (3 * 1024 ** 3, 2 * 10 ** 9, 256)
+    env = json.loads(run([DOCKER, "inspect", "--format", "{{json .Config.Env}}", container]).stdout)
+    assert {"THREADS=2", "PREPROCESS_WORKERS=2"} <= set(env)   # one per CPU of the limit
+    assert not [e for e in env if e.startswith("PREPROCESS_MEMORY_MB=")]   # unset: the service's default
+    denied = run([DOCKER, "exec", container, "sh", "-c", "touch /tmp/x"], check=False)
+    assert denied.returncode != 0 and "Read-only file system" in denied.stdout, denied.stdout
+    buf = io.BytesIO()
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (1024, 1024, 3), dtype=np.uint8)).save(buf, "BMP")
+    assert len(buf.getvalue()) > 3 * 1024 * 1024
+    r = requests.post("http://127.0.0.1:%d/classify" % port, files=[("file", ("3mb.bmp", buf.getvalue(), "image/bmp"))],
+                      timeout=60)
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["filename"] == "3mb.bmp"
 
 
 ASCEND_OVERRIDE = """\
@@ -229,12 +268,19 @@ def test_infer_ascend_serves_through_the_acl_backend_on_an_om_made_in_the_train_
     with open(override, "w") as f:
         f.write(ASCEND_OVERRIDE % {"bundle": om_bundle, "report": report})
     port = free_port()
-    compose = Compose({"PORT": str(port)}, override)
+    compose = Compose({"PORT": str(port), "INFER_CPUS": CPUS, "ASCEND_GID": "4242"}, override)
     try:
         compose("--profile", "ascend", "up", "-d", "--no-build", "infer")
         container = compose.container("infer")
         wait_healthy(container)
         assert process_uid(container) == 10001
+        assert "4242" in process_status(container)["Groups"].split()   # group_add: the host's HwHiAiUser gid
+        hc = host_config(container)
+        assert hc["ReadonlyRootfs"] and hc["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hc["SecurityOpt"]
+        assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (4 * 1024 ** 3, int(float(CPUS) * 10 ** 9), 512)
+        # CANN's log path is on the tmpfs; the rest of the root is read-only
+        run([DOCKER, "exec", container, "sh", "-c", "mkdir -p $ASCEND_PROCESS_LOG_PATH && touch $ASCEND_PROCESS_LOG_PATH/x"])
+        assert run([DOCKER, "exec", container, "touch", "/app/x"], check=False).returncode != 0
         served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
         assert "acl" in str(served["serving"]["backend"]).lower(), served["serving"]
         for seed in range(3):
@@ -263,7 +309,9 @@ TRAIN_OVERRIDE = """\
 # reservation and the device nodes and driver mounts; the adapter stand-in's report is passed through.
 services:
   train-gpu:
-    deploy: !reset {}
+    deploy:
+      resources:
+        reservations: !reset {}
   finetune-npu:
     devices: !reset []
     volumes: !override
@@ -280,7 +328,7 @@ def make_target(target, work, env=None, **variables):
     with open(override, "w") as f:
         f.write(TRAIN_OVERRIDE)
     env = dict(env or {}, COMPOSE_FILE=os.pathsep.join([os.path.join(ROOT, "compose.yaml"), override]),
-               COMPOSE_PROJECT_NAME=PROJECT)
+               COMPOSE_PROJECT_NAME=PROJECT, TRAIN_GPU_CPUS=CPUS, FINETUNE_NPU_CPUS=CPUS)
     args = ["%s=%s" % kv for kv in sorted(variables.items())]
     return run(["make", "-C", ROOT, target, "COMPOSE=%s" % os.path.join(BIN, "docker-compose")] + args, env=env).stdout
 
@@ -303,6 +351,30 @@ def test_make_train_gpu_trains_in_the_image_and_writes_a_checkpoint(gpu_run):
     assert "compose" in out and "run --rm --user 4321:4321 train-gpu" in out   # make printed the command it ran
 
 
+def test_training_images_run_as_non_root_within_their_limits(images, tfrecords, tmp_path):
+    """No --user: both images run as uid 10001, the NPU one in group HwHiAiUser and with the host's
+    HwHiAiUser gid from group_add (ASCEND_GID); compose's limits reach the containers of `compose run`."""
+    runs = readable_dir(str(tmp_path / "runs"))
+    override = os.path.join(runs, "train-override.yaml")
+    with open(override, "w") as f:
+        f.write(TRAIN_OVERRIDE)
+    compose = Compose({"DATA": tfrecords, "RUNS": runs, "TRAIN_GPU_CPUS": CPUS, "FINETUNE_NPU_CPUS": CPUS,
+                       "ASCEND_GID": "4242"}, override)
+    for service in ("train-gpu", "finetune-npu"):
+        compose("--profile", "train", "run", "-d", "--entrypoint", "sleep", service, "300")
+        container = run([DOCKER, "ps", "-q", "--filter", "label=com.docker.compose.project=%s" % PROJECT,
+                         "--filter", "label=com.docker.compose.service=%s" % service]).stdout.split()[0]
+        try:
+            hc = host_config(container)
+            assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (32 * 1024 ** 3, int(float(CPUS) * 10 ** 9), 4096)
+            status = process_status(container)
+            assert status["Uid"].split()[0] == "10001", status
+            if service == "finetune-npu":
+                assert status["Gid"].split()[0] == "1000" and "4242" in status["Groups"].split(), status
+        finally:
+            run([DOCKER, "rm", "-f", container], check=False)
+
+
 def test_train_gpu_image_without_a_gpu_stops_with_a_clear_error(images, tfrecords, tmp_path):
     runs = readable_dir(str(tmp_path / "runs"))
     result = run([DOCKER, "run", "--rm", "-v", "%s:/data:ro" % tfrecords, "-v", "%s:/runs" % runs, images["train-gpu"],
@@ -316,6 +388,8 @@ def test_make_finetune_npu_starts_from_the_gpu_checkpoint_through_npu_device(gpu
     out = make_target("finetune-npu", runs, DATA=tfrecords, RUNS=runs, NPU_RECIPE="smoke",
                       INIT_FROM="/runs/gpu/model.ckpt-6", SET="target.name=npu train.steps=4 checkpoint.every_steps=2")
     assert latest_step(os.path.join(runs, "npu")) == 4, out
+    owners = {os.stat(os.path.join(runs, "npu", name)).st_uid for name in os.listdir(os.path.join(runs, "npu"))}
+    assert owners == {10001}   # the image's user, not root (NPU_USER unset)
     assert "loaded /runs/gpu/model.ckpt-6 (step 6, raw weights); starting at step 0" in out   # the trainer's own line
     calls = [c[0] for c in json.load(open(os.path.join(runs, "npu-adapter-0.json")))["calls"]]
     assert calls.index("global_options") < calls.index("open") < calls.index("set_npu_loop_size"), calls

@@ -58,11 +58,17 @@ def test_dependencies_install_before_the_code_is_copied(name):
     assert "org.opencontainers.image.title" in "\n".join(lines)
 
 
-@pytest.mark.parametrize("name", sorted(SERVICES))
-def test_service_images_run_as_non_root_with_a_readiness_check(name):
+@pytest.mark.parametrize("name", DOCKERFILES)
+def test_every_image_runs_as_uid_10001_by_default(name):
     text = open(_dockerfile(name)).read()
     users = re.findall(r"^USER (\S+)", text, re.M)
-    assert users and users[-1] not in ("root", "0")
+    assert users and users[-1] == "10001"
+    assert re.search(r"useradd [^\n]*--uid 10001", text.replace("\\\n", " "))
+
+
+@pytest.mark.parametrize("name", sorted(SERVICES))
+def test_service_images_have_a_readiness_check(name):
+    text = open(_dockerfile(name)).read()
     assert re.search(r"^HEALTHCHECK .*\n.*/readyz", text, re.M)
     assert "tensorflow" not in re.sub(r"#.*", "", text).lower()   # no TensorFlow installed (comments aside)
 
@@ -157,3 +163,60 @@ def test_the_eight_card_override_adds_every_910_and_the_rank_size():
 def test_the_npu_image_starts_training_through_the_card_launcher():
     text = open(_dockerfile("train-npu")).read()
     assert 'ENTRYPOINT ["/usr/local/bin/ascend-entrypoint", "/usr/local/bin/npu-launch", "mbv3"]' in text
+
+
+# compose service -> the prefix of its limit variables
+LIMITS = {"infer-cpu": "INFER_CPU", "infer": "INFER", "train-gpu": "TRAIN_GPU", "finetune-npu": "FINETUNE_NPU"}
+
+
+def _config(*args, env=None):
+    result = subprocess.run([_tool("docker-compose")] + list(args) + ["--profile", "ascend", "--profile", "train",
+                                                                      "config", "--format", "json"],
+                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
+                            timeout=60, env=dict(os.environ, **(env or {})))
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)["services"]
+
+
+def test_every_service_has_memory_cpu_and_pids_limits_from_variables():
+    services = _config()
+    assert set(services) == set(LIMITS)
+    for name, prefix in LIMITS.items():
+        limits = services[name]["deploy"]["resources"]["limits"]
+        assert int(limits["memory"]) >= 2 * 1024 ** 3 and float(limits["cpus"]) >= 2 and int(limits["pids"]) >= 256, name
+    # training needs far more memory than a service
+    memory = {name: int(services[name]["deploy"]["resources"]["limits"]["memory"]) for name in LIMITS}
+    assert min(memory["train-gpu"], memory["finetune-npu"]) >= 4 * max(memory["infer-cpu"], memory["infer"])
+    changed = _config(env={"%s_%s" % (p, v): x for p in LIMITS.values() for v, x in
+                           (("MEMORY", "5g"), ("CPUS", "1.5"), ("PIDS", "77"))})
+    for name in LIMITS:
+        limits = changed[name]["deploy"]["resources"]["limits"]
+        assert (int(limits["memory"]), float(limits["cpus"]), int(limits["pids"])) == (5 * 1024 ** 3, 1.5, 77), name
+
+
+def test_the_eight_card_override_raises_the_npu_limits():
+    one = _config()["finetune-npu"]["deploy"]["resources"]["limits"]
+    eight = _config("-f", "compose.yaml", "-f", "docker/compose.npu-8p.yaml")["finetune-npu"]["deploy"]["resources"]["limits"]
+    for key in ("memory", "cpus", "pids"):
+        assert float(eight[key]) >= 4 * float(one[key]), key
+
+
+def test_service_containers_are_read_only_without_capabilities():
+    services = _config()
+    for name in ("infer-cpu", "infer"):
+        service = services[name]
+        assert service["read_only"] and service["cap_drop"] == ["ALL"], name
+        assert service["security_opt"] == ["no-new-privileges:true"], name
+    assert "tmpfs" not in services["infer-cpu"]   # it writes nothing
+    assert services["infer"]["tmpfs"] == ["/tmp:size=64m"]
+    assert services["infer"]["environment"]["ASCEND_PROCESS_LOG_PATH"].startswith("/tmp/")
+    for name in ("train-gpu", "finetune-npu"):
+        assert not services[name].get("read_only") and "user" not in services[name]   # the image's uid 10001
+
+
+def test_cpu_threads_follow_the_cpu_limit_and_the_ascend_gid_reaches_both_ascend_containers():
+    services = _config(env={"INFER_CPU_CPUS": "3", "ASCEND_GID": "4242"})
+    env = services["infer-cpu"]["environment"]
+    assert (env["THREADS"], env["PREPROCESS_WORKERS"]) == ("3", "3")
+    assert services["infer"]["group_add"] == ["4242"] and services["finetune-npu"]["group_add"] == ["4242"]
+    assert _config(env={"THREADS": "1"})["infer-cpu"]["environment"]["THREADS"] == "1"

@@ -10,50 +10,45 @@ command.
 from __future__ import absolute_import, division, print_function
 
 import io
-import json
 import os
 import shutil
 import subprocess
 
 from . import bundle as bundle_mod
-from . import fileio
 from .errors import MbV3Error
 
 SOC_VERSIONS = ("Ascend310", "Ascend310P3", "Ascend910", "Ascend910B")
 DEFAULT_PROFILES = (1, 2, 4, 8, 16, 32)
-AIPP_FILE = "aipp.cfg"
+AIPP_FILE = bundle_mod.AIPP_FILE
 
 
-def aipp_config(metadata):
+def aipp_config(info):
     """A static AIPP config for uint8 RGB input: out = (in - mean_chn - min_chn) * var_reci_chn, with
-    min_chn = 255 * mean and var_reci_chn = 1 / (255 * std), i.e. the bundle's (x / 255 - mean) / std."""
-    prep = metadata["preprocessing"]
-    height, width = prep["size"]
+    mean_chn 0 and (min_chn, var_reci_chn) from the bundle's preprocessing record (its normalize())."""
+    prep = info.preprocessing
     lines = ["aipp_op {", "    aipp_mode: static", "    input_format: RGB888_U8",
-             "    src_image_size_w: %d" % width, "    src_image_size_h: %d" % height, "    csc_switch: false",
+             "    src_image_size_w: %d" % prep.width, "    src_image_size_h: %d" % prep.height, "    csc_switch: false",
              "    rbuv_swap_switch: false"]
-    for channel, (mean, std) in enumerate(zip(prep["mean"], prep["std"])):
-        lines += ["    mean_chn_%d: 0" % channel, "    min_chn_%d: %r" % (channel, float(mean) * prep["pixel_max"]),
-                  "    var_reci_chn_%d: %r" % (channel, 1.0 / (float(std) * prep["pixel_max"]))]
+    for channel, (minimum, reciprocal) in enumerate(prep.aipp_channels()):
+        lines += ["    mean_chn_%d: 0" % channel, "    min_chn_%d: %r" % (channel, minimum),
+                  "    var_reci_chn_%d: %r" % (channel, reciprocal)]
     return "\n".join(lines + ["}", ""])
 
 
-def command(bundle_dir, metadata, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, aipp=False,
+def command(bundle_dir, info, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, aipp=False,
             atc="atc", precision_mode=None):
-    """The ATC argument list (writes <bundle>/model.om)."""
+    """The ATC argument list (writes <bundle>/model.om); the input size is the bundle's."""
     if soc_version not in SOC_VERSIONS:
         raise MbV3Error("soc_version %r: choose one of %s" % (soc_version, ", ".join(SOC_VERSIONS)))
-    inp = metadata["input"]
-    if inp.get("layout") != "NHWC" or len(inp["shape"]) != 4:
-        raise MbV3Error("bundle input must be NHWC [N,H,W,C], got %s %s" % (inp.get("layout"), inp["shape"]))
-    _, height, width, channels = inp["shape"]
+    inp = info.input
+    _, height, width, channels = inp.shape
     profiles = sorted(set(int(b) for b in batch_profiles or ()))
     if profiles and not (2 <= len(profiles) <= 100 and profiles[0] >= 1):
         raise MbV3Error("ATC takes 2 to 100 positive batch profiles, got %s" % profiles)
     batch = -1 if profiles else 1
     args = [atc, "--framework=3", "--model=%s" % os.path.join(bundle_dir, bundle_mod.FROZEN),
             "--output=%s" % os.path.join(bundle_dir, os.path.splitext(bundle_mod.OM)[0]),
-            "--input_format=NHWC", "--input_shape=%s:%d,%d,%d,%d" % (inp["name"], batch, height, width, channels),
+            "--input_format=NHWC", "--input_shape=%s:%d,%d,%d,%d" % (inp.name, batch, height, width, channels),
             "--soc_version=%s" % soc_version, "--output_type=FP32", "--log=error"]
     if profiles:
         args.append("--dynamic_batch_size=%s" % ",".join(str(b) for b in profiles))
@@ -66,22 +61,21 @@ def command(bundle_dir, metadata, soc_version="Ascend310", batch_profiles=DEFAUL
 
 def om_record(soc_version, batch_profiles, aipp):
     profiles = sorted(set(int(b) for b in batch_profiles or ())) or None
-    return {"file": bundle_mod.OM, "batch_profiles": profiles, "aipp": bool(aipp), "soc_version": soc_version,
-            "input_dtype": "uint8" if aipp else "float32"}
+    return bundle_mod.OmInfo(file=bundle_mod.OM, batch_profiles=profiles, aipp=bool(aipp), soc_version=soc_version,
+                             input_dtype="uint8" if aipp else "float32")
 
 
 def build(bundle_dir, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, aipp=False, atc="atc",
           precision_mode=None, log=print):
     """Run ATC on a bundle and record the result in its model.json; returns the om record."""
     loaded = bundle_mod.load(bundle_dir)
-    metadata = loaded.metadata
-    args = command(loaded.path, metadata, soc_version, batch_profiles, aipp, atc, precision_mode)
+    args = command(loaded.path, loaded.info, soc_version, batch_profiles, aipp, atc, precision_mode)
     if shutil.which(args[0]) is None:
         raise MbV3Error("ATC (%s) not found: run inside the train-npu image, or source CANN's "
                         "/usr/local/Ascend/ascend-toolkit/set_env.sh; `mbv3 om --print` shows the command" % args[0])
     if aipp:
         with io.open(os.path.join(loaded.path, AIPP_FILE), "w") as f:
-            f.write(aipp_config(metadata))
+            f.write(aipp_config(loaded.info))
     log("running: %s" % " ".join(args))
     result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
     om_path = loaded.file(bundle_mod.OM)
@@ -89,11 +83,10 @@ def build(bundle_dir, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, 
         tail = "\n".join(result.stdout.strip().splitlines()[-5:])
         raise MbV3Error("ATC failed (exit %d): %s" % (result.returncode, tail or "no output"))
     record = om_record(soc_version, batch_profiles, aipp)
-    metadata["om"] = record
-    files = metadata.setdefault("files", {})
+    loaded.info.om = record
+    loaded.info.files.pop(AIPP_FILE, None)
     for name in [bundle_mod.OM] + ([AIPP_FILE] if aipp else []):
-        path = loaded.file(name)
-        files[name] = {"sha256": bundle_mod.sha256(path), "bytes": os.path.getsize(path)}
-    fileio.write_text(loaded.file(bundle_mod.METADATA), json.dumps(metadata, indent=2) + "\n")
-    log("wrote %s (%s, batch profiles %s, AIPP %s)" % (om_path, soc_version, record["batch_profiles"], record["aipp"]))
+        loaded.info.files[name] = bundle_mod.file_info(loaded.file(name))
+    loaded.save_info()
+    log("wrote %s (%s, batch profiles %s, AIPP %s)" % (om_path, soc_version, record.batch_profiles, record.aipp))
     return record

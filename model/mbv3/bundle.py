@@ -2,19 +2,26 @@
 
     model.onnx   ONNX Runtime (any CPU)
     model.pb     frozen GraphDef for ATC (input `input`, output `logits`)
-    model.om     later, written by `make om` on a CANN machine
-    model.json   metadata: source, architecture, input/output, preprocessing, labels, sha256s
+    model.om     later, written by `mbv3 om` on a CANN machine (with aipp.cfg when AIPP is folded in)
+    model.json   ModelInfo below: source, architecture, input/output, preprocessing, labels, sha256s
     labels.txt   one label per class index (index 0 = background for slim's 1001 classes)
 
-No TensorFlow here: the inference service imports this module.
+`ModelInfo` is the one definition of model.json: export and `mbv3 om` write through it, the service,
+`mbv3 predict` and `mbv3 verify` read through it, and a file that does not fit it is refused with
+the field named. No TensorFlow here: the inference service imports this module.
 """
 from __future__ import absolute_import, division, print_function
 
+import dataclasses
 import hashlib
 import io
 import json
 import os
-from dataclasses import dataclass
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional
+
+import numpy as np
 
 from .errors import BundleError
 
@@ -25,9 +32,264 @@ LABELS = "labels.txt"
 ONNX = "model.onnx"
 FROZEN = "model.pb"
 OM = "model.om"
+AIPP_FILE = "aipp.cfg"
 BACKGROUND = "background"
+MAX_METADATA_BYTES = 1 << 20   # model.json is a few KB; a larger file is not ours
+DEFAULT_SIZE = 224             # TF-slim's ImageNet models; a bundle exported from a run has the run's size
 _RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources")
 
+
+# --- typed records ---------------------------------------------------------------------------------
+
+@dataclass
+class Preprocessing:
+    """How an encoded image becomes the model's input (timm-style, plus what timm leaves implicit).
+
+    Training's eval transform (mbv3.preprocessing), the server's NumPy transform (mbv3.imageprep)
+    and the AIPP stage ATC folds into an .om all derive their arithmetic from this record:
+    pixels / pixel_max, then (x - mean) / std, after a central crop and a bilinear resize."""
+    size: List[int] = field(default_factory=lambda: [DEFAULT_SIZE, DEFAULT_SIZE])   # [height, width]
+    color: str = "RGB"
+    crop_fraction: float = 0.875
+    resize: str = "bilinear"
+    half_pixel_centers: bool = True
+    antialias: bool = False
+    pixel_max: float = 255.0
+    mean: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+    std: List[float] = field(default_factory=lambda: [0.5, 0.5, 0.5])
+
+    def check(self):
+        if len(self.size) != 2 or min(self.size) < 1:
+            return "size must be [height, width] of positive integers, got %s" % self.size
+        if not 0.0 < self.crop_fraction <= 1.0:
+            return "crop_fraction must be in (0, 1], got %s" % self.crop_fraction
+        if self.resize != "bilinear" or self.color != "RGB":
+            return "only RGB with a bilinear resize is implemented, got %s / %s" % (self.color, self.resize)
+        if len(self.mean) != 3 or len(self.std) != 3 or min(self.std) <= 0 or self.pixel_max <= 0:
+            return "mean and std need 3 values (std > 0) and pixel_max > 0"
+        return None
+
+    @property
+    def height(self):
+        return int(self.size[0])
+
+    @property
+    def width(self):
+        return int(self.size[1])
+
+    def standardize(self, unit):
+        """(x - mean) / std of float32 pixels already scaled to [0, 1]."""
+        return ((unit - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
+
+    def normalize(self, pixels):
+        """float32 model input from pixels in [0, pixel_max] (any numeric array, ... x 3)."""
+        return self.standardize(np.asarray(pixels, np.float32) * np.float32(1.0 / self.pixel_max))
+
+    def denormalize(self, values):
+        """uint8 pixels from model input values: the inverse of normalize, rounded and clipped."""
+        unit = np.asarray(values, np.float32) * np.asarray(self.std, np.float32) + np.asarray(self.mean, np.float32)
+        return np.clip(np.round(unit * np.float32(self.pixel_max)), 0, 255).astype(np.uint8)
+
+    def aipp_channels(self):
+        """Per channel (min_chn, var_reci_chn) for ATC's AIPP: out = (in - min_chn) * var_reci_chn,
+        which is normalize() on uint8 input."""
+        return [(float(m) * self.pixel_max, 1.0 / (float(s) * self.pixel_max)) for m, s in zip(self.mean, self.std)]
+
+
+@dataclass
+class Source:
+    checkpoint: str
+    step: Optional[int] = None
+    weights: str = "raw"                      # "ema" or "raw"
+    run: Optional[str] = None                 # the training run folder whose config.yaml export read
+    differs_from_run: Optional[Dict[str, Any]] = None   # {field: {"run": x, "bundle": y}} when overridden
+
+
+@dataclass
+class Architecture:
+    variant: str
+    multiplier: float
+    family: str = "MobileNetV3"
+    trainable_parameters: Optional[int] = None
+
+
+@dataclass
+class TensorInfo:
+    name: str
+    shape: List[int]
+    dtype: str = "float32"
+    layout: Optional[str] = None              # input: "NHWC"
+    range: Optional[List[float]] = None       # input: the normalised value range
+    kind: Optional[str] = None                # output: "logits"
+    num_classes: Optional[int] = None         # output: classes (= labels)
+
+
+@dataclass
+class LabelInfo:
+    file: str = LABELS
+    label_offset: int = 0                     # 1 when index 0 is slim's background class
+    background_index: Optional[int] = None
+
+
+@dataclass
+class FileInfo:
+    sha256: str
+    bytes: int
+
+
+@dataclass
+class OmInfo:
+    """How `mbv3 om` built model.om; the ACL backend reads what the card expects from here."""
+    file: str = OM
+    batch_profiles: Optional[List[int]] = None
+    aipp: bool = False                        # True: normalisation is inside the model, input is uint8 RGB
+    soc_version: str = "Ascend310"
+    input_dtype: str = "float32"
+
+
+@dataclass
+class ModelInfo:
+    """model.json."""
+    name: str
+    version: str
+    source: Source
+    architecture: Architecture
+    input: TensorInfo
+    output: TensorInfo
+    preprocessing: Preprocessing
+    labels: LabelInfo = field(default_factory=LabelInfo)
+    files: Dict[str, FileInfo] = field(default_factory=dict)
+    format: str = FORMAT
+    format_version: int = FORMAT_VERSION
+    created: Optional[str] = None
+    exporter: Optional[str] = None
+    frozen_graph: Optional[Dict[str, Any]] = None
+    onnx: Optional[Dict[str, Any]] = None
+    verification: Optional[Dict[str, Any]] = None
+    om: Optional[OmInfo] = None
+
+    @property
+    def num_classes(self):
+        return int(self.output.num_classes)
+
+    def to_dict(self):
+        return _to_plain(self)
+
+    def to_json(self):
+        return json.dumps(self.to_dict(), indent=2) + "\n"
+
+    @classmethod
+    def from_dict(cls, data, where=METADATA):
+        if not isinstance(data, dict):
+            raise BundleError("%s: expected a JSON object, got %s" % (where, type(data).__name__))
+        if data.get("format") != FORMAT:
+            raise BundleError("%s is not an %s metadata file (format %r)" % (where, FORMAT, data.get("format")))
+        if data.get("format_version") != FORMAT_VERSION:
+            raise BundleError("%s: format_version %r is not %d, the one this mbv3 reads"
+                              % (where, data.get("format_version"), FORMAT_VERSION))
+        info = _from_plain(cls, data, where)
+        problem = info.check()
+        if problem:
+            raise BundleError("%s: %s" % (where, problem))
+        return info
+
+    def check(self):
+        """The cross-field rules: None, or the first broken one."""
+        shape = self.input.shape
+        problem = self.preprocessing.check()
+        if problem:
+            return "preprocessing: " + problem
+        if len(shape) != 4 or shape[3] != 3 or self.input.layout != "NHWC":
+            return "input must be NHWC [N, H, W, 3], got %s %s" % (self.input.layout, shape)
+        if [shape[1], shape[2]] != list(self.preprocessing.size):
+            return "input shape %s does not match preprocessing.size %s" % (shape, self.preprocessing.size)
+        if not self.output.num_classes or self.output.num_classes < 1:
+            return "output.num_classes must be a positive integer, got %r" % self.output.num_classes
+        if len(self.output.shape) != 2 or self.output.shape[1] != self.output.num_classes:
+            return "output shape %s does not match num_classes %d" % (self.output.shape, self.output.num_classes)
+        if self.source.weights not in ("ema", "raw"):
+            return "source.weights must be 'ema' or 'raw', got %r" % self.source.weights
+        return None
+
+
+# --- plain JSON <-> records --------------------------------------------------------------------------
+
+def _to_plain(value):
+    if dataclasses.is_dataclass(value):
+        out = {}
+        for f in dataclasses.fields(value):
+            item = getattr(value, f.name)
+            if item is None and f.default is None:
+                continue  # optional and absent: not written, so older readers see the file they know
+            out[f.name] = _to_plain(item)
+        return out
+    if isinstance(value, dict):
+        return {k: _to_plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_to_plain(v) for v in value]
+    return value
+
+
+def _args(tp):
+    return getattr(tp, "__args__", ()) or ()
+
+
+def _from_plain(tp, value, where):
+    """`value` (parsed JSON) as type `tp`, or BundleError naming the field path."""
+    origin = getattr(tp, "__origin__", None)
+    if origin is typing.Union:
+        if value is None and type(None) in _args(tp):
+            return None
+        inner = [a for a in _args(tp) if a is not type(None)]
+        return _from_plain(inner[0], value, where)
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise BundleError("%s must be an object, got %s" % (where, _kind(value)))
+        hints = typing.get_type_hints(tp)
+        kwargs = {}
+        for f in dataclasses.fields(tp):
+            if f.name in value:
+                kwargs[f.name] = _from_plain(hints[f.name], value[f.name], "%s.%s" % (where, f.name))
+            elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise BundleError("%s.%s is missing" % (where, f.name))
+        return tp(**kwargs)
+    if origin in (list, List):
+        if not isinstance(value, list):
+            raise BundleError("%s must be a list, got %s" % (where, _kind(value)))
+        (item,) = _args(tp)
+        return [_from_plain(item, v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise BundleError("%s must be an object, got %s" % (where, _kind(value)))
+        _, item = _args(tp)
+        return {str(k): _from_plain(item, v, "%s.%s" % (where, k)) for k, v in value.items()}
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise BundleError("%s must be true or false, got %s" % (where, _kind(value)))
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise BundleError("%s must be an integer, got %s" % (where, _kind(value)))
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise BundleError("%s must be a number, got %s" % (where, _kind(value)))
+        return float(value)
+    if tp is str:
+        if not isinstance(value, (str, int)) or isinstance(value, bool):
+            raise BundleError("%s must be a string, got %s" % (where, _kind(value)))
+        return str(value)
+    raise TypeError("no JSON reader for %r" % (tp,))
+
+
+def _kind(value):
+    return {dict: "an object", list: "a list", str: "a string", bool: "a boolean", type(None): "null"}.get(
+        type(value), "%r" % (value,))
+
+
+# --- files ----------------------------------------------------------------------------------------
 
 def sha256(path):
     digest = hashlib.sha256()
@@ -35,6 +297,10 @@ def sha256(path):
         for chunk in iter(lambda: f.read(1 << 20), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_info(path):
+    return FileInfo(sha256=sha256(path), bytes=os.path.getsize(path))
 
 
 def imagenet_classes():
@@ -58,7 +324,7 @@ def read_labels(path, num_classes):
         with io.open(path, encoding="utf-8") as f:
             labels = [line.rstrip("\r\n") for line in f if line.strip()]
     except (IOError, OSError, UnicodeDecodeError) as e:
-        raise BundleError("cannot read labels file %s: %s" % (path, e))
+        raise BundleError("cannot read labels file %s: %s" % (path, getattr(e, "strerror", None) or e))
     if len(labels) == num_classes - 1:
         labels = [BACKGROUND] + labels
     if len(labels) != num_classes:
@@ -72,10 +338,18 @@ def write_labels(path, labels):
         f.write(u"".join(label + u"\n" for label in labels))
 
 
+def label_info(labels):
+    has_background = bool(labels) and labels[0] == BACKGROUND
+    return LabelInfo(file=LABELS, label_offset=1 if has_background else 0,
+                     background_index=0 if has_background else None)
+
+
+# --- the bundle -----------------------------------------------------------------------------------
+
 @dataclass
 class Bundle:
     path: str
-    metadata: dict
+    info: ModelInfo
     labels: list
 
     def file(self, name):
@@ -83,33 +357,73 @@ class Bundle:
 
     @property
     def name(self):
-        return self.metadata.get("name", "mobilenet_v3")
+        return self.info.name
 
     @property
     def version(self):
-        return str(self.metadata.get("version", "1"))
+        return self.info.version
+
+    @property
+    def num_classes(self):
+        return self.info.num_classes
+
+    @property
+    def preprocessing(self):
+        return self.info.preprocessing
+
+    @property
+    def metadata(self):
+        """model.json as plain JSON (what /v1/model shows)."""
+        return self.info.to_dict()
+
+    @property
+    def background_index(self):
+        return self.info.labels.background_index
+
+    def save_info(self):
+        """Rewrite model.json from self.info (atomically)."""
+        from . import fileio
+        fileio.write_text(self.file(METADATA), self.info.to_json())
+
+
+def read_info(path):
+    meta_path = os.path.join(path, METADATA)
+    try:
+        if os.path.getsize(meta_path) > MAX_METADATA_BYTES:
+            raise BundleError("%s: %s is over %d bytes; not a model bundle's metadata"
+                              % (path, METADATA, MAX_METADATA_BYTES))
+        with io.open(meta_path, encoding="utf-8") as f:
+            data = json.load(f)
+    except (IOError, OSError) as e:
+        raise BundleError("%s is not a model bundle: cannot read %s (%s)" % (path, METADATA, e.strerror or e))
+    except (ValueError, RecursionError) as e:
+        raise BundleError("%s: %s is not valid JSON (%s)" % (path, METADATA, e))
+    return ModelInfo.from_dict(data, os.path.join(path, METADATA))
+
+
+def check_files(path, info, required=(ONNX, LABELS)):
+    """Every file model.json lists exists with its recorded size and sha256; `required` are listed."""
+    for name in required:
+        if name not in info.files:
+            raise BundleError("bundle %s: %s does not list %s" % (path, METADATA, name))
+    for name, recorded in sorted(info.files.items()):
+        fpath = os.path.join(path, name)
+        if os.path.basename(name) != name:
+            raise BundleError("bundle %s: %s lists %r, which is not a file name in the bundle" % (path, METADATA, name))
+        if not os.path.isfile(fpath):
+            raise BundleError("bundle %s: %s is missing" % (path, name))
+        if os.path.getsize(fpath) != recorded.bytes or sha256(fpath) != recorded.sha256:
+            raise BundleError("bundle %s: %s does not match the sha256 recorded in %s (changed or damaged; "
+                              "export the bundle again)" % (path, name, METADATA))
 
 
 def load(path, verify=False):
-    """Read a bundle's metadata and labels; with verify, check every recorded sha256."""
-    meta_path = os.path.join(path, METADATA)
+    """Read a bundle's model.json (typed, checked) and labels; with verify, also every file's sha256."""
+    path = str(path)
     if not os.path.isdir(path):
         raise BundleError("no model bundle at %s (not a directory)" % path)
-    try:
-        with io.open(meta_path, encoding="utf-8") as f:
-            metadata = json.load(f)
-    except (IOError, OSError) as e:
-        raise BundleError("%s is not a model bundle: cannot read %s (%s)" % (path, METADATA, e.strerror or e))
-    except ValueError as e:
-        raise BundleError("%s: %s is not valid JSON (%s)" % (path, METADATA, e))
-    if metadata.get("format") != FORMAT:
-        raise BundleError("%s: %s is not an %s metadata file" % (path, METADATA, FORMAT))
+    info = read_info(path)
     if verify:
-        for name, info in metadata.get("files", {}).items():
-            fpath = os.path.join(path, name)
-            if not os.path.exists(fpath):
-                raise BundleError("bundle %s: %s is missing" % (path, name))
-            if sha256(fpath) != info["sha256"]:
-                raise BundleError("bundle %s: %s does not match its sha256 in %s" % (path, name, METADATA))
-    labels = read_labels(os.path.join(path, LABELS), metadata["output"]["num_classes"])
-    return Bundle(os.path.abspath(path), metadata, labels)
+        check_files(path, info)
+    labels = read_labels(os.path.join(path, info.labels.file), info.num_classes)
+    return Bundle(os.path.abspath(path), info, labels)

@@ -56,14 +56,12 @@ def cmd_inspect(args):
 def cmd_init(args):
     _quiet_tensorflow()
     from . import checkpoint, net
-    found = checkpoint.latest(args.model_dir)
+    # any checkpoint file, readable or not, is someone's run: never write a step 0 among them
+    found = checkpoint.found_in(args.model_dir)
     if found:
-        raise MbV3Error("%s already holds checkpoint %s; choose an empty directory" % (args.model_dir, found))
+        raise MbV3Error("%s already holds checkpoint files (%s); choose an empty directory" % (args.model_dir, found[0]))
     model = net.MobileNetV3(args.variant, args.multiplier, args.num_classes, seed=args.seed)
-    try:
-        prefix = checkpoint.save(args.model_dir, 0, model.variables)
-    except OSError as e:
-        raise MbV3Error("cannot write to %s: %s" % (args.model_dir, e.strerror or e))
+    prefix = checkpoint.save(args.model_dir, 0, model.variables)
     say("wrote %s: MobileNetV3 %s %s, %d classes, randomly initialised (step 0)"
          % (prefix, args.variant, args.multiplier, args.num_classes))
     return 0
@@ -74,7 +72,7 @@ def cmd_export(args):
     from . import export
     export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
                   variant=args.variant, input_size=args.input_size, labels_file=args.labels,
-                  name=args.name, version=args.version, log=say)
+                  name=args.name, version=args.version, override_run=args.override_run, log=say)
     return 0
 
 
@@ -82,7 +80,7 @@ def cmd_predict(args):
     import numpy as np
     from . import imageprep, runtime
     clf = runtime.OnnxClassifier(args.bundle, args.threads)
-    prep = clf.bundle.metadata["preprocessing"]
+    prep = clf.bundle.preprocessing
     failures = 0
     for path in args.images:
         try:
@@ -92,11 +90,21 @@ def cmd_predict(args):
             say("mbv3: error: %s: %s" % (path, getattr(e, "strerror", None) or e))
             failures += 1
             continue
-        batch = imageprep.eval_transform(rgb, prep["size"], prep)[np.newaxis]
+        batch = imageprep.eval_transform(rgb, prep=prep)[np.newaxis]
         print(path)
         for rank, (index, label, prob) in enumerate(clf.classify(batch, args.top_k)[0], 1):
             print("  %d. %-40s %.4f  (class %d)" % (rank, label[:40], prob, index))
     return 1 if failures else 0
+
+
+def cmd_verify(args):
+    from . import runtime
+    loaded = runtime.verify_bundle(args.bundle)
+    info = loaded.info
+    print("%s: ok: %s v%s, %d classes, input %dx%d, %d files match their sha256%s" % (
+        loaded.path, info.name, info.version, info.num_classes, info.preprocessing.height, info.preprocessing.width,
+        len(info.files), ", model.om built for %s" % info.om.soc_version if info.om else ""))
+    return 0
 
 
 def cmd_benchmark(args):
@@ -135,10 +143,23 @@ def cmd_train(args):
 
 
 def cmd_eval(args):
-    _quiet_tensorflow()
-    from . import evaluate
-    result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
-                               batch_size=args.batch_size, image_size=args.image_size)
+    if args.bundle:
+        given = [flag for flag, value in (("--ema/--no-ema", args.ema), ("--image-size", args.image_size))
+                 if value is not None]
+        if given:
+            raise MbV3Error("%s applies to --checkpoint; a bundle's weights and input size are fixed in its model.json"
+                            % " and ".join(given))
+        _quiet_tensorflow()
+        from . import bundle_eval
+        result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
+                                      threads=args.threads or 0)
+    else:
+        if args.threads is not None:
+            raise MbV3Error("--threads applies to --bundle (ONNX Runtime)")
+        _quiet_tensorflow()
+        from . import evaluate
+        result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
+                                   batch_size=args.batch_size, image_size=args.image_size)
     print(json.dumps(result, indent=2))
     return 0
 
@@ -167,10 +188,10 @@ def cmd_om(args):
     profiles = [] if args.static else args.batch_profiles
     if args.print:
         loaded = bundle.load(args.bundle)
-        print(" ".join(atc.command(loaded.path, loaded.metadata, args.soc_version, profiles, args.aipp, args.atc,
+        print(" ".join(atc.command(loaded.path, loaded.info, args.soc_version, profiles, args.aipp, args.atc,
                                    args.precision_mode)))
         if args.aipp:
-            print("# %s:\n%s" % (atc.AIPP_FILE, atc.aipp_config(loaded.metadata)))
+            print("# %s:\n%s" % (atc.AIPP_FILE, atc.aipp_config(loaded.info)))
         return 0
     atc.build(args.bundle, args.soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=say)
     return 0
@@ -224,8 +245,12 @@ def parser():
     s.add_argument("--model-dir", required=True, help="checkpoints, config.yaml, labels.txt, TensorBoard logs")
     s.set_defaults(fn=cmd_train)
 
-    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint over a whole split")
-    s.add_argument("--checkpoint", required=True)
+    s = sub.add_parser("eval", help="top-1/top-5 of a checkpoint, or of an exported bundle through the serving "
+                       "path, over a whole split")
+    source = s.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a checkpoint prefix or run directory (TensorFlow)")
+    source.add_argument("--bundle", help="an exported bundle: the server's NumPy/Pillow preprocessing and its "
+                        "model.onnx in ONNX Runtime; writes <bundle>.eval-<split>.json")
     s.add_argument("--data", required=True)
     ema = s.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="EMA shadow weights (error if absent)")
@@ -233,6 +258,7 @@ def parser():
     s.add_argument("--split", default="validation")
     s.add_argument("--batch-size", type=_positive, default=100)
     s.add_argument("--image-size", type=_positive, help="default: the run's config.yaml, else 224")
+    s.add_argument("--threads", type=int, help="--bundle: ONNX Runtime threads (default: ONNX Runtime's choice)")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")
@@ -243,10 +269,14 @@ def parser():
     ema = s.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="use EMA shadow weights (error if absent)")
     ema.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights")
-    s.add_argument("--input-size", type=_positive, default=224)
+    s.add_argument("--input-size", type=_positive,
+                   help="default: the run's data.image_size (config.yaml beside the checkpoint), else 224")
     s.add_argument("--labels", help="labels file: num_classes lines, or num_classes-1 without background")
     s.add_argument("--name", help="model name recorded in model.json")
     s.add_argument("--version", help="model version recorded in model.json (default: the step)")
+    s.add_argument("--override-run", action="store_true",
+                   help="let --input-size, --no-ema and --labels differ from the checkpoint's training run "
+                   "(recorded in model.json's source.differs_from_run); without it a contradiction is an error")
     s.set_defaults(fn=cmd_export)
 
     s = sub.add_parser("om", help="convert a bundle to an Ascend .om with ATC (CANN toolkit) and record it in model.json")
@@ -267,6 +297,11 @@ def parser():
     s.add_argument("--threads", type=int, default=0)
     s.add_argument("images", nargs="+")
     s.set_defaults(fn=cmd_predict)
+
+    s = sub.add_parser("verify", help="check a bundle as a server does before serving: model.json, sha256s, labels, "
+                       "the ONNX model's shapes")
+    s.add_argument("--bundle", required=True)
+    s.set_defaults(fn=cmd_verify)
 
     s = sub.add_parser("benchmark", help="ONNX Runtime latency of a bundle, next to TensorFlow on its frozen graph")
     s.add_argument("--bundle", required=True)

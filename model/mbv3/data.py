@@ -13,12 +13,15 @@ from __future__ import absolute_import, division, print_function
 
 import concurrent.futures
 import datetime
+import errno
 import hashlib
 import io
 import json
 import math
 import os
 import random
+import re
+import stat
 import threading
 import time
 
@@ -27,7 +30,7 @@ import tensorflow as tf
 from .console import say
 from . import __version__, bundle, fileio, imageprep, preprocessing
 from .digits import write_digits_folder  # noqa: F401  (part of this module's API)
-from .errors import MbV3Error, first_line
+from .errors import MbV3Error, file_reason, first_line
 
 FORMAT = "mbv3-tfrecords"
 FORMAT_VERSION = 1
@@ -44,6 +47,7 @@ JPEG_QUALITY = 95
 PROGRESS_SECONDS = 3.0
 INTERLEAVE_FILES = 16
 _EXIF_ORIENTATION = 0x0112
+_SHARD_TEMPORARY = re.compile(r"^(%s)-\d{5}-of-\d{5}\.tmp$" % "|".join(SPLITS))
 
 
 class DataError(MbV3Error):
@@ -112,25 +116,62 @@ def _visible(names):
 
 def _list_dir(path):
     try:
-        return _visible(os.listdir(path))
+        return sorted(os.listdir(path))
     except OSError as e:
         raise DataError("cannot list %s: %s" % (path, e.strerror or e))
 
 
-def _images_in(folder):
-    """(sorted image file names, count of other files) directly inside folder."""
-    images, other = [], 0
+def _kind(path):
+    """'dir', 'file', or why the entry at path is neither, in words."""
+    try:
+        mode = os.stat(path).st_mode
+    except OSError as e:
+        if not os.path.islink(path):
+            return "cannot inspect it: %s" % (e.strerror or e)
+        try:
+            target = os.readlink(path)
+        except OSError:
+            target = "?"
+        if e.errno == errno.ENOENT:
+            return "dangling symbolic link (to %s)" % target
+        return "symbolic link to %s that cannot be followed: %s" % (target, e.strerror or e)
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "not a regular file (a device, pipe or socket)"
+
+
+def _scan(folder):
+    """(sub-folders, image files, [(name, reason)] for everything else) directly inside folder."""
+    folders, images, other = [], [], []
     for name in _list_dir(folder):
-        if os.path.isfile(os.path.join(folder, name)):
-            if _is_image(name):
-                images.append(name)
-            else:
-                other += 1
-    return images, other
+        kind = "hidden (the name starts with a dot)" if name.startswith(".") else _kind(os.path.join(folder, name))
+        if kind == "dir":
+            folders.append(name)
+        elif kind != "file":
+            other.append((name, kind))
+        elif _is_image(name):
+            images.append(name)
+        else:
+            other.append((name, "not an image file name (extensions: %s)" % " ".join(IMAGE_EXTENSIONS)))
+    return folders, images, other
 
 
-def _subdirs(folder):
-    return [n for n in _list_dir(folder) if os.path.isdir(os.path.join(folder, n))]
+class _PassedOver(object):
+    """Every input path a build does not use, with the reason: logged and listed in dataset.json's
+    `skipped` (entries without a shard; unreadable images are added as the shards are written)."""
+
+    def __init__(self, images_dir):
+        self.images_dir, self.entries = images_dir, []
+
+    def add(self, folder, name, reason, split):
+        path = os.path.join(folder, name)
+        self.entries.append({"path": os.path.relpath(path, self.images_dir).replace(os.sep, "/"),
+                             "reason": reason, "split": split})
+
+    def count(self, split):
+        return sum(1 for e in self.entries if e["split"] == split)
 
 
 def _read_lines(path, what):
@@ -141,7 +182,7 @@ def _read_lines(path, what):
         raise DataError("cannot read %s %s: %s" % (what, path, getattr(e, "strerror", None) or e))
 
 
-def _read_classes(labels_file, train_dir):
+def _read_classes(labels_file, train_dir, train_folders):
     """(class names, readable names): the labels file's lines (`name` or `name<TAB>readable`), or
     the sorted train folders. ImageNet wnids get ImageNet's readable names."""
     if labels_file:
@@ -153,7 +194,7 @@ def _read_classes(labels_file, train_dir):
         if not names:
             raise DataError("labels file %s lists no classes" % labels_file)
     elif train_dir:
-        names = _subdirs(train_dir)
+        names = list(train_folders)
         texts = [None] * len(names)
         if not names:
             raise DataError("%s holds no class folders (expected train/<class>/<image>)" % train_dir)
@@ -175,19 +216,30 @@ class _Item(object):
         self.path, self.rel, self.label = path, rel, label
 
 
-def _class_folder_items(root, images_dir, class_index, what):
-    items, ignored = [], 0
-    for name in _subdirs(root):
+def _class_folder_items(root, folders, images_dir, class_index, what, passed, split):
+    """The images in root/<class>/ for each of `folders`; anything else in them is passed over. A
+    class folder without a single image is an error: it would give a label nothing teaches."""
+    items = []
+    for name in folders:
         if name not in class_index:
             raise DataError("%s/%s is not one of the %d classes (%s)" % (what, name, len(class_index),
                             "see the labels file" if len(class_index) else "no classes"))
         folder = os.path.join(root, name)
-        images, other = _images_in(folder)
-        ignored += other
+        subfolders, images, other = _scan(folder)
+        other = sorted(other + [(n, "a folder, not an image (class folders are read one level deep)")
+                                for n in subfolders])
+        if not images:
+            hint = ""
+            if other:
+                count = "1 other entry" if len(other) == 1 else "%d other entries" % len(other)
+                hint = " (only %s, e.g. %s: %s)" % ((count,) + other[0])
+            raise DataError("class folder %s holds no images%s; add images or remove the folder" % (folder, hint))
+        for entry, reason in other:
+            passed.add(folder, entry, reason, split)
         for image in images:
             path = os.path.join(folder, image)
             items.append(_Item(path, os.path.relpath(path, images_dir).replace(os.sep, "/"), class_index[name] + LABEL_OFFSET))
-    return items, ignored
+    return items
 
 
 def _ground_truth(path, filenames, class_index):
@@ -237,30 +289,44 @@ def _hold_out(items, fraction, seed):
 
 
 def _plan(images_dir, labels_file, val_split, val_labels_file, seed):
-    """Classes, readable names and {split: [items]} for an ImageNet-layout folder."""
+    """Classes, readable names, {split: [items]} and the paths passed over (a list of
+    {path, reason, split}) for an ImageNet-layout folder."""
+    passed = _PassedOver(images_dir)
     train_dir = os.path.join(images_dir, TRAIN)
     train_dir = train_dir if os.path.isdir(train_dir) else None
     val_dir = _find_val_dir(images_dir)
     if not train_dir and not val_dir:
         raise DataError("%s has neither train/ nor val/ (expected train/<class>/<image>)" % images_dir)
-    classes, texts = _read_classes(labels_file, train_dir)
-    class_index = dict((name, i) for i, name in enumerate(classes))
-    splits, ignored = {}, {}
+    used = [os.path.basename(d) for d in (train_dir, val_dir) if d]
+    for name in _list_dir(images_dir):
+        if name not in used:
+            passed.add(images_dir, name, "not a train/, val/ or validation/ folder", None)
+    train_folders = []
     if train_dir:
-        splits[TRAIN], ignored[TRAIN] = _class_folder_items(train_dir, images_dir, class_index, "train")
+        train_folders, loose, other = _scan(train_dir)
+        for name in loose:
+            passed.add(train_dir, name, "an image outside the class folders", TRAIN)
+        for name, reason in other:
+            passed.add(train_dir, name, reason, TRAIN)
+    classes, texts = _read_classes(labels_file, train_dir, train_folders)
+    class_index = dict((name, i) for i, name in enumerate(classes))
+    splits = {}
+    if train_dir:
+        splits[TRAIN] = _class_folder_items(train_dir, train_folders, images_dir, class_index, TRAIN, passed, TRAIN)
     if val_dir:
         if val_split:
             raise DataError("%s has a validation folder; val_split is only for data sets without one" % images_dir)
-        folders = _subdirs(val_dir)
-        flat, other = _images_in(val_dir)
+        folders, flat, other = _scan(val_dir)
         if folders and flat:
             raise DataError("%s mixes class folders and loose images; use one layout" % val_dir)
+        for name, reason in other:
+            passed.add(val_dir, name, reason, VALIDATION)
         if folders:
             if val_labels_file:
                 raise DataError("%s is organised in class folders; a validation labels file is only for "
                                 "a flat folder of images" % val_dir)
-            splits[VALIDATION], ignored[VALIDATION] = _class_folder_items(val_dir, images_dir, class_index,
-                                                                          os.path.basename(val_dir))
+            splits[VALIDATION] = _class_folder_items(val_dir, folders, images_dir, class_index,
+                                                     os.path.basename(val_dir), passed, VALIDATION)
         elif flat:
             if not val_labels_file:
                 raise DataError("%s holds images without class folders; give a validation labels file "
@@ -268,18 +334,16 @@ def _plan(images_dir, labels_file, val_split, val_labels_file, seed):
             truth = _ground_truth(val_labels_file, flat, class_index)
             splits[VALIDATION] = [_Item(os.path.join(val_dir, f), os.path.relpath(os.path.join(val_dir, f), images_dir)
                                         .replace(os.sep, "/"), class_index[truth[f]] + LABEL_OFFSET) for f in flat]
-            ignored[VALIDATION] = other
     elif val_labels_file:
         raise DataError("a validation labels file was given but %s has no val/ folder" % images_dir)
     if val_split:
         splits[TRAIN], splits[VALIDATION] = _hold_out(splits.get(TRAIN, []), val_split, seed)
-        ignored[VALIDATION] = 0
     if train_dir and not splits[TRAIN]:
         raise DataError("no images under %s (extensions: %s)" % (train_dir, " ".join(IMAGE_EXTENSIONS)))
     splits = dict((s, items) for s, items in splits.items() if items)
     if not splits:
         raise DataError("no images found under %s" % images_dir)
-    return classes, texts, splits, ignored
+    return classes, texts, splits, passed
 
 
 def _num_shards(split, count, shards):
@@ -462,7 +526,7 @@ def _previous_build(output_dir, fingerprint, inputs):
     directory that holds anything else."""
     meta_path = os.path.join(output_dir, METADATA)
     if not os.path.exists(meta_path):
-        foreign = [n for n in _list_dir(output_dir) if not n.endswith(".tmp")]
+        foreign = [n for n in _visible(_list_dir(output_dir)) if not _is_temporary(n)]
         if foreign:
             raise DataError("output directory %s is not empty and holds no %s (e.g. %s); choose a new or empty "
                             "directory" % (output_dir, METADATA, foreign[0]))
@@ -486,10 +550,9 @@ def _previous_build(output_dir, fingerprint, inputs):
     return {"shards": done, "skipped": skipped, "created": previous.get("created")}
 
 
-def _remove_stale(output_dir):
-    for name in _list_dir(output_dir):
-        if name.endswith(".tmp") and (name.startswith(SPLITS) or name == METADATA + ".tmp"):
-            os.remove(os.path.join(output_dir, name))
+def _is_temporary(name):
+    """What a killed build leaves: a shard's `<split>-00000-of-00004.tmp`, dataset.json's fileio temporary."""
+    return bool(_SHARD_TEMPORARY.match(name)) or fileio.is_temporary(name, (METADATA,))
 
 
 def build(images_dir, output_dir, shards=None, labels_file=None, val_split=0.0, val_labels_file=None,
@@ -516,7 +579,7 @@ def build(images_dir, output_dir, shards=None, labels_file=None, val_split=0.0, 
     if not 0.0 <= float(val_split) < 1.0:
         raise DataError("val_split must be at least 0 and below 1, got %s" % val_split)
     val_split = float(val_split)
-    classes, texts, items, ignored = _plan(images_dir, labels_file, val_split, val_labels_file, seed)
+    classes, texts, items, passed = _plan(images_dir, labels_file, val_split, val_labels_file, seed)
     assignments = dict((split, _assign(split_items, _num_shards(split, len(split_items), shards), seed))
                        for split, split_items in items.items())
     inputs = {"seed": seed, "val_split": val_split, "classes": len(classes)}
@@ -530,9 +593,11 @@ def build(images_dir, output_dir, shards=None, labels_file=None, val_split=0.0, 
     except OSError as e:
         raise DataError("cannot create output directory %s: %s" % (output_dir, e.strerror or e))
     previous = _previous_build(output_dir, inputs["fingerprint"], inputs)
-    _remove_stale(output_dir)
+    removed = fileio.remove_temporaries(output_dir, _is_temporary)
+    if removed:
+        log("build: removed %d temporary files an interrupted build left: %s" % (len(removed), ", ".join(removed)))
     done = dict(previous.get("shards", {}))
-    skipped = list(previous.get("skipped", []))
+    skipped = passed.entries + list(previous.get("skipped", []))
 
     meta = {
         "format": FORMAT, "format_version": FORMAT_VERSION, "complete": False,
@@ -552,12 +617,18 @@ def build(images_dir, output_dir, shards=None, labels_file=None, val_split=0.0, 
             entries.append(done.get(name) or {"file": name, "images": len(shard_items)})
             if name not in done:
                 jobs.append((split, index, name, shard_items))
-        meta["splits"][split] = {"shards": entries, "files": len(items[split]), "ignored": ignored.get(split, 0)}
+        meta["splits"][split] = {"shards": entries, "files": len(items[split]), "ignored": passed.count(split)}
     meta_path = os.path.join(output_dir, METADATA)
     _write_json(meta_path, meta)
-    for split in sorted(ignored):
-        if ignored[split]:
-            log("%s: ignored %d files without an image extension (%s)" % (split, ignored[split], " ".join(IMAGE_EXTENSIONS)))
+    for entry in passed.entries:
+        log("skipped %s: %s" % (os.path.join(images_dir, entry["path"]), entry["reason"]))
+    if TRAIN in items:
+        taught = set(i.label for i in items[TRAIN])
+        without = [c for i, c in enumerate(classes) if i + LABEL_OFFSET not in taught]
+        if without:
+            log("train: %d classes of the labels file have no folder in %s, so no images: %s%s"
+                % (len(without), os.path.join(images_dir, TRAIN), ", ".join(without[:10]),
+                   ", ..." if len(without) > 10 else ""))
     if done:
         log("build: %d shards already written by an earlier run of the same inputs, kept" % len(done))
 
@@ -610,14 +681,18 @@ def build(images_dir, output_dir, shards=None, labels_file=None, val_split=0.0, 
         record["skipped"] = sum(s["skipped"] for s in record["shards"])
         record["converted"] = sum(s["converted"] for s in record["shards"])
         record["num_examples"] = record["written"]
-    meta["skipped"] = sorted(skipped, key=lambda s: (s["split"], s["path"]))
+    meta["skipped"] = sorted(skipped, key=lambda s: (s["split"] or "", s["path"]))
     meta["complete"] = True
-    bundle.write_labels(os.path.join(output_dir, LABELS), [bundle.BACKGROUND] + texts)
+    try:
+        bundle.write_labels(os.path.join(output_dir, LABELS), [bundle.BACKGROUND] + texts)
+    except OSError as e:
+        raise DataError("cannot write %s: %s" % (os.path.join(output_dir, LABELS), file_reason(e)))
     _write_json(meta_path, meta)
     for split in sorted(meta["splits"]):
         record = meta["splits"][split]
-        log("%s: %d images written, %d skipped, %d converted to JPEG, %d shards"
-            % (split, record["written"], record["skipped"], record["converted"], len(record["shards"])))
+        log("%s: %d images written, %d unreadable skipped, %d other paths skipped, %d converted to JPEG, %d shards"
+            % (split, record["written"], record["skipped"], record["ignored"], record["converted"],
+               len(record["shards"])))
     summary = dict(meta)
     summary.update(output_dir=output_dir, reused_shards=len(done), seconds=round(time.time() - started, 3))
     return summary

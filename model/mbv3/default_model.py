@@ -27,7 +27,7 @@ OFFICIAL_ARCH = ("large", 1.0, 1001)
 CONNECT_TIMEOUT = 10.0  # seconds; an offline machine must fall through quickly
 DEMO_NAME = "mbv3-digits-demo"
 DEMO_RECIPE = "digits-cpu"
-DEMO_IMAGE_SIZE = 64
+DEMO_IMAGE_SIZE = 64   # the image files written; the model's input size is the recipe's data.image_size
 
 
 class DownloadError(MbV3Error):
@@ -292,7 +292,7 @@ def _train_digits(data_dir, model_dir, log):
 
 
 def _demo_bundle(cache, train_fn=None, log=say):
-    """The digits demo bundle: images -> TFRecords -> train -> export at 64x64, each step resumable."""
+    """The digits demo bundle: images -> TFRecords -> train -> export, each step resumable."""
     out = os.path.join(cache, "bundles", "demo-digits")
     if _is_bundle(out):
         log("using the digits demo bundle trained earlier: %s" % out)
@@ -304,7 +304,7 @@ def _demo_bundle(cache, train_fn=None, log=say):
     digits.write_digits_folder(images, size=DEMO_IMAGE_SIZE)
     data.build(images, records, val_split=0.2, log=log)
     (train_fn or _train_digits)(records, run, log)
-    _export(run, out, log, input_size=DEMO_IMAGE_SIZE, name=DEMO_NAME)
+    _export(run, out, log, name=DEMO_NAME)   # the size and preprocessing are the run's (its config.yaml)
     return out
 
 

@@ -1,5 +1,10 @@
 """Errors a user can act on. The CLI prints their message as one line and exits non-zero;
 anything else is a bug and keeps its traceback."""
+import re
+
+# TensorFlow's file errors read `<path>; <strerror>`, sometimes wrapped in `{{function_node ...}}` and
+# followed by ` [Op:SaveV2]`: the path is usually a temporary name, the strerror is the news.
+_TF_FILE_ERROR = re.compile(r"^(?:\{\{[^}]*\}\} )?\S+; (?P<reason>[^;]+?)(?: \[Op:\w+\])?$")
 
 
 def first_line(err, default=None):
@@ -9,6 +14,16 @@ def first_line(err, default=None):
     if text:
         return text.splitlines()[0]
     return default if default is not None else err.__class__.__name__
+
+
+def file_reason(err):
+    """Why a file operation failed, in a few words ("No space left on device"): an OSError's strerror,
+    the strerror at the end of a TensorFlow file error, else the error's first line."""
+    if isinstance(err, OSError) and err.strerror:
+        return err.strerror
+    text = first_line(err)
+    match = _TF_FILE_ERROR.match(text)
+    return match.group("reason") if match else text
 
 
 class MbV3Error(Exception):
@@ -21,3 +36,7 @@ class CheckpointError(MbV3Error):
 
 class BundleError(MbV3Error):
     pass
+
+
+class WriteError(MbV3Error):
+    """A file that could not be written (disk full, read-only, no permission), named with the reason."""

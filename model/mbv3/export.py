@@ -10,7 +10,6 @@ export leaves nothing behind and a reader never sees half a bundle.
 from __future__ import absolute_import, division, print_function
 
 import datetime
-import json
 import os
 import shutil
 import tempfile
@@ -18,7 +17,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from . import __version__, bundle, checkpoint, imageprep, net, runtime
+from . import __version__, bundle, checkpoint, net, preprocessing, runinfo, runtime
 from .errors import MbV3Error
 
 INPUT, OUTPUT = "input", "logits"
@@ -105,15 +104,6 @@ def verify(graph_def, onnx_bytes, input_size, seed=0):
             "relative": relative, "tolerance": PARITY_TOLERANCE}
 
 
-def _labels_for(num_classes, labels_file, prefix):
-    if labels_file:
-        return bundle.read_labels(labels_file, num_classes)
-    beside = os.path.join(os.path.dirname(prefix), bundle.LABELS)  # a training run's model dir
-    if os.path.exists(beside):
-        return bundle.read_labels(beside, num_classes)
-    return bundle.default_labels(num_classes)
-
-
 def _prepare_output(output):
     """The parent exists and is writable; `output` is absent, empty, or an earlier bundle."""
     output = os.path.abspath(os.path.expanduser(output))
@@ -147,9 +137,13 @@ def _install(tmp, output):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None, input_size=224,
-           labels_file=None, name=None, version=None, log=print):
-    """Write a model bundle for a checkpoint; returns its metadata."""
+def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None, input_size=None,
+           labels_file=None, name=None, version=None, override_run=False, log=print):
+    """Write a model bundle for a checkpoint; returns its metadata.
+
+    The input size, preprocessing, weights and labels are the checkpoint's training run's (its
+    config.yaml and labels.txt, see mbv3.runinfo); a flag that contradicts the run is an error unless
+    override_run. A checkpoint without a run gets TF-slim's defaults (224) unless the flags say otherwise."""
     reader = checkpoint.Reader(checkpoint_path)
     arch = checkpoint.detect_architecture(reader.shapes)
     if variant and variant != arch.variant:
@@ -158,13 +152,16 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
         raise MbV3Error("checkpoint %s has no classifier (%s/weights); nothing to export" % (reader.prefix, net.LOGITS_SCOPE))
     if num_classes and num_classes != arch.num_classes:
         raise MbV3Error("checkpoint %s has a %d-class classifier, not %d" % (reader.prefix, arch.num_classes, num_classes))
-    labels = _labels_for(arch.num_classes, labels_file, reader.prefix)
+    chosen = runinfo.choose(reader, arch, input_size, use_ema, labels_file, override_run)
+    input_size, labels = chosen.size, chosen.labels
+    prep = preprocessing.eval_record(input_size)
     output, tmp = _prepare_output(output)
     try:
         resolved = net.resolve(arch.variant, arch.multiplier)
         specs = net.variable_specs(resolved, arch.num_classes)
-        values, report = checkpoint.read_values(reader.prefix, specs, use_ema=use_ema, reader=reader)
+        values, report = checkpoint.read_values(reader.prefix, specs, use_ema=chosen.use_ema, reader=reader)
         log(report.summary())
+        log(chosen.describe(prep, "EMA" if report.used_ema else "raw"))
         log("freezing the graph (%s, input %dx%d)" % (arch.describe(), input_size, input_size))
         graph_def = frozen_graph(resolved, values, arch.num_classes, input_size)
         log("converting to ONNX (opset %d)" % ONNX_OPSET)
@@ -177,38 +174,34 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
             f.write(onnx_bytes)
         bundle.write_labels(os.path.join(tmp, bundle.LABELS), labels)
         trainable, _ = net.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
-        metadata = {
-            "format": bundle.FORMAT,
-            "format_version": bundle.FORMAT_VERSION,
-            "name": name or "mobilenet_v3_%s_%s" % (arch.variant, arch.multiplier),
-            "version": str(version if version is not None else (report.step if report.step is not None else 1)),
-            "created": datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
-            "exporter": "mbv3 %s, TensorFlow %s" % (__version__, tf.__version__),
-            "source": {"checkpoint": os.path.abspath(reader.prefix), "step": report.step,
-                       "weights": "ema" if report.used_ema else "raw"},
-            "architecture": {"family": "MobileNetV3", "variant": arch.variant, "multiplier": arch.multiplier,
-                             "trainable_parameters": trainable},
-            "input": {"name": INPUT, "shape": [-1, input_size, input_size, 3], "layout": "NHWC",
-                      "dtype": "float32", "range": [-1.0, 1.0]},
-            "output": {"name": OUTPUT, "shape": [-1, arch.num_classes], "dtype": "float32", "kind": "logits",
-                       "num_classes": arch.num_classes},
-            "labels": {"file": bundle.LABELS, "label_offset": 1 if labels[0] == bundle.BACKGROUND else 0,
-                       "background_index": 0 if labels[0] == bundle.BACKGROUND else None},
-            "preprocessing": dict(imageprep.EVAL_PREPROCESSING, size=[input_size, input_size]),
-            "frozen_graph": {"file": bundle.FROZEN, "ops": sorted(set(n.op for n in graph_def.node))},
-            "onnx": {"file": bundle.ONNX, "opset": ONNX_OPSET},
-            "verification": {"onnx_vs_frozen_graph": parity},
-            "files": {},
-        }
+        info = bundle.ModelInfo(
+            name=name or "mobilenet_v3_%s_%s" % (arch.variant, arch.multiplier),
+            version=str(version if version is not None else (report.step if report.step is not None else 1)),
+            created=datetime.datetime.utcnow().replace(microsecond=0).isoformat() + "Z",
+            exporter="mbv3 %s, TensorFlow %s" % (__version__, tf.__version__),
+            source=bundle.Source(checkpoint=os.path.abspath(reader.prefix), step=report.step,
+                                 weights="ema" if report.used_ema else "raw",
+                                 run=chosen.run.folder if chosen.run else None,
+                                 differs_from_run=chosen.differs or None),
+            architecture=bundle.Architecture(variant=arch.variant, multiplier=arch.multiplier,
+                                             trainable_parameters=trainable),
+            input=bundle.TensorInfo(name=INPUT, shape=[-1, input_size, input_size, 3], layout="NHWC",
+                                    dtype="float32", range=[-1.0, 1.0]),
+            output=bundle.TensorInfo(name=OUTPUT, shape=[-1, arch.num_classes], dtype="float32", kind="logits",
+                                     num_classes=arch.num_classes),
+            labels=bundle.label_info(labels),
+            preprocessing=prep,
+            frozen_graph={"file": bundle.FROZEN, "ops": sorted(set(n.op for n in graph_def.node))},
+            onnx={"file": bundle.ONNX, "opset": ONNX_OPSET},
+            verification={"onnx_vs_frozen_graph": parity},
+        )
         for fname in sorted(os.listdir(tmp)):
-            path = os.path.join(tmp, fname)
-            metadata["files"][fname] = {"sha256": bundle.sha256(path), "bytes": os.path.getsize(path)}
+            info.files[fname] = bundle.file_info(os.path.join(tmp, fname))
         with open(os.path.join(tmp, bundle.METADATA), "w") as f:
-            json.dump(metadata, f, indent=2, sort_keys=False)
-            f.write("\n")
+            f.write(info.to_json())
         _install(tmp, output)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     log("wrote bundle %s" % output)
-    return metadata
+    return info.to_dict()

@@ -15,7 +15,10 @@ from __future__ import absolute_import, division, print_function
 
 import tensorflow as tf
 
+from . import bundle
+
 CROP_FRACTION = 0.875
+MEAN, STD = 0.5, 0.5        # [0, 1] pixels to [-1, 1], every channel
 # tf.image.sample_distorted_bounding_box arguments of slim's distorted_bounding_box_crop.
 MIN_OBJECT_COVERED = 0.1
 ASPECT_RATIO_RANGE = (0.75, 1.33)
@@ -38,8 +41,8 @@ def decode(encoded):
 
 
 def _to_unit_range(image):
-    """[0, 1] float pixels to the model's [-1, 1] (mean 0.5, std 0.5, as imageprep)."""
-    return (image - 0.5) * 2.0
+    """[0, 1] float pixels to the model's [-1, 1] (as imageprep, with eval_record's mean and std)."""
+    return (image - MEAN) / STD
 
 
 def train_transform(encoded, size, bbox=None, seed=None):
@@ -83,3 +86,11 @@ def eval_transform(encoded, size, crop_fraction=CROP_FRACTION):
     image = _to_unit_range(image)
     image.set_shape([size, size, 3])
     return image
+
+
+def eval_record(size):
+    """eval_transform at `size` as the bundle's preprocessing record: export writes it into
+    model.json, so the servers' NumPy transform (mbv3.imageprep) repeats what evaluation measured."""
+    return bundle.Preprocessing(size=[int(size), int(size)], color="RGB", crop_fraction=CROP_FRACTION,
+                                resize="bilinear", half_pixel_centers=True, antialias=False, pixel_max=255.0,
+                                mean=[MEAN] * 3, std=[STD] * 3)

@@ -20,16 +20,46 @@ def onnx_session(model, threads=0):
                                                               first_line(e)))
 
 
+def check_session(session, info, where):
+    """The ONNX model's own input and output shapes agree with model.json (a bundle whose files were
+    swapped or whose num_classes was edited is refused here, not on the first request)."""
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    if len(inputs) != 1 or len(outputs) != 1:
+        raise BundleError("%s has %d inputs and %d outputs; expected one image input and one logits output"
+                          % (where, len(inputs), len(outputs)))
+    want_in = [info.preprocessing.height, info.preprocessing.width, 3]
+    got_in = list(inputs[0].shape[1:])
+    if got_in != want_in:
+        raise BundleError("%s takes input [N, %s], but model.json says [N, %s]"
+                          % (where, ", ".join(map(str, got_in)), ", ".join(map(str, want_in))))
+    classes = outputs[0].shape[-1] if len(outputs[0].shape) == 2 else None
+    if classes != info.num_classes:
+        raise BundleError("%s outputs %s classes, but model.json says num_classes %d (and labels.txt has as many)"
+                          % (where, classes, info.num_classes))
+
+
+def verify_bundle(path):
+    """Everything a server checks before it serves: model.json against its schema, every file's size
+    and sha256, labels = num_classes, and the ONNX model's shapes. Returns the loaded bundle."""
+    loaded = bundle_mod.load(path, verify=True)
+    model = loaded.file(bundle_mod.ONNX)
+    check_session(onnx_session(model), loaded.info, model)
+    return loaded
+
+
 def softmax(logits):
     z = logits - logits.max(axis=-1, keepdims=True)
     e = np.exp(z)
     return e / e.sum(axis=-1, keepdims=True)
 
 
-def top_k(probabilities, labels, k=5):
-    """Per row, the k best [(index, label, probability)], best first."""
-    k = min(k, probabilities.shape[-1])
-    order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :k]
+def top_k(probabilities, labels, k=5, skip=None):
+    """Per row, the k best [(index, label, probability)], best first. `skip` (slim's background
+    index) is never a prediction; probabilities stay those of the model's softmax over all classes."""
+    order = np.argsort(-probabilities, axis=-1, kind="stable")
+    if skip is not None:
+        order = order[order != skip].reshape(len(order), -1)
+    order = order[:, :k]
     return [[(int(i), labels[i], float(row[i])) for i in idx] for row, idx in zip(probabilities, order)]
 
 
@@ -38,14 +68,14 @@ class OnnxClassifier(object):
 
     def __init__(self, path, threads=0):
         self.bundle = bundle_mod.load(path)
-        meta = self.bundle.metadata
-        self.input_name = meta["input"]["name"]
-        self.output_name = meta["output"]["name"]
-        self.size = meta["preprocessing"]["size"]
+        self.input_name = self.bundle.info.input.name
+        self.output_name = self.bundle.info.output.name
+        self.size = self.bundle.preprocessing.size
         self.session = onnx_session(self.bundle.file(bundle_mod.ONNX), threads)
+        check_session(self.session, self.bundle.info, self.bundle.file(bundle_mod.ONNX))
 
     def logits(self, batch):
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
 
     def classify(self, batch, k=5):
-        return top_k(softmax(self.logits(batch)), self.bundle.labels, k)
+        return top_k(softmax(self.logits(batch)), self.bundle.labels, k, skip=self.bundle.background_index)

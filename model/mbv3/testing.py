@@ -3,6 +3,8 @@ package and of the service: He-scaled convolutions (logits of a useful size) and
 batch-norm statistics, so parity checks compare real signal. Training and serving never use it."""
 from __future__ import absolute_import, division, print_function
 
+import os
+
 import numpy as np
 
 from . import checkpoint, net
@@ -32,3 +34,19 @@ def random_bundle(path, variant="small", multiplier=0.5, num_classes=11, input_s
     prefix = checkpoint.save(str(path) + "-ckpt", 1, random_values(variant, multiplier, num_classes, seed))
     export.export(prefix, str(path), input_size=input_size, name=name, log=lambda *_: None)
     return str(path)
+
+
+def random_run(model_dir, variant="small", multiplier=0.35, num_classes=11, image_size=64, step=1, ema=False,
+               labels=None, recipe="smoke", seed=0):
+    """A training run's folder as `mbv3 train` leaves it (checkpoint, config.yaml, labels.txt), with
+    random weights (and EMA shadows when `ema`); returns the checkpoint prefix."""
+    from . import bundle, config
+    values = random_values(variant, multiplier, num_classes, seed)
+    if ema:
+        values.update({n + checkpoint.EMA_SUFFIX: v * 0.5 for n, v in values.items()})
+    prefix = checkpoint.save(str(model_dir), step, values)
+    config.load(recipe, ["model.variant=%s" % variant, "model.multiplier=%s" % multiplier,
+                         "data.image_size=%d" % image_size]).save(str(model_dir))
+    bundle.write_labels(os.path.join(str(model_dir), bundle.LABELS),
+                        labels or [bundle.BACKGROUND] + ["class_%d" % i for i in range(1, num_classes)])
+    return prefix

@@ -1,17 +1,17 @@
 """The training loop: one TF2 custom loop for every target.
 
 `train()` sets the target up first (the NPU must open before other TensorFlow state exists), builds
-the model and the optimizer state inside the target's strategy, resumes from the model dir's latest
-checkpoint (or starts from `train.init_from`), and runs `steps_per_loop` steps per host call in a
-tf.function. Checkpoints hold slim names plus `<var>/Momentum` slots, `<var>/ExponentialMovingAverage`
+the model and the optimizer state inside the target's strategy, resumes from the model dir's newest
+readable checkpoint (or starts from `train.init_from`), and runs `steps_per_loop` steps per host call
+in a tf.function. Checkpoints hold slim names plus `<var>/Momentum` slots, `<var>/ExponentialMovingAverage`
 shadows and `global_step`, so a rerun continues the step, the LR schedule and the EMA where they were.
+A save that fails (a full disk) stops the run with one line; the previous checkpoint stays the latest.
 """
 from __future__ import absolute_import, division, print_function
 
 import collections
 import math
 import os
-import shutil
 import signal
 import time
 
@@ -19,10 +19,18 @@ import numpy as np
 import tensorflow as tf
 
 from .console import say
-from . import checkpoint, config as config_mod, data, net, recipe, targets
-from .errors import MbV3Error
+from . import checkpoint, config as config_mod, data, fileio, net, recipe, targets
+from .errors import MbV3Error, file_reason
 
 MOMENTUM_SUFFIX = "/Momentum"
+LABELS = data.LABELS  # the data set's labels.txt, copied into the model dir
+# What a run writes into its model dir besides checkpoints, each through fileio's temporaries.
+RUN_FILES = (config_mod.SAVED_NAME, LABELS)
+
+
+def is_stale_temporary(name):
+    """A temporary that only a killed save of this run's files leaves in a model dir: ours by name."""
+    return checkpoint.is_temporary(name) or fileio.is_temporary(name, RUN_FILES)
 
 
 def _tensorboard_available():
@@ -149,6 +157,7 @@ class Trainer(object):
             self.state = TrainState(cfg, self.num_classes, self.target.compute_dtype, loss_scale, t.seed)
         self.regularized = [v for n, v in self.state.model.variables.items() if self.state.model.specs[n].regularized]
         self._stop = False
+        self.latest_checkpoint = None
 
     # --- the step ----------------------------------------------------------------------------
     def _replica_step(self, images, labels):
@@ -215,27 +224,35 @@ class Trainer(object):
         if self.target.is_chief:
             prefix = checkpoint.save(self.model_dir, step, values, keep=self.cfg.checkpoint.keep)
             self.log("saved %s" % prefix)
+            self.latest_checkpoint = prefix
             return prefix
         return None
 
-    def _start(self):
+    def _start(self, existing):
         t = self.cfg.train
-        existing = checkpoint.latest(self.model_dir)
         if existing:
             self.state.restore(existing, self.log)
+            self.latest_checkpoint = existing
         elif t.init_from:
             self.state.initialize_from(t.init_from, t.init_keep_step, t.reinit_classifier, self.log)
         self.target.after_variables_created(self.state.all_variables())
 
     def _write_run_files(self):
+        """The chief owns the model dir: it clears what killed saves left, then writes the run's files."""
         if not self.target.is_chief:
             return
-        if not os.path.isdir(self.model_dir):
-            os.makedirs(self.model_dir)
+        try:
+            os.makedirs(self.model_dir, exist_ok=True)
+        except OSError as e:
+            raise MbV3Error("cannot create model dir %s: %s" % (self.model_dir, file_reason(e)))
+        removed = fileio.remove_temporaries(self.model_dir, is_stale_temporary)
+        if removed:
+            self.log("removed %d temporary files an interrupted save left in %s: %s"
+                     % (len(removed), self.model_dir, ", ".join(removed)))
         self.cfg.save(self.model_dir)
-        labels = os.path.join(self.data_dir, "labels.txt")
+        labels = os.path.join(self.data_dir, LABELS)
         if os.path.exists(labels):
-            shutil.copyfile(labels, os.path.join(self.model_dir, "labels.txt"))
+            fileio.copy(labels, os.path.join(self.model_dir, LABELS))
 
     # --- the run -----------------------------------------------------------------------------
     def _on_signal(self, signum, frame):
@@ -244,11 +261,10 @@ class Trainer(object):
 
     def run(self):
         cfg = self.cfg
-        try:
-            self._write_run_files()
-        except OSError as e:
-            raise MbV3Error("cannot write to model dir %s: %s" % (self.model_dir, e.strerror or e))
-        self._start()
+        # the checkpoint to resume is chosen before anything is written: a run that cannot resume changes nothing
+        existing = checkpoint.latest(self.model_dir, self.log)
+        self._write_run_files()
+        self._start(existing)
         self.log("target %s" % self.target.describe())
         self.log("training MobileNetV3 %s %s, %d classes: %d steps (%d per epoch, global batch %d), %s LR %.4g, "
                  "warm-up %d steps" % (cfg.model.variant, cfg.model.multiplier, self.num_classes, self.total_steps,
@@ -325,7 +341,7 @@ class Trainer(object):
 
     def summary(self, step):
         return {"model_dir": self.model_dir, "step": step, "total_steps": self.total_steps,
-                "checkpoint": checkpoint.resolve_prefix(self.model_dir) if self.target.is_chief else None,
+                "checkpoint": self.latest_checkpoint if self.target.is_chief else None,
                 "stopped_by_signal": self._stop or None}
 
 

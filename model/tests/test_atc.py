@@ -1,4 +1,5 @@
 """ATC command generation and the model.json record (ATC itself needs CANN: a fake stands in)."""
+import dataclasses
 import json
 import os
 import stat
@@ -7,6 +8,8 @@ import pytest
 
 from mbv3 import atc, bundle, checkpoint, export
 from mbv3.errors import MbV3Error
+
+from mbv3.testing import random_run
 
 from conftest import assert_one_line_error, random_values, run_cli
 
@@ -29,7 +32,7 @@ def _fake_atc(tmp_path, exit_code=0):
 
 
 def test_default_command(bundle_dir):
-    meta = bundle.load(bundle_dir).metadata
+    meta = bundle.load(bundle_dir).info
     args = atc.command(bundle_dir, meta)
     assert args[0] == "atc" and "--framework=3" in args and "--model=%s/model.pb" % bundle_dir in args
     assert "--input_shape=input:-1,96,96,3" in args and "--input_format=NHWC" in args
@@ -39,7 +42,7 @@ def test_default_command(bundle_dir):
 
 
 def test_variants_of_the_command(bundle_dir):
-    meta = bundle.load(bundle_dir).metadata
+    meta = bundle.load(bundle_dir).info
     static = atc.command(bundle_dir, meta, "Ascend310P3", batch_profiles=[])
     assert "--input_shape=input:1,96,96,3" in static and "--soc_version=Ascend310P3" in static
     assert not any(a.startswith("--dynamic_batch_size") for a in static)
@@ -53,7 +56,7 @@ def test_variants_of_the_command(bundle_dir):
 
 
 def test_aipp_folds_the_normalisation(bundle_dir):
-    text = atc.aipp_config(bundle.load(bundle_dir).metadata)
+    text = atc.aipp_config(bundle.load(bundle_dir).info)
     assert "input_format: RGB888_U8" in text and "src_image_size_w: 96" in text
     for c in range(3):   # (x - 127.5) / 127.5 == (x / 255 - 0.5) / 0.5: the bundle's [-1, 1]
         assert "min_chn_%d: 127.5" % c in text and "var_reci_chn_%d: 0.00784313725490196" % c in text
@@ -62,10 +65,10 @@ def test_aipp_folds_the_normalisation(bundle_dir):
 def test_build_records_the_om_in_model_json(bundle_dir, tmp_path):
     fake = _fake_atc(tmp_path)
     record = atc.build(bundle_dir, "Ascend310P3", [1, 2, 4, 8], aipp=True, atc=fake, log=lambda *_: None)
-    assert record == {"file": "model.om", "batch_profiles": [1, 2, 4, 8], "aipp": True, "soc_version": "Ascend310P3",
-                      "input_dtype": "uint8"}
+    assert dataclasses.asdict(record) == {"file": "model.om", "batch_profiles": [1, 2, 4, 8], "aipp": True,
+                                          "soc_version": "Ascend310P3", "input_dtype": "uint8"}
     loaded = bundle.load(bundle_dir, verify=True)           # sha256s of model.om and aipp.cfg recorded
-    assert loaded.metadata["om"] == record and {"model.om", "aipp.cfg"} <= set(loaded.metadata["files"])
+    assert loaded.metadata["om"] == dataclasses.asdict(record) and {"model.om", "aipp.cfg"} <= set(loaded.metadata["files"])
     assert "--dynamic_batch_size=1,2,4,8" in (tmp_path / "atc-args").read_text()
 
 
@@ -79,3 +82,19 @@ def test_failures_are_one_line_and_leave_model_json_alone(bundle_dir, tmp_path):
     shown = run_cli("om", "--bundle", bundle_dir, "--print", "--aipp")
     assert shown.returncode == 0 and shown.stdout.startswith("atc --framework=3") and "aipp_op {" in shown.stdout
     assert json.loads(before)["format"] == "mbv3-bundle"
+
+
+def test_a_run_trained_at_64_yields_an_om_for_64(tmp_path):
+    """Export with no size flag takes 64 from the run; `mbv3 om` takes it (and the normalisation) from the bundle."""
+    prefix = random_run(tmp_path / "run", image_size=64)
+    export.export(prefix, str(tmp_path / "bundle"), log=lambda *_: None)
+    shown = run_cli("om", "--bundle", tmp_path / "bundle", "--print", "--aipp")
+    assert shown.returncode == 0, shown.stderr
+    command, config = shown.stdout.split("\n", 1)
+    assert "--input_shape=input:-1,64,64,3" in command.split() and "--dynamic_batch_size=1,2,4,8,16,32" in command
+    assert "src_image_size_w: 64" in config and "src_image_size_h: 64" in config
+    assert config.count("min_chn_") == 3 and "var_reci_chn_0: 0.00784313725490196" in config
+    fake = _fake_atc(tmp_path)
+    atc.build(str(tmp_path / "bundle"), "Ascend310", [1, 2, 4], aipp=True, atc=fake, log=lambda *_: None)
+    assert "--input_shape=input:-1,64,64,3" in (tmp_path / "atc-args").read_text().split()
+    assert "src_image_size_h: 64" in (tmp_path / "bundle" / "aipp.cfg").read_text()

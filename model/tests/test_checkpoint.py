@@ -1,3 +1,4 @@
+import errno
 import os
 
 import numpy as np
@@ -51,18 +52,58 @@ def test_keeps_last_k_and_state_names_latest(tmp_path):
     assert [os.path.basename(p) for p in state.all_model_checkpoint_paths] == ["model.ckpt-30", "model.ckpt-40"]
 
 
-def test_failed_save_leaves_previous_latest_intact(tmp_path, monkeypatch):
+def _enospc(*args, **kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def _saveV2_enospc(prefix, **kwargs):
+    """What TF's SaveV2 does on a full disk (as seen on a full tmpfs): part of a `.tempstate` file, then this."""
+    partial = "%s.data-00000-of-00001.tempstate123" % prefix
+    with open(partial, "wb") as f:
+        f.write(b"\0" * 1000)
+    raise tf.errors.ResourceExhaustedError(None, None, "{{function_node __wrapped__SaveV2}} %s; No space left on "
+                                           "device [Op:SaveV2]" % partial)
+
+
+@pytest.mark.parametrize("where", ["writing the tensors", "renaming into place", "writing the state file"])
+def test_failed_save_is_one_error_and_leaves_the_previous_latest(tmp_path, monkeypatch, where):
     values = random_values(**SMALL)
     checkpoint.save(str(tmp_path), 5, values)
-
-    def crash(*args, **kwargs):
-        raise RuntimeError("disk full")
-    monkeypatch.setattr(checkpoint.os, "replace", crash)
-    with pytest.raises(RuntimeError):
+    before = {n: (tmp_path / n).read_bytes() for n in os.listdir(str(tmp_path))}
+    if where == "writing the tensors":
+        monkeypatch.setattr(tf.raw_ops, "SaveV2", _saveV2_enospc)
+    elif where == "renaming into place":
+        real = os.replace
+        monkeypatch.setattr(checkpoint.os, "replace", lambda a, b: _enospc() if b.endswith(".index") else real(a, b))
+    else:
+        monkeypatch.setattr(os, "fsync", _enospc)  # fileio's flush of the state file's temporary
+    with pytest.raises(CheckpointError) as caught:
         checkpoint.save(str(tmp_path), 6, values)
     monkeypatch.undo()
-    assert not [n for n in os.listdir(str(tmp_path)) if n.startswith(".tmp")]  # no temporary leftovers
-    assert checkpoint.Reader(str(tmp_path)).step == 5
+    message = str(caught.value)
+    assert message.startswith("cannot save checkpoint %s: " % (tmp_path / "model.ckpt-6")), message
+    assert "No space left on device" in message and "model.ckpt-5 is still the latest" in message, message
+    assert "\n" not in message and ".tempstate" not in message
+    # no temporary, no half-placed files, the state file as it was
+    assert {n: (tmp_path / n).read_bytes() for n in os.listdir(str(tmp_path))} == before
+    assert checkpoint.latest(str(tmp_path)).endswith("model.ckpt-5")
+
+
+def test_failed_save_on_a_full_file_system(tiny_fs):
+    """A real full disk: TensorFlow's SaveV2 runs out of space, nothing is lost, and a save after
+    space is freed works."""
+    run = os.path.join(tiny_fs.path, "run")
+    values = random_values(**SMALL)
+    checkpoint.save(run, 5, values)
+    before = tiny_fs.listing()
+    assert tiny_fs.fill(leave=64 << 10) < 1 << 20
+    with pytest.raises(CheckpointError, match=r"cannot save checkpoint %s: No space left on device "
+                                              r"\(model.ckpt-5 is still the latest\)$" % (run + "/model.ckpt-6")):
+        checkpoint.save(run, 6, values)
+    assert tiny_fs.listing() == before
+    assert checkpoint.latest(run) == os.path.join(run, "model.ckpt-5")
+    tiny_fs.empty_filler()
+    assert checkpoint.save(run, 6, values) == checkpoint.latest(run) == os.path.join(run, "model.ckpt-6")
 
 
 def test_ema_shadows(write_checkpoint):
@@ -184,6 +225,20 @@ def test_interoperates_with_tf1_saver(tmp_path):
         np.testing.assert_array_equal(restored[name], shifted[name])
 
 
+def test_latest_follows_a_moved_run_whose_state_file_has_absolute_paths(tmp_path):
+    """What TF1's Saver writes by default, then the folder is moved or copied to another machine."""
+    values = random_values(**SMALL)
+    for step in (10, 20):
+        checkpoint.save(str(tmp_path / "old"), step, values)
+    os.rename(str(tmp_path / "old"), str(tmp_path / "new"))
+    (tmp_path / "new" / "checkpoint").write_text(
+        'model_checkpoint_path: "%s/model.ckpt-20"\n' % (tmp_path / "old") +
+        "".join('all_model_checkpoint_paths: "%s/model.ckpt-%d"\n' % (tmp_path / "old", s) for s in (10, 20)))
+    lines = []
+    assert checkpoint.latest(str(tmp_path / "new"), lines.append) == str(tmp_path / "new" / "model.ckpt-20")
+    assert lines == []
+
+
 def test_latest_is_none_only_when_there_is_no_checkpoint(tmp_path):
     assert checkpoint.latest(str(tmp_path / "missing")) is None
     assert checkpoint.latest(str(tmp_path)) is None
@@ -191,28 +246,89 @@ def test_latest_is_none_only_when_there_is_no_checkpoint(tmp_path):
     assert checkpoint.latest(str(tmp_path)) == prefix
 
 
-@pytest.mark.parametrize("damage", ["garbled state file", "state names a deleted checkpoint"])
-def test_latest_refuses_checkpoint_files_it_cannot_resolve(tmp_path, damage):
+def _damage(prefix, how):
+    data, index = prefix + ".data-00000-of-00001", prefix + ".index"
+    if how == "truncated data":
+        with open(data, "r+b") as f:
+            f.truncate(os.path.getsize(data) // 2)
+    elif how == "changed byte":  # TensorFlow's CRC32C per tensor notices
+        with open(data, "r+b") as f:
+            f.seek(os.path.getsize(data) // 2)
+            byte = f.read(1)
+            f.seek(-1, os.SEEK_CUR)
+            f.write(bytes([byte[0] ^ 0xFF]))
+    elif how == "truncated index":
+        with open(index, "r+b") as f:
+            f.truncate(os.path.getsize(index) // 2)
+    elif how == "empty index":
+        open(index, "wb").close()
+    elif how == "deleted":
+        os.remove(data)
+        os.remove(index)
+    else:
+        raise AssertionError(how)
+
+
+@pytest.mark.parametrize("damage", ["truncated data", "changed byte", "truncated index", "empty index", "deleted"])
+def test_latest_passes_over_an_unreadable_newest_checkpoint(tmp_path, damage):
     values = random_values(**SMALL)
     for step in (10, 20, 30):
         checkpoint.save(str(tmp_path), step, values, keep=3)
-    if damage == "garbled state file":
-        (tmp_path / "checkpoint").write_text("model_checkpoint_path: {{{ not a proto\n")
-    else:   # two older ones remain: which to resume is a guess, so it is the user's call
-        for name in os.listdir(str(tmp_path)):
-            if name.startswith("model.ckpt-30"):
-                os.remove(str(tmp_path / name))
-    with pytest.raises(CheckpointError, match="holds checkpoint files but no checkpoint to resume"):
-        checkpoint.latest(str(tmp_path))
+    _damage(str(tmp_path / "model.ckpt-30"), damage)
+    lines = []
+    assert checkpoint.latest(str(tmp_path), lines.append) == str(tmp_path / "model.ckpt-20")
+    assert len(lines) == 1 and lines[0].startswith("passing over unreadable checkpoint %s: " % (tmp_path / "model.ckpt-30"))
+    assert "\n" not in lines[0]
+    # a directory means the same everywhere: eval, export and inspect read the newest readable one
+    assert checkpoint.Reader(str(tmp_path)).step == 20
+    # an explicit prefix means exactly that checkpoint
+    if damage != "deleted":
+        with pytest.raises(CheckpointError, match="model.ckpt-30"):
+            checkpoint.read_values(str(tmp_path / "model.ckpt-30"), _specs())
 
 
-def test_init_on_a_damaged_run_stops_instead_of_overwriting_it(tmp_path):
-    """`mbv3 init` and the trainer's resume ask the same checkpoint.latest."""
+def test_latest_takes_checkpoints_by_step_when_the_state_file_is_garbled(tmp_path):
+    values = random_values(**SMALL)
+    for step in (10, 20, 30):
+        checkpoint.save(str(tmp_path), step, values, keep=3)
+    (tmp_path / "checkpoint").write_text("model_checkpoint_path: {{{ not a proto\n")
+    _damage(str(tmp_path / "model.ckpt-30"), "truncated data")
+    lines = []
+    assert checkpoint.latest(str(tmp_path), lines.append) == str(tmp_path / "model.ckpt-20")
+    assert "unreadable checkpoint state file" in lines[0] and "model.ckpt-30" in lines[1]
+    checkpoint.save(str(tmp_path), 40, values, keep=3)  # the next save writes a good state file
+    assert tf.train.latest_checkpoint(str(tmp_path)) == str(tmp_path / "model.ckpt-40")
+
+
+@pytest.mark.parametrize("damage", ["every checkpoint unreadable", "only a state file"])
+def test_latest_refuses_checkpoint_files_of_which_none_is_readable(tmp_path, damage):
+    """Never "no checkpoint, start at step 0" while a run's files are there."""
+    values = random_values(**SMALL)
+    for step in (10, 20):
+        checkpoint.save(str(tmp_path), step, values)
+    for step in (10, 20):
+        _damage(str(tmp_path / ("model.ckpt-%d" % step)), "truncated data" if damage.startswith("every") else "deleted")
+    with pytest.raises(CheckpointError, match="holds checkpoint files but no readable checkpoint") as caught:
+        checkpoint.latest(str(tmp_path), lambda line: None)
+    assert "(model.ckpt-20: " in str(caught.value)   # the newest, and why
+    assert ("missing (no .index file)" in str(caught.value)) == (damage == "only a state file")
+
+
+def test_init_refuses_a_directory_with_checkpoint_files_readable_or_not(tmp_path):
     from conftest import assert_one_line_error, run_cli
     for step in (10, 20):
         checkpoint.save(str(tmp_path / "run"), step, random_values(**SMALL))
+    _damage(str(tmp_path / "run" / "model.ckpt-20"), "truncated data")
     (tmp_path / "run" / "checkpoint").write_text("garbage {")
     before = sorted(os.listdir(str(tmp_path / "run")))
     result = run_cli("init", "--model-dir", str(tmp_path / "run"))
-    assert_one_line_error(result, "holds checkpoint files but no checkpoint to resume")
+    assert_one_line_error(result, "%s already holds checkpoint files (model.ckpt-20)" % (tmp_path / "run"))
     assert sorted(os.listdir(str(tmp_path / "run"))) == before
+
+
+def test_temporary_names_are_recognised_exactly():
+    ours = [".tmp-model.ckpt-60-1234.index", ".tmp-model.ckpt-60-1234.data-00000-of-00001",
+            ".tmp-model.ckpt-60-1234.data-00000-of-00001.tempstate8443426958102744207", "checkpoint.tmp-77"]
+    theirs = ["model.ckpt-60.index", ".tmp-notes", ".tmp-model.ckpt-60.index", "checkpoint", "config.yaml.tmp-77",
+              "checkpoint.tmp-", "checkpoint.tmp-77.bak", "my.tmp-model.ckpt-60-1234.index"]
+    assert [n for n in ours + theirs if checkpoint.is_temporary(n)] == ours

@@ -263,16 +263,143 @@ def test_bad_files_are_skipped_reported_and_counted(tmp_path):
     split = summary["splits"]["train"]
     assert (split["written"], split["skipped"], split["files"], split["ignored"]) == (3, 3, 6, 1)
     reasons = {s["path"]: s["reason"] for s in summary["skipped"]}
-    assert sorted(reasons) == ["train/a/corrupt.jpg", "train/a/empty.png", "train/a/truncated.jpeg"]
+    assert sorted(reasons) == ["train/a/README.txt", "train/a/corrupt.jpg", "train/a/empty.png", "train/a/truncated.jpeg"]
     assert reasons["train/a/empty.png"] == "empty file (0 bytes)"
     assert "truncated" in reasons["train/a/truncated.jpeg"]
-    for name in ("corrupt.jpg", "empty.png", "truncated.jpeg"):
+    assert reasons["train/a/README.txt"].startswith("not an image file name")
+    for name in ("corrupt.jpg", "empty.png", "truncated.jpeg", "README.txt"):
         assert any(line.startswith("skipped ") and name in line for line in lines), lines
     assert any("6/6 images (3 skipped)" in line and "images/s" in line for line in lines), lines
     with open(str(tmp_path / "out" / "dataset.json")) as f:
         meta = json.load(f)
-    assert meta["splits"]["train"]["skipped"] == 3 and len(meta["skipped"]) == 3
+    assert meta["splits"]["train"]["skipped"] == 3 and len(meta["skipped"]) == 4
     assert len(all_records(str(tmp_path / "out"), "train")) == 3
+
+
+def test_every_path_passed_over_is_listed_with_its_reason(tmp_path):
+    src = tmp_path / "src"
+    image_folder(src, {"a": 2, "b": 1})
+    image_folder(src, {"a": 1}, split="val")
+    a, jpeg = src / "train" / "a", encode(picture(30, 30, 5))
+    os.symlink(str(a / "gone.jpg"), str(a / "ghost.jpg"))                 # dangling symbolic link
+    os.symlink("loop.jpg", str(a / "loop.jpg"))                           # a link to itself
+    write(a / "folder.png" / "inner.png", encode(picture(30, 30, 6), "PNG"))  # a folder named like an image
+    os.mkfifo(str(a / "pipe.jpg"))                                        # opening it would block forever
+    write(a / ".hidden.jpg", jpeg)
+    write(a / "notes.txt", b"not an image")
+    write(src / "train" / "loose.jpg", jpeg)
+    write(src / "train" / "index.html", b"<html>")
+    write(src / "val" / "README", b"about val")
+    write(src / "test" / "x" / "1.jpg", jpeg)
+    write(src / "LICENSE", b"MIT")
+    lines = []
+    summary = data.build(str(src), str(tmp_path / "out"), log=lines.append, workers=2)
+    reasons = {s["path"]: (s["reason"], s["split"]) for s in summary["skipped"]}
+    assert reasons == {
+        "train/a/ghost.jpg": ("dangling symbolic link (to %s)" % (a / "gone.jpg"), "train"),
+        "train/a/loop.jpg": ("symbolic link to loop.jpg that cannot be followed: Too many levels of symbolic links",
+                             "train"),
+        "train/a/folder.png": ("a folder, not an image (class folders are read one level deep)", "train"),
+        "train/a/pipe.jpg": ("not a regular file (a device, pipe or socket)", "train"),
+        "train/a/.hidden.jpg": ("hidden (the name starts with a dot)", "train"),
+        "train/a/notes.txt": ("not an image file name (extensions: %s)" % " ".join(data.IMAGE_EXTENSIONS), "train"),
+        "train/loose.jpg": ("an image outside the class folders", "train"),
+        "train/index.html": ("not an image file name (extensions: %s)" % " ".join(data.IMAGE_EXTENSIONS), "train"),
+        "val/README": ("not an image file name (extensions: %s)" % " ".join(data.IMAGE_EXTENSIONS), "validation"),
+        "test": ("not a train/, val/ or validation/ folder", None),
+        "LICENSE": ("not a train/, val/ or validation/ folder", None),
+    }
+    for path, (reason, _) in reasons.items():
+        assert "skipped %s: %s" % (src / path, reason) in lines, (path, lines)
+    assert (summary["splits"]["train"]["ignored"], summary["splits"]["validation"]["ignored"]) == (8, 1)
+    assert (summary["splits"]["train"]["written"], summary["splits"]["validation"]["written"]) == (3, 1)
+    with open(str(tmp_path / "out" / "dataset.json")) as f:
+        assert json.load(f)["skipped"] == summary["skipped"]
+    assert any(l.startswith("train: 3 images written, 0 unreadable skipped, 8 other paths skipped") for l in lines), lines
+
+
+def test_an_unreadable_image_is_listed_with_the_reason(tmp_path, monkeypatch):
+    src = image_folder(tmp_path / "src", {"a": 2})
+    locked = os.path.join(src, "train", "a", "a_0.JPEG")
+    real_open = open
+
+    def open_as_if_locked(path, *args, **kwargs):   # chmod 000 does not stop root, who runs CI
+        if path == locked:
+            raise PermissionError(13, "Permission denied", path)
+        return real_open(path, *args, **kwargs)
+    monkeypatch.setattr(data, "open", open_as_if_locked, raising=False)
+    lines = []
+    summary = data.build(src, str(tmp_path / "out"), log=lines.append, workers=2)
+    assert summary["skipped"] == [{"path": "train/a/a_0.JPEG", "reason": "cannot read file: Permission denied",
+                                   "split": "train", "shard": "train-00000-of-00001"}]
+    assert "skipped %s: cannot read file: Permission denied" % locked in lines
+    assert summary["splits"]["train"]["written"] == 1
+
+
+@pytest.mark.parametrize("split", ["train", "val"])
+def test_an_empty_class_folder_is_an_error_naming_it(tmp_path, split):
+    src = image_folder(tmp_path / "src", {"a": 2, "b": 2})
+    image_folder(tmp_path / "src", {"a": 1}, split="val")
+    empty = tmp_path / "src" / split / "b"
+    os.makedirs(str(empty), exist_ok=True)
+    for name in os.listdir(str(empty)):
+        os.remove(str(empty / name))
+    write(empty / "notes.txt", b"the images are elsewhere")
+    with pytest.raises(MbV3Error) as caught:
+        build(src, tmp_path / "out")
+    assert str(caught.value).startswith("class folder %s holds no images (only 1 other entry, e.g. notes.txt: "
+                                        % empty), caught.value
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_class_folder_through_the_cli(tmp_path):
+    from conftest import assert_one_line_error, run_cli
+    src = image_folder(tmp_path / "src", {"a": 2})
+    os.makedirs(str(tmp_path / "src" / "train" / "b"))
+    result = run_cli("data", "build", "--images", src, "--output", tmp_path / "out")
+    assert_one_line_error(result, "class folder %s holds no images; add images or remove the folder"
+                          % (tmp_path / "src" / "train" / "b"))
+    assert not (tmp_path / "out").exists() and result.stdout == ""
+
+
+def test_labels_file_classes_without_a_folder_are_said(tmp_path):
+    src = image_folder(tmp_path / "src", {"a": 2})
+    write(tmp_path / "classes.txt", b"a\nb\nc\n")
+    lines = []
+    summary = data.build(src, str(tmp_path / "out"), labels_file=str(tmp_path / "classes.txt"), log=lines.append)
+    assert summary["num_classes"] == 4
+    assert "train: 2 classes of the labels file have no folder in %s, so no images: b, c" % os.path.join(src, "train") \
+        in lines, lines
+
+
+def test_a_killed_builds_temporaries_are_removed_and_the_build_resumes(tmp_path):
+    src = image_folder(tmp_path / "src", {"a": 2})
+    out = tmp_path / "out"
+    write(out / "dataset.json.tmp-4242", b'{"format": "mbv3-tfrec')   # killed during its first metadata write
+    write(out / "train-00000-of-00001.tmp", b"half a shard")
+    lines = []
+    summary = data.build(src, str(out), log=lines.append)
+    assert summary["splits"]["train"]["written"] == 2
+    assert sorted(os.listdir(str(out))) == ["dataset.json", "labels.txt", "train-00000-of-00001"]
+    assert "build: removed 2 temporary files an interrupted build left: dataset.json.tmp-4242, " \
+           "train-00000-of-00001.tmp" in lines, lines
+    write(tmp_path / "other" / "notes.tmp-1", b"not ours")
+    with pytest.raises(MbV3Error, match="is not empty and holds no dataset.json .e.g. notes.tmp-1."):
+        build(src, tmp_path / "other")
+    assert os.listdir(str(tmp_path / "other")) == ["notes.tmp-1"]
+
+
+def test_metadata_write_on_a_full_file_system(tiny_fs, tmp_path):
+    """A real full disk at dataset.json's first write: one error naming it, nothing left behind."""
+    src = image_folder(tmp_path / "src", {"a": 2})
+    out = os.path.join(tiny_fs.path, "out")
+    os.mkdir(out)
+    tiny_fs.fill()
+    with pytest.raises(MbV3Error, match="^cannot write %s: No space left on device$" % os.path.join(out, "dataset.json")):
+        build(src, out)
+    assert os.listdir(out) == []
+    tiny_fs.empty_filler()
+    assert build(src, out)["splits"]["train"]["written"] == 2
 
 
 def test_unusual_images_are_converted_to_rgb_jpeg(tmp_path):
@@ -321,9 +448,12 @@ def test_exif_rotated_jpeg_is_stored_upright(tmp_path):
 def test_builder_input_errors(tmp_path):
     with pytest.raises(MbV3Error, match="no image folder"):
         build(str(tmp_path / "missing"), tmp_path / "out")
-    os.makedirs(str(tmp_path / "empty" / "train" / "a"))
-    with pytest.raises(MbV3Error, match="no images under"):
+    os.makedirs(str(tmp_path / "empty" / "train"))
+    with pytest.raises(MbV3Error, match="holds no class folders"):
         build(str(tmp_path / "empty"), tmp_path / "out")
+    write(tmp_path / "classes.txt", b"a\nb\n")
+    with pytest.raises(MbV3Error, match="no images under"):
+        build(str(tmp_path / "empty"), tmp_path / "out", labels_file=str(tmp_path / "classes.txt"))
     with pytest.raises(MbV3Error, match="val_split"):
         build(image_folder(tmp_path / "src", {"a": 2}), tmp_path / "out", val_split=1.5)
 

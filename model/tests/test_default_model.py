@@ -9,7 +9,7 @@ import tarfile
 
 import pytest
 
-from mbv3 import bundle, checkpoint, default_model, export
+from mbv3 import bundle, checkpoint, config, default_model, export
 
 from conftest import assert_one_line_error, random_values, run_cli
 
@@ -18,9 +18,11 @@ NAME = default_model.OFFICIAL_NAME
 
 
 def fake_trainer(calls):
+    """Leaves the folder `mbv3 train` would (checkpoint, config.yaml, labels.txt), from random weights."""
     def train(data_dir, model_dir, log):
         calls.append(model_dir)
         checkpoint.save(model_dir, 7, random_values("small", 0.35, 11, seed=1))
+        config.load(default_model.DEMO_RECIPE, ["model.multiplier=0.35"]).save(model_dir)
         shutil.copy(os.path.join(data_dir, "labels.txt"), model_dir)
     return train
 
@@ -69,6 +71,7 @@ def checkpoint_tarball(tmp_path, **arch):
 def test_offline_falls_back_to_the_demo_loudly(offline):
     meta = bundle.load(offline["path"]).metadata
     assert meta["name"] == default_model.DEMO_NAME and meta["input"]["shape"] == [-1, 64, 64, 3]
+    assert meta["source"]["run"] == os.path.join(offline["cache"], "demo", "run")   # 64 is the run's, not passed
     assert bundle.load(offline["path"]).labels[1:] == [str(d) for d in range(10)]
     assert len(offline["calls"]) == 1
     logs = offline["logs"]

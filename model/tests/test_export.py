@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import os
 
@@ -5,8 +6,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mbv3 import bundle, checkpoint, export, net, runtime
+from mbv3 import bundle, checkpoint, config, export, net, preprocessing, runtime
 from mbv3.errors import MbV3Error
+from mbv3.testing import random_run
 
 from conftest import assert_one_line_error, random_values, run_cli
 
@@ -189,6 +191,93 @@ def test_cli_errors_are_one_line(tmp_path, case):
         assert_one_line_error(result, "refusing to overwrite")
     leftovers = [n for n in os.listdir(str(tmp_path)) if n.startswith(".") or n == "bundle" and case != "not-a-bundle-dir"]
     assert not leftovers
+
+
+# --- a checkpoint in its training run's folder: export takes what the run trained with ------------
+
+ANIMALS = ["background", "cat", "dog", "eel"]
+
+
+@pytest.fixture
+def run48(tmp_path):
+    """A run trained at 48x48 with EMA weights and its own labels (as `mbv3 train` leaves the folder)."""
+    return random_run(tmp_path / "run", num_classes=4, image_size=48, step=30, ema=True, labels=ANIMALS)
+
+
+def test_export_takes_size_preprocessing_weights_and_labels_from_the_run(run48, tmp_path):
+    logs = []
+    meta = export.export(str(tmp_path / "run"), str(tmp_path / "b"), log=logs.append)   # no flags at all
+    assert meta["input"]["shape"] == [-1, 48, 48, 3]
+    assert meta["preprocessing"] == dataclasses.asdict(preprocessing.eval_record(48))
+    assert meta["preprocessing"]["size"] == [48, 48] and meta["preprocessing"]["crop_fraction"] == 0.875
+    assert meta["source"] == {"checkpoint": run48, "step": 30, "weights": "ema", "run": str(tmp_path / "run")}
+    assert bundle.load(str(tmp_path / "b"), verify=True).labels == ANIMALS
+    assert runtime.OnnxClassifier(str(tmp_path / "b")).session.get_inputs()[0].shape[1:] == [48, 48, 3]
+    assert "from the run %s: input 48x48, central 87.5%% crop, EMA weights, 4 labels" % (tmp_path / "run") in logs
+    # flags that agree with the run are no contradiction (the labels file may leave out background)
+    (tmp_path / "same.txt").write_text("cat\ndog\neel\n")
+    meta = export.export(run48, str(tmp_path / "b"), input_size=48, use_ema=True, labels_file=str(tmp_path / "same.txt"),
+                         log=lambda *_: None)
+    assert "differs_from_run" not in meta["source"] and meta["preprocessing"]["size"] == [48, 48]
+
+
+@pytest.mark.parametrize("case", ["size", "weights", "labels"])
+def test_a_flag_that_contradicts_the_run_is_an_error_naming_both_values(run48, tmp_path, case):
+    (tmp_path / "other.txt").write_text("cat\nfox\neel\n")
+    flags, fragments = {
+        "size": (dict(input_size=224), ["--input-size 224", "data.image_size: 48"]),
+        "weights": (dict(use_ema=False), ["--no-ema", "has EMA weights"]),
+        "labels": (dict(labels_file=str(tmp_path / "other.txt")), ["class 2 is 'fox'", "but 'dog' in the run's"]),
+    }[case]
+    with pytest.raises(MbV3Error) as error:
+        export.export(run48, str(tmp_path / "b"), log=lambda *_: None, **flags)
+    for fragment in fragments + ["contradicts the run", "--override-run"]:
+        assert fragment in str(error.value)
+    assert "\n" not in str(error.value) and not (tmp_path / "b").exists()
+
+
+def test_cli_contradiction_is_one_line_and_the_override_is_recorded(run48, tmp_path):
+    out = tmp_path / "bundle"
+    result = run_cli("export", "--checkpoint", tmp_path / "run", "--output", out, "--input-size", "64")
+    assert_one_line_error(result, "--input-size 64 contradicts the run", "data.image_size: 48", "--override-run")
+    assert not out.exists()
+    (tmp_path / "other.txt").write_text("cat\nfox\neel\n")
+    result = run_cli("export", "--checkpoint", tmp_path / "run", "--output", out, "--input-size", "64", "--no-ema",
+                     "--labels", tmp_path / "other.txt", "--override-run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "overridden with --override-run: labels %s instead of %s" % (tmp_path / "other.txt", tmp_path / "run" / "labels.txt") \
+        in result.stderr and "preprocessing.size 64x64 instead of 48x48, source.weights raw instead of ema" in result.stderr
+    loaded = bundle.load(str(out), verify=True)
+    assert loaded.metadata["source"]["run"] == str(tmp_path / "run")
+    assert loaded.metadata["source"]["differs_from_run"] == {
+        "preprocessing.size": {"run": [48, 48], "bundle": [64, 64]},
+        "source.weights": {"run": "ema", "bundle": "raw"},
+        "labels": {"run": str(tmp_path / "run" / "labels.txt"), "bundle": str(tmp_path / "other.txt")}}
+    assert loaded.info.source.weights == "raw" and loaded.labels[2] == "fox" and loaded.preprocessing.size == [64, 64]
+
+
+def test_a_config_that_does_not_describe_the_checkpoint_is_refused(run48, tmp_path):
+    config.load("smoke", ["model.multiplier=0.75", "data.image_size=48"]).save(str(tmp_path / "run"))
+    with pytest.raises(MbV3Error, match="holds MobileNetV3 small 0.35, but .*config.yaml says small 0.75: it is not this "
+                                        "checkpoint's run"):
+        export.export(run48, str(tmp_path / "b"), override_run=True, log=lambda *_: None)
+    config.load("smoke", ["data.image_size=48", "model.num_classes=1001"]).save(str(tmp_path / "run"))
+    with pytest.raises(MbV3Error, match="4-class classifier, but .* says model.num_classes: 1001"):
+        export.export(run48, str(tmp_path / "b"), log=lambda *_: None)
+    assert not (tmp_path / "b").exists()
+
+
+def test_a_bare_checkpoint_keeps_the_defaults_and_says_so(tmp_path):
+    checkpoint.save(str(tmp_path / "ema"), 540000, random_values("small", 0.35, 5), basename="model")
+    result = run_cli("export", "--checkpoint", tmp_path / "ema", "--output", tmp_path / "b")
+    assert result.returncode == 0, result.stderr[-2000:]
+    stated = [line for line in result.stderr.splitlines() if line.startswith("bare checkpoint")]
+    assert stated == ["bare checkpoint (no config.yaml beside it): input 224x224 (the default; --input-size sets "
+                      "another), TF-slim's eval preprocessing (central 87.5% crop, pixels to [-1, 1]), raw weights"]
+    meta = bundle.load(str(tmp_path / "b")).metadata
+    assert meta["preprocessing"]["size"] == [224, 224] and "run" not in meta["source"]
+    meta = export.export(str(tmp_path / "ema"), str(tmp_path / "b"), input_size=96, log=lambda *_: None)
+    assert meta["input"]["shape"] == [-1, 96, 96, 3] and "differs_from_run" not in meta["source"]
 
 
 def test_model_json_is_plain_json(large_bundle):

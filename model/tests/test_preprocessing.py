@@ -41,7 +41,7 @@ def test_eval_transform_matches_imageprep(shape, fmt, mode, options):
     np.testing.assert_array_equal(preprocessing.decode(tf.constant(payload)).numpy(), rgb)
     for size in (224, 33):
         got = preprocessing.eval_transform(tf.constant(payload), size).numpy()
-        expected = imageprep.eval_transform(rgb, size)
+        expected = imageprep.eval_transform(rgb, prep=preprocessing.eval_record(size))  # what export writes
         assert got.shape == (size, size, 3) and got.dtype == np.float32
         assert np.abs(got - expected).max() < 1e-4
 

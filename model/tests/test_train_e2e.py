@@ -52,15 +52,51 @@ def test_digits_converge_and_serve(digits_data, tmp_path):
     assert os.path.exists(evaluation["written_to"])
     print("digits: trained in %.0f s, held-out top-1 %.4f" % (seconds, evaluation["top1"]))
 
-    # the trained model, exported and served through ONNX Runtime, reads digits it never trained on
-    result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle", "--input-size", "64")
+    # exported with no flags, the bundle is what the run trained (64x64) and scores what eval reported,
+    # through the serving path (Pillow + NumPy preprocessing, ONNX Runtime)
+    result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle")
     assert result.returncode == 0, result.stderr[-2000:]
+    meta = json.loads((tmp_path / "bundle" / "model.json").read_text())
+    assert meta["preprocessing"]["size"] == [64, 64] and meta["input"]["shape"] == [-1, 64, 64, 3]
+    assert meta["source"]["run"] == str(run) and meta["source"]["weights"] == "ema"
+    served = _bundle_eval(tmp_path / "bundle", digits_data / "data")
+    assert served["examples"] == evaluation["examples"] and served["skipped_records"] == 0
+    assert abs(served["top1"] - evaluation["top1"]) <= 0.005, (served, evaluation)
+    print("digits: bundle eval top-1 %.4f (checkpoint eval %.4f)" % (served["top1"], evaluation["top1"]))
     held_out = _validation_files(digits_data)[:20]
     result = run_cli("predict", "--bundle", tmp_path / "bundle", "--top-k", "1", *[p for p, _ in held_out])
     assert result.returncode == 0, result.stderr[-2000:]
     predicted = [line.split()[1] for line in result.stdout.splitlines() if line.startswith("  1.")]
     correct = sum(p == label for p, (_, label) in zip(predicted, held_out))
     assert correct >= 17, list(zip(predicted, held_out))
+
+
+def _bundle_eval(bundle_dir, data_dir):
+    result = run_cli("eval", "--bundle", bundle_dir, "--data", data_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout)
+
+
+def test_a_run_at_another_resolution_serves_what_it_evaluated(digits_data, tmp_path):
+    """A short run at 48x48 (smoke scale): export with no size flag gives a 48x48 bundle whose eval through
+    the serving path agrees with the checkpoint's."""
+    run = tmp_path / "run"
+    result = run_cli("train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", run,
+                     "--set", "data.image_size=48", "--set", "train.steps=60", "--set", "train.batch_size=32",
+                     "--set", "data.deterministic=true")
+    assert result.returncode == 0, result.stderr[-3000:]
+    result = run_cli("eval", "--checkpoint", run, "--data", digits_data / "data")
+    assert result.returncode == 0, result.stderr[-3000:]
+    evaluation = json.loads(result.stdout)
+    assert evaluation["image_size"] == 48 and evaluation["top1"] >= 0.3, evaluation   # learning, not guessing
+    result = run_cli("export", "--checkpoint", run, "--output", tmp_path / "bundle")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert json.loads((tmp_path / "bundle" / "model.json").read_text())["preprocessing"]["size"] == [48, 48]
+    assert "from the run %s: input 48x48" % run in result.stderr
+    served = _bundle_eval(tmp_path / "bundle", digits_data / "data")
+    assert served["image_size"] == 48 and served["examples"] == evaluation["examples"] == 359
+    assert abs(served["top1"] - evaluation["top1"]) <= 0.005 and abs(served["top5"] - evaluation["top5"]) <= 0.005, \
+        (served, evaluation)
 
 
 def _validation_files(root):
@@ -199,3 +235,72 @@ def test_eval_counts_the_last_partial_batch(digits_data, tmp_path):
     assert evaluation["examples"] == 359 and evaluation["weights"] == "raw"  # 3 full batches + 59
     assert 0.0 <= evaluation["top1"] <= evaluation["top5"] <= 1.0
     assert np.isclose(evaluation["top1"] * 359, round(evaluation["top1"] * 359))
+
+
+def _truncate(path):
+    with open(str(path), "r+b") as f:
+        f.truncate(os.path.getsize(str(path)) // 2)
+
+
+def test_resume_clears_stale_temporaries_and_passes_over_a_damaged_newest_checkpoint(digits_data, tmp_path):
+    run = tmp_path / "run"
+    base = ["train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", run]
+    assert run_cli(*base, "--set", "train.steps=10").returncode == 0   # checkpoints at steps 5 and 10
+    stale = [".tmp-model.ckpt-15-4242.index", ".tmp-model.ckpt-15-4242.data-00000-of-00001.tempstate99",
+             "checkpoint.tmp-4242", "config.yaml.tmp-4242", "labels.txt.tmp-4242"]       # what killed saves leave
+    foreign = [".tmp-notes", "notes.tmp-4242", "model.ckpt-3.data-00000-of-00001"]     # not ours to remove
+    for name in stale + foreign:
+        (run / name).write_bytes(b"left over")
+    _truncate(run / "model.ckpt-10.data-00000-of-00001")
+
+    result = run_cli(*base, "--set", "train.steps=15")
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stderr.splitlines()
+    assert "removed 5 temporary files an interrupted save left in %s: %s" % (run, ", ".join(sorted(stale))) in lines
+    passed_over = [l for l in lines if l.startswith("passing over")]
+    assert len(passed_over) == 1 and passed_over[0].startswith(
+        "passing over unreadable checkpoint %s: " % (run / "model.ckpt-10")), lines
+    assert "resumed from %s at step 5" % (run / "model.ckpt-5") in lines
+    assert [l.split()[1] for l in lines if l.startswith("step ")] == ["10/15", "15/15"]
+    assert all((run / name).read_bytes() == b"left over" for name in foreign)
+    assert not [n for n in os.listdir(str(run)) if n in stale]
+    assert checkpoint.Reader(str(run)).step == 15
+
+    # every checkpoint unreadable: one line, and the run is left as it was (never a new start at step 0)
+    for step in (5, 10, 15):
+        data_file = run / ("model.ckpt-%d.data-00000-of-00001" % step)
+        if data_file.exists():
+            _truncate(data_file)
+    before = {n: (run / n).read_bytes() for n in os.listdir(str(run))}
+    result = run_cli(*base, "--set", "train.steps=20")
+    assert_one_line_error(result, "%s holds checkpoint files but no readable checkpoint" % run)
+    assert {n: (run / n).read_bytes() for n in os.listdir(str(run))} == before
+
+
+def test_disk_full_during_a_save_is_one_line_and_loses_nothing(digits_data, tiny_fs):
+    """A real full file system: first no room for config.yaml; then the save at step 10 finds no space,
+    the step-5 checkpoint and the state file stay as they were, nothing partial is left, and the run
+    resumes once there is space."""
+    run = os.path.join(tiny_fs.path, "run")
+    base = ["train", "--config", "smoke", "--data", digits_data / "data", "--model-dir", run]
+    tiny_fs.fill()
+    assert_one_line_error(run_cli(*base, "--set", "train.steps=5"),
+                          "cannot write %s: No space left on device" % os.path.join(run, "config.yaml"))
+    assert os.listdir(run) == []
+    tiny_fs.empty_filler()
+    assert run_cli(*base, "--set", "train.steps=5").returncode == 0
+    checkpoint_files = {n: open(os.path.join(run, n), "rb").read() for n in os.listdir(run) if n.startswith(
+        ("model.ckpt-", "checkpoint"))}
+    assert tiny_fs.fill(leave=256 << 10) < 1 << 20   # room for config.yaml, not for a checkpoint
+
+    result = run_cli(*base, "--set", "train.steps=10")
+    assert_one_line_error(result, "cannot save checkpoint %s: No space left on device (model.ckpt-5 is still the "
+                                  "latest)" % os.path.join(run, "model.ckpt-10"))
+    assert sorted(os.listdir(run)) == sorted(list(checkpoint_files) + ["config.yaml", "labels.txt"])
+    assert {n: open(os.path.join(run, n), "rb").read() for n in checkpoint_files} == checkpoint_files
+
+    tiny_fs.empty_filler()
+    result = run_cli(*base, "--set", "train.steps=10")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "resumed from %s at step 5" % os.path.join(run, "model.ckpt-5") in result.stderr.splitlines()
+    assert checkpoint.Reader(run).step == 10

@@ -20,13 +20,14 @@ from starlette.exceptions import HTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from mbv3 import bundle as bundle_mod
-from mbv3 import imageprep
-from mbv3.runtime import softmax
+from mbv3.runtime import softmax, top_k
 
 from . import __version__, backends, kserve
 from . import errors as errors_mod
+from .budget import ConcurrencyLimit, MemoryBudget
 from .engine import Engine
 from .errors import ApiError, bad_request, error_response, unavailable
+from .images import Preprocessor, Upload
 from .metrics import Metrics
 
 log = logging.getLogger("classifier")
@@ -37,20 +38,23 @@ OUTPUTS = ("logits", "probabilities")
 
 
 class Service:
-    """What the routes share: settings, bundle, engine, metrics, the preprocessing pool."""
+    """What the routes share: settings, bundle, engine, metrics, the preprocessing pool and budget."""
 
     def __init__(self, settings, backend_factory=None):
         self.settings = settings
         self.metrics = Metrics()
-        self.bundle = bundle_mod.load(settings.MODEL_DIR)
+        self.bundle = bundle_mod.load(settings.MODEL_DIR, verify=True)  # schema, sha256s, labels; shapes at load
         self.engine = Engine(self.bundle, settings, self.metrics, log.info, backend_factory)
-        self.pool = concurrent.futures.ThreadPoolExecutor(settings.PREPROCESS_WORKERS, thread_name_prefix="preprocess")
+        self.pool = concurrent.futures.ThreadPoolExecutor(settings.preprocess_workers, thread_name_prefix="preprocess")
+        self.budget = MemoryBudget(settings.PREPROCESS_MEMORY_MB * 1024 * 1024, settings.MAX_WAIT_SECONDS, self.metrics)
+        self.prep = self.bundle.preprocessing
+        self.images = Preprocessor(settings, self.prep, self.pool, self.budget)
         self.ready = False
         self.failure = None
-        prep = self.bundle.metadata["preprocessing"]
-        self.size = prep["size"]
-        self.prep = prep
-        self.num_classes = self.bundle.metadata["output"]["num_classes"]
+        self.size = self.prep.size
+        self.num_classes = self.bundle.num_classes
+        self.background = self.bundle.background_index
+        self.max_top_k = self.num_classes - (1 if self.background is not None else 0)
 
     async def start(self):
         try:
@@ -75,40 +79,59 @@ class Service:
         if not self.ready:
             raise unavailable("not_ready", self.failure or "the model is loading; retry shortly", retry_after=2)
 
+    def limits(self):
+        s = self.settings
+        return {"max_body_bytes": s.MAX_BODY_BYTES, "max_images_per_request": s.MAX_IMAGES_PER_REQUEST,
+                "max_image_pixels": s.MAX_IMAGE_PIXELS, "max_request_pixels": s.MAX_REQUEST_PIXELS,
+                "preprocess_memory_mb": s.PREPROCESS_MEMORY_MB, "max_concurrent_requests": s.MAX_CONCURRENT_REQUESTS,
+                "max_queue": s.MAX_QUEUE, "max_top_k": self.max_top_k}
+
     # --- images --------------------------------------------------------------------------------
-    def _prepare(self, data):
-        start = time.perf_counter()
-        try:
-            rgb = imageprep.decode(data, max_pixels=self.settings.MAX_IMAGE_PIXELS)
-        except imageprep.ImageTooLarge as e:
-            raise bad_request("image_too_large", str(e))
-        except imageprep.ImageError as e:
-            raise bad_request("invalid_image", str(e))
-        image = imageprep.eval_transform(rgb, self.size, self.prep, normalize=self.engine.input_dtype != np.uint8)
-        return image, time.perf_counter() - start
-
-    async def prepare(self, data):
-        return await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare, data)
-
-    async def classify(self, data, top_k):
-        if self.engine.idle:
-            logits, timings = await self.engine.infer_alone(self._prepare, data)
-            preprocess = timings["preprocess"]
-        else:
+    async def infer_uploads(self, uploads):
+        """Probe, admit under the memory budget, preprocess and infer; each upload ends with
+        .logits or .error. Raises ApiError for what fails the whole request (count, pixels, budget,
+        queue)."""
+        self.images.check_count(len(uploads))
+        await self.images.probe(uploads)
+        good = [u for u in uploads if u.error is None]
+        self.images.check_pixels(good)
+        what = "this image" if len(uploads) == 1 else "this request's %d images" % len(uploads)
+        async with self.budget.hold(self.images.cost(good), what):
+            uint8 = self.engine.input_dtype == np.uint8
+            if len(good) == 1 and len(uploads) == 1 and good[0].pixels <= self.settings.ONE_HOP_MAX_PIXELS and self.engine.idle:
+                upload = good[0]
+                row, timings = await self.engine.infer_alone(lambda: self.images.prepare(upload, uint8).image)
+                upload.logits = row
+                upload.timings.update(timings)
+                return uploads
             with self.engine.arriving():
-                image, preprocess = await self.prepare(data)
-            logits, timings = await self.engine.infer(image)
-        probs = softmax(logits[np.newaxis].astype(np.float64))[0]
-        order = np.argsort(-probs, kind="stable")[:top_k]
-        labels = self.bundle.labels
-        self.metrics.stage_latency.labels("preprocess").observe(preprocess)
+                await self.images.prepare_all(good, uint8)
+            ready = [u for u in good if u.error is None]
+            if ready:
+                for upload, (outcome, timings) in zip(ready, await self.engine.infer_many([u.image for u in ready])):
+                    upload.image = None
+                    upload.timings.update(timings)
+                    if isinstance(outcome, Exception):
+                        upload.error = outcome if isinstance(outcome, ApiError) else unavailable(
+                            "backend_error", "inference failed")
+                    else:
+                        upload.logits = outcome
+        return uploads
+
+    def result(self, upload, top_k_):
+        """The JSON object for one classified upload (the background class is never a prediction)."""
+        probs = softmax(upload.logits[np.newaxis].astype(np.float64))
+        (best,) = top_k(probs, self.bundle.labels, top_k_, skip=self.background)
+        timings = upload.timings
+        self.metrics.stage_latency.labels("preprocess").observe(timings.get("preprocess", 0.0))
         for stage in ("queue", "inference"):
             self.metrics.stage_latency.labels(stage).observe(timings.get(stage, 0.0))
-        return {
-            "predictions": [{"label": labels[i], "index": int(i), "score": float(probs[i])} for i in order],
-            "timings_ms": {"preprocess": round(preprocess * 1000, 3), "queue": round(timings.get("queue", 0) * 1000, 3),
-                           "inference": round(timings.get("inference", 0) * 1000, 3)},
-        }
+        out = {"predictions": [{"label": label, "index": i, "score": score} for i, label, score in best],
+               "timings_ms": {stage: round(timings.get(stage, 0.0) * 1000, 3)
+                              for stage in ("preprocess", "queue", "inference")}}
+        if upload.name is not None:
+            out = dict({"filename": upload.name}, **out)
+        return out
 
 
 async def read_body(request, limit):
@@ -125,20 +148,27 @@ async def read_body(request, limit):
     return b"".join(chunks)
 
 
-async def image_parts(request, body):
-    """[(filename, bytes)] from a raw image body or a multipart form."""
+async def image_parts(request, body, max_images):
+    """[Upload] from a raw image body or a multipart form (its file parts, in order)."""
     ctype = request.headers.get("content-type", "application/octet-stream").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":
         async def stream():
             yield body
+        parser = MultiPartParser(request.headers, stream(), max_files=max_images, max_fields=max_images)
+        # No part outgrows the body already in memory (bounded by MAX_BODY_BYTES): never spool to a
+        # temporary file, so the service runs on a read-only root file system.
+        parser.spool_max_size = len(body)
         try:
-            form = await MultiPartParser(request.headers, stream(), max_files=64, max_fields=64).parse()
+            form = await parser.parse()
         except MultiPartException as e:
+            if "Too many" in e.message:
+                raise ApiError(413, "too_many_images", "more than %d parts in one request (MAX_IMAGES_PER_REQUEST); "
+                               "split the request" % max_images)
             raise bad_request("invalid_multipart", "cannot parse the multipart body: %s" % e.message)
         parts = []
         for key, value in form.multi_items():
             if hasattr(value, "read"):
-                parts.append((value.filename or key, await value.read()))
+                parts.append(Upload(await value.read(), name=value.filename or key))
         if not parts:
             raise bad_request("no_image", "the multipart body has no file part; send images as file fields")
         return parts
@@ -148,7 +178,7 @@ async def image_parts(request, body):
                        "application/octet-stream or multipart/form-data" % ctype)
     if not body:
         raise bad_request("empty_body", "the request body is empty: send an image")
-    return [(None, body)]
+    return [Upload(body)]
 
 
 def classify_openapi(num_classes):
@@ -171,14 +201,14 @@ V2_INFER_OPENAPI = {
 }
 
 
-def parse_top_k(request, num_classes):
-    raw = request.query_params.get("top_k", "5")
+def parse_top_k(request, max_top_k):
+    raw = request.query_params.get("top_k", str(min(5, max_top_k)))
     try:
         top_k = int(raw)
     except ValueError:
         top_k = None
-    if top_k is None or not 1 <= top_k <= num_classes:
-        raise ApiError(422, "invalid_top_k", "top_k must be an integer from 1 to %d, got %r" % (num_classes, raw))
+    if top_k is None or not 1 <= top_k <= max_top_k:
+        raise ApiError(422, "invalid_top_k", "top_k must be an integer from 1 to %d, got %r" % (max_top_k, raw))
     return top_k
 
 
@@ -234,7 +264,8 @@ def create_app(settings, backend_factory=None):
     app = FastAPI(title="classifier", version=__version__, lifespan=lifespan,
                   description="MobileNetV3 image classifier (%s v%s)" % (service.bundle.name, service.bundle.version))
     app.state.service = service
-    app.add_middleware(RequestContext, service=service)
+    app.add_middleware(ConcurrencyLimit, limit=settings.MAX_CONCURRENT_REQUESTS)
+    app.add_middleware(RequestContext, service=service)   # added last, so outermost: it sees every answer
 
     # --- every error in errors.py's shapes, whatever raised it -------------------------------------
     def answer(request, status, code, message, headers=None):
@@ -265,27 +296,41 @@ def create_app(settings, backend_factory=None):
 
     # --- the classifier API --------------------------------------------------------------------
     @app.post("/classify", summary="Classify one image (raw body) or several (multipart/form-data)",
-              responses=errors_mod.responses("empty_body", "invalid_image", "image_too_large", "invalid_multipart",
-                                             "no_image", "body_too_large", "unsupported_media_type", "invalid_top_k",
-                                             "not_ready", "queue_full", "backend_error", "shutting_down"),
+              responses=dict(errors_mod.responses(
+                  "empty_body", "invalid_image", "invalid_multipart", "no_image", "invalid_images", "body_too_large",
+                  "too_many_images", "image_too_large", "too_many_pixels", "over_memory_budget",
+                  "unsupported_media_type", "invalid_top_k", "not_ready", "queue_full", "too_many_requests", "busy",
+                  "backend_error", "shutting_down"),
+                  **{207: {"description": "multipart: some parts classified; the others carry their own error"}}),
               openapi_extra=classify_openapi(service.num_classes))
     async def classify(request: Request):
-        top_k = parse_top_k(request, service.num_classes)
+        top_k = parse_top_k(request, service.max_top_k)
         body = await read_body(request, settings.MAX_BODY_BYTES)
-        parts = await image_parts(request, body)
+        uploads = await image_parts(request, body, settings.MAX_IMAGES_PER_REQUEST)
+        del body
         service.require_ready()
         start = time.perf_counter()
-        if len(parts) == 1:
-            results = [await service.classify(parts[0][1], top_k)]
-        else:
-            results = await asyncio.gather(*[service.classify(data, top_k) for _, data in parts])
-        for (name, _), result in zip(parts, results):
-            if name is not None:
-                result["filename"] = name
+        await service.infer_uploads(uploads)
+        failed = [u for u in uploads if u.error is not None]
+        if len(uploads) == 1 and uploads[0].name is None and failed:   # a raw body: its error is the answer
+            raise failed[0].error
+        results = [service.result(u, top_k) if u.error is None else
+                   {"filename": u.name, "error": {"code": u.error.code, "message": u.error.message}} for u in uploads]
+        payload = {"model": {"name": service.bundle.name, "version": service.bundle.version},
+                   "request_id": request.state.request_id, "results": results,
+                   "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}}
+        status, headers = 200, {}
+        if failed and len(failed) < len(uploads):
+            status = 207   # some parts classified, some not: each result says which
+        elif failed:
+            statuses = {u.error.status for u in failed}
+            status = statuses.pop() if len(statuses) == 1 else 400
+            first = failed[0].error
+            headers = first.headers if status == first.status else {}
+            payload["error"] = {"code": first.code if status == first.status else "invalid_images",
+                                "message": "none of the %d images could be classified: %s" % (len(failed), first.message)}
         # plain types already: a JSONResponse skips FastAPI's jsonable_encoder pass
-        return JSONResponse({"model": {"name": service.bundle.name, "version": service.bundle.version},
-                             "request_id": request.state.request_id, "results": results,
-                             "timings_ms": {"total": round((time.perf_counter() - start) * 1000, 3)}})
+        return JSONResponse(payload, status_code=status, headers=headers)
 
     @app.get("/healthz", summary="Liveness: the process answers")
     async def healthz():
@@ -308,7 +353,7 @@ def create_app(settings, backend_factory=None):
         meta = dict(service.bundle.metadata)
         meta["serving"] = {"backend": service.engine.backend.describe() if service.engine.backend else None,
                            "max_batch": service.engine.max_batch, "max_delay_ms": settings.MAX_DELAY_MS,
-                           "ready": service.ready}
+                           "ready": service.ready, "limits": service.limits()}
         return meta
 
     # --- KServe v2 / Open Inference Protocol -------------------------------------------------
@@ -348,18 +393,19 @@ def create_app(settings, backend_factory=None):
 
     @app.post("/v2/models/{name}/infer", summary="KServe v2 inference: JSON, or Triton's binary tensor extension",
               responses=errors_mod.responses("unknown_model", "invalid_request", "body_too_large", "invalid_json",
-                                             "invalid_inference_request", "invalid_image", "image_too_large",
-                                             "not_ready", "queue_full", "backend_error", "shutting_down", v2=True),
+                                             "invalid_inference_request", "invalid_image", "too_many_images",
+                                             "image_too_large", "too_many_pixels", "over_memory_budget", "not_ready",
+                                             "queue_full", "too_many_requests", "busy", "backend_error",
+                                             "shutting_down", v2=True),
               openapi_extra=V2_INFER_OPENAPI)
     async def v2_infer(name: str, request: Request):
         model_or_404(name)
         body = await read_body(request, settings.MAX_BODY_BYTES)
         head, tensors = kserve.parse_request(body, request.headers.get(kserve.HEADER))
+        del body
         outputs = kserve.requested_outputs(head, OUTPUTS)
         service.require_ready()
-        images = await _v2_images(tensors)
-        rows = await asyncio.gather(*[service.engine.infer(image) for image in images])
-        logits = np.stack([row for row, _ in rows]).astype(np.float32)
+        logits = await _v2_logits(tensors)
         if not np.isfinite(logits).all():   # finite inputs far outside [-1, 1] can overflow the model
             raise kserve.ProtocolError("the model's output for this input is not finite: send 'input' values in [-1, 1]")
         arrays = {"logits": logits, "probabilities": softmax(logits.astype(np.float64)).astype(np.float32)}
@@ -367,7 +413,9 @@ def create_app(settings, backend_factory=None):
                                                   [(n, arrays[n], binary) for n, binary in outputs])
         return Response(payload, headers=headers)
 
-    async def _v2_images(tensors):
+    async def _v2_logits(tensors):
+        """float32 [N, classes] for the one input: BYTES (encoded images, preprocessed here) or FP32
+        (model input already); a tensor API answers all rows or none."""
         if len(tensors) != 1:
             raise kserve.ProtocolError("send exactly one input: 'input' (FP32 [N,H,W,3]) or 'images' (BYTES [N])")
         (name, value), = tensors.items()
@@ -375,14 +423,22 @@ def create_app(settings, backend_factory=None):
             raise kserve.ProtocolError("input %r: this model takes 'input' (FP32 [N,H,W,3]) or 'images' (BYTES [N])" % name)
         h, w = service.size
         if isinstance(value, list):  # BYTES: encoded images
-            with service.engine.arriving():
-                prepared = await asyncio.gather(*[service.prepare(data) for data in value])
-            return [image for image, _ in prepared]
+            uploads = await service.infer_uploads([Upload(data) for data in value])
+            for upload in uploads:
+                if upload.error is not None:
+                    raise upload.error
+            return np.stack([u.logits for u in uploads]).astype(np.float32)
         if value.ndim != 4 or tuple(value.shape[1:]) != (h, w, 3):
             raise kserve.ProtocolError("input %s must be [N,%d,%d,3], got %s" % (name, h, w, list(value.shape)))
-        batch = value.astype(np.float32)
-        if service.engine.input_dtype == np.uint8:  # an AIPP model takes pixels: undo the [-1, 1] scaling
-            batch = np.clip(np.round(batch * 127.5 + 127.5), 0, 255).astype(np.uint8)
-        return list(batch)
+        service.images.check_count(len(value))
+        async with service.budget.hold(service.images.tensors_cost(len(value)), "this request's tensor"):
+            batch = value.astype(np.float32)
+            if service.engine.input_dtype == np.uint8:  # an AIPP model takes pixels: undo the normalisation
+                batch = service.prep.denormalize(batch)
+            rows = await service.engine.infer_many(list(batch))
+        for row, _ in rows:
+            if isinstance(row, Exception):
+                raise row
+        return np.stack([row for row, _ in rows]).astype(np.float32)
 
     return app

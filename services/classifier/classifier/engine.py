@@ -1,12 +1,13 @@
 """The inference engine: one worker thread owns the backend; an asyncio micro-batcher feeds it.
 
-Requests put (image, future) items on a bounded queue (full: 503 with Retry-After). The batcher
-takes what is waiting and, while the batch is short of MAX_BATCH and other requests are still being
-preprocessed (so more images are on their way), waits up to MAX_DELAY_MS for them, then hands the
-batch to the worker thread; while the device works, new requests queue up and form the next batch.
-A request that finds the engine idle skips all that: it is preprocessed and run in one hop on the
-worker thread (infer_alone). A failed run fails that batch only (503); a fatal failure (device lost) also
-reloads the backend on the worker thread before the next batch.
+Requests put (image, future) items on a bounded queue (full: 503 with Retry-After), all of a
+request's images at once. The batcher takes what is waiting and, while the batch is short of
+MAX_BATCH and other requests are still being preprocessed (so more images are on their way), waits
+up to MAX_DELAY_MS for them, then hands the batch to the worker thread; while the device works, new
+requests queue up and form the next batch. A request for one small image that finds the engine idle
+skips all that: it is preprocessed and run in one hop on the worker thread (infer_alone; the caller
+bounds the image's size). A failed run fails that batch only (503); a fatal failure (device lost)
+also reloads the backend on the worker thread before the next batch.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ class Engine:
         return self.backend
 
     def _warm_up(self):
-        h, w = self.bundle.metadata["preprocessing"]["size"]
+        h, w = self.bundle.preprocessing.size
         for n in sorted({1, self.backend.max_batch}):
             self.backend.run(np.zeros((n, h, w, 3), self.backend.input_dtype))
 
@@ -112,40 +113,52 @@ class Engine:
                 self._wakeup.set()
 
     async def infer(self, image):
-        """Logits row for one preprocessed image; raises ApiError(503) when full, stopping or failed."""
+        """Logits row and timings for one preprocessed image; raises ApiError(503) when full, stopping or failed."""
+        (outcome, timings), = await self.infer_many([image])
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome, timings
+
+    async def infer_many(self, images):
+        """[(logits row or ApiError, timings)] for preprocessed images, queued together: a request's
+        images are admitted whole or refused whole (503 queue_full), never half queued."""
         if self._stopping or self._batcher is None:
             raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
-        if len(self._queue) >= self.settings.MAX_QUEUE:
+        if len(self._queue) + len(images) > self.settings.MAX_QUEUE:
             raise unavailable("queue_full", "%d images already waiting; retry shortly" % len(self._queue))
-        item = Item(image, asyncio.get_running_loop().create_future())
-        self._queue.append(item)
+        loop = asyncio.get_running_loop()
+        items = [Item(image, loop.create_future()) for image in images]
+        self._queue.extend(items)
         self.metrics.queue_depth.set(len(self._queue))
         self._wakeup.set()
-        logits = await item.future
-        return logits, item.timings
+        outcomes = await asyncio.gather(*[item.future for item in items], return_exceptions=True)
+        return [(outcome, item.timings) for outcome, item in zip(outcomes, items)]
 
-    async def infer_alone(self, prepare, data):
-        """For a request that finds the engine idle: preprocess and infer in one hop on the device
-        thread (two thread hand-offs and the batcher fewer). Returns (logits row, timings); the
-        timings include "preprocess". Anything arriving meanwhile queues behind it as usual."""
+    async def infer_alone(self, work):
+        """For a request that finds the engine idle: `work()` (preprocessing, returning the image or
+        None) and the model run in one hop on the device thread, two thread hand-offs and the batcher
+        fewer. The caller bounds what `work` may cost, since anything arriving meanwhile waits
+        behind it. Returns (logits row or None, {"queue", "inference"})."""
         if self._stopping or self._batcher is None:
             raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
 
-        def work():
-            image, preprocess = prepare(data)
+        def run():
+            image = work()
+            if image is None:
+                return None, {}
             start = time.perf_counter()
-            return self._run(image[np.newaxis])[0], {"preprocess": preprocess, "queue": 0.0,
-                                                     "inference": time.perf_counter() - start}
+            return self._run(image[np.newaxis])[0], {"queue": 0.0, "inference": time.perf_counter() - start}
         self._in_flight += 1
         loop = asyncio.get_running_loop()
         try:
-            row, timings = await loop.run_in_executor(self._worker, work)
+            row, timings = await loop.run_in_executor(self._worker, run)
         except BackendError as e:
             raise self._failed(loop, e, 1)
         finally:
             self._in_flight -= 1
-        self.metrics.batch_size.observe(1)
-        self.metrics.images.inc()
+        if row is not None:
+            self.metrics.batch_size.observe(1)
+            self.metrics.images.inc()
         return row, timings
 
     def _failed(self, loop, error, images):

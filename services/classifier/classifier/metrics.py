@@ -24,6 +24,12 @@ class Metrics:
         self.queue_depth = Gauge("classifier_queue_depth", "Images waiting for the backend", registry=r)
         self.backend_errors = Counter("classifier_backend_errors_total", "Failed backend runs", ["fatal"], registry=r)
         self.images = Counter("classifier_images_total", "Images classified", registry=r)
+        self.budget_used = Gauge("classifier_preprocess_memory_bytes",
+                                 "Bytes of the preprocessing memory budget reserved by requests in flight", registry=r)
+        self.budget_limit = Gauge("classifier_preprocess_memory_limit_bytes", "The preprocessing memory budget",
+                                  registry=r)
+        self.budget_timeouts = Counter("classifier_preprocess_memory_timeouts_total",
+                                       "Requests refused (503) after waiting MAX_WAIT_SECONDS for the budget", registry=r)
         self.ready = Gauge("classifier_ready", "1 once the model is loaded and warmed up", registry=r)
 
     def observe_request(self, scope, status, seconds):

@@ -21,12 +21,29 @@ class Settings:
     MAX_DELAY_MS: float = 5.0
     MAX_QUEUE: int = 256
     MAX_BODY_BYTES: int = 10 * 1024 * 1024
-    MAX_IMAGE_PIXELS: int = 40_000_000
+    MAX_IMAGE_PIXELS: int = 40_000_000        # one image, from its header
+    MAX_IMAGES_PER_REQUEST: int = 64          # at most MAX_QUEUE, so a request can always be queued
+    MAX_REQUEST_PIXELS: int = 50_000_000      # all images of one request
+    PREPROCESS_MEMORY_MB: int = 1024          # decoding + preprocessing in flight, service-wide
+    MAX_CONCURRENT_REQUESTS: int = 64         # requests in flight (bounds bodies held: x MAX_BODY_BYTES)
+    MAX_WAIT_SECONDS: float = 10.0            # longest wait for the memory budget before a 503
+    # a lone image up to this many pixels that finds the engine idle is decoded on the device thread
+    # right before its inference (one thread hop instead of two); 0: always on the pool
+    ONE_HOP_MAX_PIXELS: int = 1_000_000
     HOST: str = "127.0.0.1"
     PORT: int = 8000
     THREADS: int = 0
-    PREPROCESS_WORKERS: int = 2
+    PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
     LOG_LEVEL: str = "info"
+
+    @property
+    def preprocess_workers(self):
+        if self.PREPROCESS_WORKERS:
+            return self.PREPROCESS_WORKERS
+        try:
+            return max(1, len(os.sched_getaffinity(0)))
+        except AttributeError:
+            return max(1, os.cpu_count() or 1)
 
 
 def _read_dotenv(path):
@@ -58,6 +75,8 @@ def load(environ=None, dotenv=".env", **overrides) -> Settings:
             values[f.name] = _convert(f.default, text)
         except ValueError:
             raise SettingsError("%s=%r is not a valid %s" % (f.name, text, type(f.default).__name__))
+    if "MAX_IMAGES_PER_REQUEST" not in values and "MAX_QUEUE" in values:   # the default follows a smaller queue
+        values["MAX_IMAGES_PER_REQUEST"] = max(1, min(Settings.MAX_IMAGES_PER_REQUEST, values["MAX_QUEUE"]))
     settings = Settings(**values)
     _validate(settings)
     return settings
@@ -76,11 +95,15 @@ def _convert(default, text):
 def _validate(s: Settings):
     if s.BACKEND not in BACKENDS:
         raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(BACKENDS)))
-    for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "PREPROCESS_WORKERS"):
+    for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST",
+                 "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS"):
         if getattr(s, name) < 1:
             raise SettingsError("%s must be at least 1, got %s" % (name, getattr(s, name)))
-    if s.MAX_DELAY_MS < 0:
-        raise SettingsError("MAX_DELAY_MS must not be negative, got %s" % s.MAX_DELAY_MS)
+    if s.MAX_IMAGES_PER_REQUEST > s.MAX_QUEUE:
+        raise SettingsError("MAX_IMAGES_PER_REQUEST (%d) must not exceed MAX_QUEUE (%d): such a request could never "
+                            "be queued" % (s.MAX_IMAGES_PER_REQUEST, s.MAX_QUEUE))
+    if min(s.MAX_DELAY_MS, s.MAX_WAIT_SECONDS, s.PREPROCESS_WORKERS, s.ONE_HOP_MAX_PIXELS) < 0:
+        raise SettingsError("MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS and ONE_HOP_MAX_PIXELS must not be negative")
     if not 0 < s.PORT < 65536:
         raise SettingsError("PORT must be 1-65535, got %s" % s.PORT)
     if s.THREADS < 0 or s.DEVICE_ID < 0:

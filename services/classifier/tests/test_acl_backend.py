@@ -294,12 +294,12 @@ def test_a_failed_load_raises_and_leaves_nothing_behind(sim, bundles, tmp_path):
         AclBackend(bundle_mod.load(broken), make_settings())
 
     bundle = bundle_mod.load(bundles["aipp"].path)  # metadata says float32, the .om takes uint8
-    bundle.metadata["om"] = dict(bundle.metadata["om"], aipp=False, input_dtype="float32")
+    bundle.info.om.aipp, bundle.info.om.input_dtype = False, "float32"
     with pytest.raises(BackendError, match="om.aipp=False"):
         AclBackend(bundle, make_settings())
     assert sim.sim_leaks() == []
 
-    bundle.metadata.pop("om")  # no record: model.om, AIPP inferred from the model's input size
+    bundle.info.om = None  # no record: model.om, AIPP inferred from the model's input size
     backend = AclBackend(bundle, make_settings())
     assert backend.input_dtype is np.uint8
     backend.close()

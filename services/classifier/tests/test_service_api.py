@@ -92,7 +92,7 @@ def test_bad_input_gets_its_status_and_the_server_keeps_serving(server, case):
         _expect_error(classify(server.url, jpeg_bytes(size=(400, 300))[:2000]), 400, "invalid_image")
     elif case == "bomb":
         r = classify(server.url, _bomb_png(), content_type="image/png")
-        _expect_error(r, 400, "image_too_large")
+        _expect_error(r, 413, "image_too_large")
         assert "10000000000 pixels" in r.json()["error"]["message"]
     elif case == "unsupported-type":
         _expect_error(classify(server.url, b"{}", content_type="application/json"), 415, "unsupported_media_type")

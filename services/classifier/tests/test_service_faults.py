@@ -142,7 +142,7 @@ def test_not_ready_until_loaded_and_warmed(bundle_dir, flaky):  # noqa: F811
 def test_image_over_the_pixel_limit(bundle_dir):  # noqa: F811
     with ThreadServer({"MODEL_DIR": bundle_dir, "MAX_IMAGE_PIXELS": 5000}) as s:
         r = classify(s.url, jpeg_bytes(size=(100, 80)))
-        assert r.status_code == 400 and r.json()["error"]["code"] == "image_too_large"
+        assert r.status_code == 413 and r.json()["error"]["code"] == "image_too_large"
         assert "100x80" in r.json()["error"]["message"]
 
 
@@ -181,6 +181,9 @@ def test_sigterm_drains_in_flight_requests(bundle_dir):  # noqa: F811
 @pytest.mark.parametrize("env,message", [
     ({"BACKEND": "gpu"}, "BACKEND='gpu': choose one of auto, onnxruntime, acl"),
     ({"MAX_BATCH": "lots"}, "MAX_BATCH='lots' is not a valid int"),
+    ({"MAX_IMAGES_PER_REQUEST": "300"},
+     "MAX_IMAGES_PER_REQUEST (300) must not exceed MAX_QUEUE (256): such a request could never be queued"),
+    ({"PREPROCESS_MEMORY_MB": "0"}, "PREPROCESS_MEMORY_MB must be at least 1, got 0"),
     ({"MODEL_DIR": "/nonexistent/bundle"},
      "MODEL_DIR=/nonexistent/bundle: no model bundle at /nonexistent/bundle (not a directory)"),
 ])

@@ -12,6 +12,7 @@ from PIL import Image
 
 from classifier import settings as settings_mod
 from classifier.app import create_app
+from classifier.images import Upload
 from mbv3 import preprocessing
 from mbv3.runtime import OnnxClassifier
 
@@ -51,10 +52,17 @@ def service(bundle_dir):  # noqa: F811
     return app.state.service
 
 
+def _prepared(service, data):
+    """What the service feeds the model for these bytes (its Preprocessor, as a request uses it)."""
+    upload = service.images.prepare(Upload(data), uint8=False)
+    assert upload.error is None, upload.error
+    return upload.image
+
+
 @pytest.mark.parametrize("name", sorted(_images()))
 def test_matches_tensorflow_eval_preprocessing(service, name):
     data = _images()[name]
-    ours, _ = service._prepare(data)
+    ours = _prepared(service, data)
     theirs = preprocessing.eval_transform(data, SIZE).numpy()
     assert ours.shape == theirs.shape == (SIZE, SIZE, 3) and ours.dtype == np.float32
     # 16-bit PNGs: TensorFlow and the service round 16 -> 8 bits differently by at most one level
@@ -64,7 +72,7 @@ def test_matches_tensorflow_eval_preprocessing(service, name):
 
 def test_same_top1_through_the_model(service, bundle_dir):  # noqa: F811
     images = _images()
-    ours = np.stack([service._prepare(d)[0] for d in images.values()])
+    ours = np.stack([_prepared(service, d) for d in images.values()])
     theirs = np.stack([preprocessing.eval_transform(d, SIZE).numpy() for d in images.values()])
     clf = OnnxClassifier(bundle_dir)
     a, b = clf.logits(ours), clf.logits(theirs)

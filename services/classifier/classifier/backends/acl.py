@@ -27,6 +27,7 @@ desc, context, device) and releases its hold on the runtime; the final acl.final
 from __future__ import annotations
 
 import atexit
+import dataclasses
 import logging
 import os
 import threading
@@ -245,7 +246,7 @@ class AclBackend(Backend):
         self.model_id = None
         self.desc = None
         self.acl = None
-        self.om_info = dict(bundle.metadata.get("om") or {})
+        self.om_info = dataclasses.asdict(bundle.info.om) if bundle.info.om else {}
         self.om_path = bundle.file(self.om_info.get("file") or DEFAULT_OM)
         if not os.path.isfile(self.om_path):
             raise BackendError("no Ascend model at %s: convert the bundle with ATC (`make om`) on a CANN machine"
@@ -281,7 +282,7 @@ class AclBackend(Backend):
         self._inspect_model()
 
     def _inspect_model(self):
-        acl, meta = self.acl, self.bundle.metadata
+        acl, model_info = self.acl, self.bundle.info
         num_inputs = acl.mdl.get_num_inputs(self.desc)
         num_outputs = acl.mdl.get_num_outputs(self.desc)
         self.mbatch_index = None
@@ -310,9 +311,9 @@ class AclBackend(Backend):
         in_size = acl.mdl.get_input_size_by_index(self.desc, self.input_index)
         out_size = acl.mdl.get_output_size_by_index(self.desc, 0)
 
-        shape = meta.get("input", {}).get("shape") or [-1, 224, 224, 3]
+        shape = model_info.input.shape
         self.image_shape = (int(shape[1]), int(shape[2]), int(shape[3]))
-        self.num_classes = int(meta["output"]["num_classes"])
+        self.num_classes = model_info.num_classes
         pixels = int(np.prod(self.image_shape))
         aipp = self.om_info.get("aipp")
         if aipp is None and self.om_info.get("input_dtype"):

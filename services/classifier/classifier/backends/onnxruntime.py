@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from mbv3 import bundle as bundle_mod
-from mbv3.errors import first_line
+from mbv3 import runtime
+from mbv3.errors import BundleError, first_line
 
 from .base import Backend, BackendError
 
@@ -19,6 +20,10 @@ class OnnxRuntimeBackend(Backend):
         # preprocessing need. Single images run on the spinning session, micro-batches on the other
         # (make bench-serve measures both sides).
         self.single = self._session(spinning=True)
+        try:
+            runtime.check_session(self.single, bundle.info, self.bundle.file(bundle_mod.ONNX))
+        except BundleError as e:
+            raise BackendError(str(e), fatal=True)
         self.batched = self._session(spinning=False)
         self.input_name = self.single.get_inputs()[0].name
         self.output_name = self.single.get_outputs()[0].name

@@ -1,0 +1,124 @@
+"""From encoded images in a request to model inputs, with every limit applied before the work it
+limits: images per request (count), pixels per image and per request (from the headers), and the
+service-wide preprocessing memory budget (the worst case of decoding, reserved before decoding).
+
+Decoding and preprocessing run on a thread pool sized to the cores, never on the device's thread,
+so a slow image delays only its own request.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from mbv3 import imageprep
+
+from .errors import ApiError, bad_request
+
+# Peak bytes per decoded pixel of mbv3.imageprep.decode + eval_transform, by Pillow mode, measured
+# with VmHWM on 4000x3000 images (JPEG RGB 10, with EXIF rotation 14, WebP 17.5, RGBA/CMYK 14,
+# P/L 7-10, I;16 18, F 28) and rounded up; ROW_BYTES covers Pillow's per-row bookkeeping, which
+# dominates for images one pixel wide. test_service_limits.py checks the sum against VmHWM.
+BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 18, "RGBA": 18, "RGBX": 18, "CMYK": 18, "YCbCr": 18, "LA": 18,
+                   "PA": 18, "I;16": 22, "I;16B": 22, "I;16L": 22, "I;16N": 22, "I": 32, "F": 32}
+DEFAULT_BYTES_PER_PIXEL = 32
+ROW_BYTES = 96
+
+
+@dataclass
+class Upload:
+    """One image of a request and what happened to it."""
+    data: bytes
+    name: Optional[str] = None
+    width: int = 0
+    height: int = 0
+    mode: str = ""
+    error: Optional[ApiError] = None
+    image: Optional[np.ndarray] = None
+    logits: Optional[np.ndarray] = None
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def pixels(self):
+        return self.width * self.height
+
+
+def decode_cost(width, height, mode):
+    return width * height * BYTES_PER_PIXEL.get(mode, DEFAULT_BYTES_PER_PIXEL) + height * ROW_BYTES
+
+
+class Preprocessor:
+    """Limits, probing and preprocessing for one service (its settings, the bundle's record, the pool)."""
+
+    def __init__(self, settings, prep, pool, budget):
+        self.settings, self.prep, self.pool, self.budget = settings, prep, pool, budget
+        self.tensor_bytes = prep.height * prep.width * 3 * 4
+        # eval_transform's float32 intermediates: four gathered corners, two row blends, the output
+        self.transform_bytes = 8 * self.tensor_bytes
+
+    def check_count(self, n):
+        limit = self.settings.MAX_IMAGES_PER_REQUEST
+        if n > limit:
+            raise ApiError(413, "too_many_images", "%d images in one request, over the limit of %d "
+                           "(MAX_IMAGES_PER_REQUEST); split the request" % (n, limit))
+
+    async def probe(self, uploads):
+        """Read every image's header on the pool; a bad header or an image over MAX_IMAGE_PIXELS
+        marks that upload with its error."""
+        headers = await asyncio.get_running_loop().run_in_executor(
+            self.pool, lambda: [_probe(u.data) for u in uploads])
+        for upload, found in zip(uploads, headers):
+            if isinstance(found, imageprep.ImageError):
+                upload.error = _image_error(found)
+                continue
+            upload.width, upload.height, upload.mode = found
+            if upload.pixels > self.settings.MAX_IMAGE_PIXELS:
+                upload.error = ApiError(413, "image_too_large", "image is %dx%d pixels, over the limit of %d "
+                                        "(MAX_IMAGE_PIXELS)" % (upload.width, upload.height,
+                                                                self.settings.MAX_IMAGE_PIXELS))
+
+    def check_pixels(self, uploads):
+        total = sum(u.pixels for u in uploads)
+        limit = self.settings.MAX_REQUEST_PIXELS
+        if total > limit:
+            raise ApiError(413, "too_many_pixels", "the request's images hold %d pixels, over the limit of %d per "
+                           "request (MAX_REQUEST_PIXELS); send fewer or smaller images" % (total, limit))
+
+    def cost(self, uploads):
+        """Worst-case bytes of preprocessing these uploads, as if all were decoded at once."""
+        return sum(decode_cost(u.width, u.height, u.mode) + self.transform_bytes for u in uploads)
+
+    def tensors_cost(self, n):
+        return n * self.tensor_bytes
+
+    def prepare(self, upload, uint8):
+        """Decode + crop + resize (+ normalise unless uint8) one upload, on the calling thread;
+        sets upload.image or upload.error."""
+        start = time.perf_counter()
+        try:
+            rgb = imageprep.decode(upload.data, max_pixels=self.settings.MAX_IMAGE_PIXELS)
+            upload.image = imageprep.eval_transform(rgb, prep=self.prep, normalize=not uint8)
+        except imageprep.ImageError as e:
+            upload.error = _image_error(e)
+        upload.timings["preprocess"] = time.perf_counter() - start
+        return upload
+
+    async def prepare_all(self, uploads, uint8):
+        loop = asyncio.get_running_loop()
+        await asyncio.gather(*[loop.run_in_executor(self.pool, self.prepare, u, uint8) for u in uploads])
+
+
+def _probe(data):
+    try:
+        return imageprep.probe(data)
+    except imageprep.ImageError as e:
+        return e
+
+
+def _image_error(e):
+    if isinstance(e, imageprep.ImageTooLarge):
+        return ApiError(413, "image_too_large", str(e))
+    return bad_request("invalid_image", str(e))

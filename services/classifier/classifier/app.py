@@ -296,12 +296,12 @@ def create_app(settings, backend_factory=None):
 
     # --- the classifier API --------------------------------------------------------------------
     @app.post("/classify", summary="Classify one image (raw body) or several (multipart/form-data)",
-              responses=dict(errors_mod.responses(
-                  "empty_body", "invalid_image", "invalid_multipart", "no_image", "invalid_images", "body_too_large",
-                  "too_many_images", "image_too_large", "too_many_pixels", "over_memory_budget",
-                  "unsupported_media_type", "invalid_top_k", "not_ready", "queue_full", "too_many_requests", "busy",
-                  "backend_error", "shutting_down"),
-                  **{207: {"description": "multipart: some parts classified; the others carry their own error"}}),
+              responses={207: {"description": "multipart: some parts classified; the others carry their own error"},
+                         **errors_mod.responses(
+                             "empty_body", "invalid_image", "invalid_multipart", "no_image", "invalid_images",
+                             "body_too_large", "too_many_images", "image_too_large", "too_many_pixels",
+                             "over_memory_budget", "unsupported_media_type", "invalid_top_k", "not_ready", "queue_full",
+                             "too_many_requests", "busy", "backend_error", "shutting_down")},
               openapi_extra=classify_openapi(service.num_classes))
     async def classify(request: Request):
         top_k = parse_top_k(request, service.max_top_k)

@@ -181,11 +181,12 @@ async def image_parts(request, body, max_images):
     return [Upload(body)]
 
 
-def classify_openapi(num_classes):
+def classify_openapi(max_top_k):
     """/classify reads its body itself (raw image or multipart): this describes it for the OpenAPI document."""
     binary = {"schema": {"type": "string", "format": "binary"}}
     return {"parameters": [{"name": "top_k", "in": "query", "required": False, "description": "predictions per image",
-                            "schema": {"type": "integer", "minimum": 1, "maximum": num_classes, "default": 5}}],
+                            "schema": {"type": "integer", "minimum": 1, "maximum": max_top_k,
+                                       "default": min(5, max_top_k)}}],
             "requestBody": {"required": True, "content": dict(
                 {t: binary for t in sorted(IMAGE_TYPES)},
                 **{"multipart/form-data": {"schema": {"type": "object", "description": "one or more image files",
@@ -302,7 +303,7 @@ def create_app(settings, backend_factory=None):
                              "body_too_large", "too_many_images", "image_too_large", "too_many_pixels",
                              "over_memory_budget", "unsupported_media_type", "invalid_top_k", "not_ready", "queue_full",
                              "too_many_requests", "busy", "backend_error", "shutting_down")},
-              openapi_extra=classify_openapi(service.num_classes))
+              openapi_extra=classify_openapi(service.max_top_k))
     async def classify(request: Request):
         top_k = parse_top_k(request, service.max_top_k)
         body = await read_body(request, settings.MAX_BODY_BYTES)

@@ -257,8 +257,8 @@ def test_the_openapi_document_describes_bodies_parameters_errors_and_metrics(ser
     assert {"image/jpeg", "image/png", "multipart/form-data", "application/octet-stream"} <= set(
         classify["requestBody"]["content"])
     (top_k,) = [p for p in classify["parameters"] if p["name"] == "top_k"]
-    assert top_k["schema"] == {"type": "integer", "minimum": 1, "maximum": model_json(bundle_dir)["output"]["num_classes"],
-                               "default": 5}
+    max_top_k = requests.get(server.url + "/v1/model", timeout=30).json()["serving"]["limits"]["max_top_k"]
+    assert top_k["schema"] == {"type": "integer", "minimum": 1, "maximum": max_top_k, "default": min(5, max_top_k)}
     infer = doc["paths"]["/v2/models/{name}/infer"]["post"]
     content = infer["requestBody"]["content"]
     assert "inputs" in content["application/json"]["schema"]["properties"] and "application/octet-stream" in content

@@ -215,8 +215,10 @@ def test_service_containers_are_read_only_without_capabilities():
 
 
 def test_cpu_threads_follow_the_cpu_limit_and_the_ascend_gid_reaches_both_ascend_containers():
-    services = _config(env={"INFER_CPU_CPUS": "3", "ASCEND_GID": "4242"})
+    services = _config(env={"INFER_CPU_CPUS": "1.5", "ASCEND_GID": "4242"})
     env = services["infer-cpu"]["environment"]
-    assert (env["THREADS"], env["PREPROCESS_WORKERS"]) == ("3", "3")
+    # 0: the service sizes both from its cgroup's CPU quota (test_service_settings.py), so 1.5 CPUs work
+    assert (env["THREADS"], env["PREPROCESS_WORKERS"]) == ("0", "0")
+    assert services["infer"]["environment"]["PREPROCESS_WORKERS"] == "0"
     assert services["infer"]["group_add"] == ["4242"] and services["finetune-npu"]["group_add"] == ["4242"]
     assert _config(env={"THREADS": "1"})["infer-cpu"]["environment"]["THREADS"] == "1"

@@ -354,7 +354,8 @@ def create_app(settings, backend_factory=None):
         meta = dict(service.bundle.metadata)
         meta["serving"] = {"backend": service.engine.backend.describe() if service.engine.backend else None,
                            "max_batch": service.engine.max_batch, "max_delay_ms": settings.MAX_DELAY_MS,
-                           "ready": service.ready, "limits": service.limits()}
+                           "ready": service.ready, "threads": settings.threads,
+                           "preprocess_workers": settings.preprocess_workers, "limits": service.limits()}
         return meta
 
     # --- KServe v2 / Open Inference Protocol -------------------------------------------------

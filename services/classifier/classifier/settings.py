@@ -2,6 +2,7 @@
 A bad value stops start-up with one line naming the variable."""
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, fields
 
@@ -32,18 +33,49 @@ class Settings:
     ONE_HOP_MAX_PIXELS: int = 1_000_000
     HOST: str = "127.0.0.1"
     PORT: int = 8000
-    THREADS: int = 0
+    THREADS: int = 0                          # ONNX Runtime intra-op threads; 0: one per CPU this process may use
     PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
     LOG_LEVEL: str = "info"
 
     @property
     def preprocess_workers(self):
-        if self.PREPROCESS_WORKERS:
-            return self.PREPROCESS_WORKERS
-        try:
-            return max(1, len(os.sched_getaffinity(0)))
-        except AttributeError:
-            return max(1, os.cpu_count() or 1)
+        return self.PREPROCESS_WORKERS or available_cpus()
+
+    @property
+    def threads(self):
+        return self.THREADS or available_cpus()
+
+
+def available_cpus():
+    """CPUs this process may use: its affinity, capped by a cgroup CPU quota (a container's `cpus:`
+    limit), rounded up. Thread pools sized by the host's cores would run more threads than the
+    quota lets run at once."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:
+        count = os.cpu_count() or 1
+    quota = _cgroup_cpu_quota()
+    if quota:
+        count = min(count, int(math.ceil(quota)))
+    return max(1, count)
+
+
+def _cgroup_cpu_quota(root="/sys/fs/cgroup"):
+    """CPUs of the quota (1.5 for --cpus=1.5), or None without one; cgroup v2, else v1."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            limit, period = f.read().split()[:2]
+        return None if limit == "max" else int(limit) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            limit = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period = int(f.read())
+        return None if limit <= 0 else limit / period
+    except (OSError, ValueError):
+        return None
 
 
 def _read_dotenv(path):

@@ -37,11 +37,11 @@ def free_port():
         return s.getsockname()[1]
 
 
-def wait_ready(url, timeout=60, proc=None):
+def wait_ready(url, timeout=60, server=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError("server exited with %s: %s" % (proc.returncode, proc.stderr.read()[-3000:]))
+        if server is not None and server.proc.poll() is not None:
+            raise AssertionError("server exited with %s: %s" % (server.proc.returncode, server.stderr()[-3000:]))
         try:
             if requests.get(url + "/readyz", timeout=2).status_code == 200:
                 return
@@ -52,19 +52,29 @@ def wait_ready(url, timeout=60, proc=None):
 
 
 class Server:
-    """`python -m classifier` in a subprocess."""
+    """`python -m classifier` (or `argv`) in a subprocess."""
 
-    def __init__(self, bundle, **env):
+    def __init__(self, bundle, argv=None, **env):
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         full = dict(os.environ, MODEL_DIR=str(bundle), HOST="127.0.0.1", PORT=str(self.port), BACKEND="onnxruntime",
                     LOG_LEVEL="info")
         full.update({k: str(v) for k, v in env.items()})
-        self.proc = subprocess.Popen([sys.executable, "-m", "classifier"], env=full, stdout=subprocess.PIPE,
+        self.proc = subprocess.Popen(argv or [sys.executable, "-m", "classifier"], env=full, stdout=subprocess.DEVNULL,
                                      stderr=subprocess.PIPE, universal_newlines=True)
+        # drained as it comes: a full pipe would block the server's logging, and with it the server
+        self._err = []
+        self._drain = threading.Thread(target=lambda: self._err.extend(self.proc.stderr), daemon=True)
+        self._drain.start()
+
+    def stderr(self):
+        """What the server wrote to stderr; all of it once the process has exited."""
+        if self.proc.poll() is not None:
+            self._drain.join(30)
+        return "".join(self._err)
 
     def __enter__(self):
-        wait_ready(self.url, proc=self.proc)
+        wait_ready(self.url, server=self)
         return self
 
     def stop(self, sig=None):
@@ -72,11 +82,11 @@ class Server:
         if self.proc.poll() is None:
             self.proc.send_signal(sig or signal.SIGTERM)
         try:
-            out, err = self.proc.communicate(timeout=60)
+            self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            out, err = self.proc.communicate()
-        return self.proc.returncode, err
+            self.proc.wait()
+        return self.proc.returncode, self.stderr()
 
     def __exit__(self, *exc):
         self.stop()

@@ -108,7 +108,7 @@ def test_a_tampered_bundle_is_never_served(bundle_dir, tmp_path, tamper):  # noq
     except subprocess.TimeoutExpired:
         server.stop()
         raise AssertionError("a tampered bundle (%s) was still serving after 120 s" % tamper.__name__)
-    err = server.proc.stderr.read()
+    err = server.stderr()
     assert code != 0, err
     assert "Traceback" not in err, err
     lines = [line for line in err.splitlines() if message in line]

@@ -169,7 +169,7 @@ def test_sigterm_drains_in_flight_requests(bundle_dir):  # noqa: F811
         for t in threads:
             t.join(60)
         code = server.proc.wait(60)
-        err = server.proc.stderr.read()
+        err = server.stderr()
     answered = [r for r in results if r != "refused"]
     assert code == 0, err[-2000:]
     assert answered and set(answered) == {200}, results     # nothing accepted was dropped or failed

@@ -6,14 +6,13 @@ server is started with tempfile's directory pinned to a missing folder: the stat
 leaves it in, where any temporary file fails with "No usable temporary directory"."""
 import io
 import os
-import subprocess
 import sys
 
 import numpy as np
 import requests
 from PIL import Image
 
-from svc_support import bundle_dir, free_port, wait_ready  # noqa: F401
+from svc_support import Server, bundle_dir  # noqa: F401
 
 SERVE_WITHOUT_TMPDIR = """\
 import runpy, sys, tempfile
@@ -38,23 +37,14 @@ def bmp_bytes(side=1024, seed=0):
 
 def test_a_3mb_multipart_part_is_answered_without_a_temporary_directory(bundle_dir, tmp_path):  # noqa: F811
     missing = str(tmp_path / "no-such-dir")
-    port = free_port()
-    env = dict(os.environ, MODEL_DIR=str(bundle_dir), HOST="127.0.0.1", PORT=str(port), BACKEND="onnxruntime",
-               TMPDIR=missing, LOG_LEVEL="warning")
-    proc = subprocess.Popen([sys.executable, "-c", SERVE_WITHOUT_TMPDIR, missing], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
-    url = "http://127.0.0.1:%d" % port
-    try:
-        wait_ready(url, proc=proc)
+    with Server(bundle_dir, argv=[sys.executable, "-c", SERVE_WITHOUT_TMPDIR, missing], TMPDIR=missing,
+                LOG_LEVEL="warning") as server:
         data = bmp_bytes()
         assert len(data) > 3 * 1024 * 1024
-        r = requests.post(url + "/classify", files=[("images", ("big.bmp", data, "image/bmp"))], timeout=60)
+        r = requests.post(server.url + "/classify", files=[("images", ("big.bmp", data, "image/bmp"))], timeout=60)
         assert r.status_code == 200, r.text
         (part,) = r.json()["results"]
-        raw = requests.post(url + "/classify", data=data, headers={"Content-Type": "image/bmp"}, timeout=60)
+        raw = requests.post(server.url + "/classify", data=data, headers={"Content-Type": "image/bmp"}, timeout=60)
         assert raw.status_code == 200, raw.text
         assert part["predictions"] == raw.json()["results"][0]["predictions"]   # the whole part arrived
         assert not os.path.exists(missing)
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=60)

@@ -31,8 +31,7 @@ class OnnxRuntimeBackend(Backend):
     def _session(self, spinning):
         import onnxruntime as ort
         options = ort.SessionOptions()
-        if self.settings.THREADS:
-            options.intra_op_num_threads = self.settings.THREADS
+        options.intra_op_num_threads = self.settings.threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
         path = self.bundle.file(bundle_mod.ONNX)
@@ -53,7 +52,7 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("onnxruntime run failed: %s" % first_line(e))
 
     def describe(self):
-        threads = self.settings.THREADS or "default"
+        threads = self.settings.threads
         return "onnxruntime %s (CPUExecutionProvider, %s intra-op threads)" % (
             __import__("onnxruntime").__version__, threads)
 

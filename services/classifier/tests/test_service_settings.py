@@ -1,0 +1,48 @@
+"""Thread pools follow the CPUs the process may really use: its affinity, capped by a container's
+cgroup CPU quota (v2 `cpu.max`, v1 `cpu.cfs_quota_us`), rounded up."""
+import math
+import os
+
+import pytest
+
+from classifier import settings as settings_mod
+
+
+def _v2(root, text):
+    root.mkdir(exist_ok=True)
+    (root / "cpu.max").write_text(text)
+    return str(root)
+
+
+def _v1(root, quota, period):
+    (root / "cpu").mkdir(parents=True, exist_ok=True)
+    (root / "cpu" / "cpu.cfs_quota_us").write_text(quota)
+    (root / "cpu" / "cpu.cfs_period_us").write_text(period)
+    return str(root)
+
+
+@pytest.mark.parametrize("write,expected", [
+    (lambda r: _v2(r, "150000 100000\n"), 1.5),
+    (lambda r: _v2(r, "max 100000\n"), None),
+    (lambda r: _v1(r, "200000\n", "100000\n"), 2.0),
+    (lambda r: _v1(r, "-1\n", "100000\n"), None),
+    (lambda r: str(r), None),
+    (lambda r: _v2(r, "garbage"), None),
+])
+def test_cgroup_quota(tmp_path, write, expected):
+    assert settings_mod._cgroup_cpu_quota(write(tmp_path / "cg")) == expected
+
+
+def test_available_cpus_takes_the_quota_rounded_up(monkeypatch):
+    affinity = len(os.sched_getaffinity(0))
+    monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: 0.5)
+    assert settings_mod.available_cpus() == 1
+    monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: 1000.25)
+    assert settings_mod.available_cpus() == affinity
+    monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: None)
+    assert settings_mod.available_cpus() == affinity
+    monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: 1.5)
+    s = settings_mod.load(environ={}, dotenv=None)
+    assert s.threads == s.preprocess_workers == min(affinity, math.ceil(1.5))
+    s = settings_mod.load(environ={"THREADS": "3", "PREPROCESS_WORKERS": "5"}, dotenv=None)
+    assert (s.threads, s.preprocess_workers) == (3, 5)

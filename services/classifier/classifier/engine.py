@@ -1,8 +1,8 @@
 """The inference engine: one worker thread owns the backend; an asyncio micro-batcher feeds it.
 
-The engine runs arrays and returns logits; it knows nothing of requests, images' bytes or the
+The engine runs arrays and returns logits; it knows nothing of requests, image decoding or the
 service's settings. Callers put (image, future) items on a bounded queue (full: 503 with
-Retry-After), all of a request's images at once. The batcher takes what is waiting and, while the
+Retry-After), all of a caller's images at once. The batcher takes what is waiting and, while the
 batch is short of the largest batch and callers have said more images are on their way
 (expecting()), waits up to the batching delay for them, then hands the batch to the worker thread;
 while the device works, new items queue up and form the next batch. A lone image that finds the

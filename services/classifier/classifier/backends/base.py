@@ -20,8 +20,8 @@ class BackendError(RuntimeError):
 
 class Backend:
     name = "base"
-    image_shape = (0, 0, 3)   # (H, W, 3) of one input image, set by each backend from the bundle
-    num_classes = 0
+    image_shape = None   # (H, W, 3) of one input image: each backend sets it from the bundle's record
+    num_classes = None   # logits per image, likewise
 
     @property
     def max_batch(self) -> int:

@@ -1,13 +1,13 @@
 """The inference engine: one worker thread owns the backend; an asyncio micro-batcher feeds it.
 
-Requests put (image, future) items on a bounded queue (full: 503 with Retry-After), all of a
-request's images at once. The batcher takes what is waiting and, while the batch is short of
-MAX_BATCH and other requests are still being preprocessed (so more images are on their way), waits
-up to MAX_DELAY_MS for them, then hands the batch to the worker thread; while the device works, new
-requests queue up and form the next batch. A request for one small image that finds the engine idle
-skips all that: it is preprocessed and run in one hop on the worker thread (infer_alone; the caller
-bounds the image's size). A failed run fails that batch only (503); a fatal failure (device lost)
-also reloads the backend on the worker thread before the next batch.
+The engine runs arrays and returns logits; it knows nothing of requests, image decoding or the
+service's settings. Callers put (image, future) items on a bounded queue (full: 503 with
+Retry-After), all of a caller's images at once. The batcher takes what is waiting and, while the
+batch is short of the largest batch and callers have said more images are on their way
+(expecting()), waits up to the batching delay for them, then hands the batch to the worker thread;
+while the device works, new items queue up and form the next batch. A lone image that finds the
+engine idle can skip all that (infer_alone). A failed run fails that batch only (503); a fatal
+failure (device lost) also reloads the backend on the worker thread before the next batch.
 """
 from __future__ import annotations
 
@@ -20,7 +20,6 @@ import time
 
 import numpy as np
 
-from . import backends
 from .backends.base import BackendError
 from .errors import unavailable
 
@@ -33,29 +32,32 @@ class Item:
 
 
 class Engine:
-    def __init__(self, bundle, settings, metrics, log, backend_factory=None):
-        self.bundle, self.settings, self.metrics, self.log = bundle, settings, metrics, log
-        self.backend_factory = backend_factory or backends.create
+    def __init__(self, load_backend, *, max_batch, max_delay_ms, max_queue, metrics, log, thread_name="device0"):
+        """load_backend: called with no arguments on the worker thread, returns a Backend (again
+        after a fatal error); max_batch caps a run below the backend's own limit; max_delay_ms is
+        the longest wait for expected images; max_queue bounds the images waiting."""
+        self.load_backend = load_backend
+        self.max_delay_ms, self.max_queue, self._max_batch = max_delay_ms, max_queue, max_batch
+        self.metrics, self.log = metrics, log
         self.backend = None
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="device%d" % settings.DEVICE_ID)
+        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self._queue = collections.deque()
         self._wakeup = None
         self._batcher = None
         self._stopping = False
         self._in_flight = 0
-        self._arriving = 0   # requests being preprocessed: images that will be queued shortly
+        self._expected = 0   # images callers are preparing and will queue shortly (expecting())
         self.worker_thread = None
 
     # --- worker-thread side ------------------------------------------------------------------
     def _load(self):
         self.worker_thread = threading.current_thread().name
-        self.backend = self.backend_factory(self.bundle, self.settings, self.log)
+        self.backend = self.load_backend()
         return self.backend
 
     def _warm_up(self):
-        h, w = self.bundle.preprocessing.size
         for n in sorted({1, self.backend.max_batch}):
-            self.backend.run(np.zeros((n, h, w, 3), self.backend.input_dtype))
+            self.backend.run(np.zeros((n,) + tuple(self.backend.image_shape), self.backend.input_dtype))
 
     def _run(self, batch):
         if self.backend is None:  # the reload after a fatal error failed: try again first
@@ -82,11 +84,11 @@ class Engine:
         self._wakeup = asyncio.Event()
         self._batcher = asyncio.ensure_future(self._batch_loop())
         self.log("backend %s on worker thread %s, max batch %d, max delay %g ms"
-                 % (self.backend.describe(), self.worker_thread, self.max_batch, self.settings.MAX_DELAY_MS))
+                 % (self.backend.describe(), self.worker_thread, self.max_batch, self.max_delay_ms))
 
     @property
     def max_batch(self):
-        return min(self.settings.MAX_BATCH, self.backend.max_batch) if self.backend else self.settings.MAX_BATCH
+        return min(self._max_batch, self.backend.max_batch) if self.backend else self._max_batch
 
     @property
     def input_dtype(self):
@@ -94,37 +96,32 @@ class Engine:
 
     @property
     def idle(self):
-        """Nothing queued, being preprocessed or on the device."""
-        return not self._queue and not self._in_flight and not self._arriving
+        """Nothing queued, expected or on the device."""
+        return not self._queue and not self._in_flight and not self._expected
 
     @property
     def depth(self):
         return len(self._queue)
 
     @contextlib.contextmanager
-    def arriving(self):
-        """Wrap a request's preprocessing: the batcher waits for it (up to MAX_DELAY_MS) only then."""
-        self._arriving += 1
+    def expecting(self, images):
+        """Wrap the preparation of `images` images a caller will queue next: while any are expected,
+        the batcher holds a short batch for them (up to the batching delay); without them it never
+        waits. Counted in images, the batcher's own unit, so the engine needs no notion of a request."""
+        self._expected += images
         try:
             yield
         finally:
-            self._arriving -= 1
+            self._expected -= images
             if self._wakeup is not None:
                 self._wakeup.set()
 
-    async def infer(self, image):
-        """Logits row and timings for one preprocessed image; raises ApiError(503) when full, stopping or failed."""
-        (outcome, timings), = await self.infer_many([image])
-        if isinstance(outcome, Exception):
-            raise outcome
-        return outcome, timings
-
     async def infer_many(self, images):
-        """[(logits row or ApiError, timings)] for preprocessed images, queued together: a request's
+        """[(logits row or ApiError, timings)] for preprocessed images, queued together: a caller's
         images are admitted whole or refused whole (503 queue_full), never half queued."""
         if self._stopping or self._batcher is None:
             raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
-        if len(self._queue) + len(images) > self.settings.MAX_QUEUE:
+        if len(self._queue) + len(images) > self.max_queue:
             raise unavailable("queue_full", "%d images already waiting; retry shortly" % len(self._queue))
         loop = asyncio.get_running_loop()
         items = [Item(image, loop.create_future()) for image in images]
@@ -134,20 +131,26 @@ class Engine:
         outcomes = await asyncio.gather(*[item.future for item in items], return_exceptions=True)
         return [(outcome, item.timings) for outcome, item in zip(outcomes, items)]
 
-    async def infer_alone(self, work):
-        """For a request that finds the engine idle: `work()` (preprocessing, returning the image or
-        None) and the model run in one hop on the device thread, two thread hand-offs and the batcher
-        fewer. The caller bounds what `work` may cost, since anything arriving meanwhile waits
-        behind it. Returns (logits row or None, {"queue", "inference"})."""
+    async def infer_alone(self, prepare, *args):
+        """For a caller that found the engine idle: one image, made by `prepare(*args)` and run at
+        batch 1 in one hop on the device thread, two thread hand-offs and the batcher fewer (the
+        lone-image path; README has the measurement).
+
+        `prepare` is data to the engine, as an image array is: a pure function of its arguments
+        (the decoder in images.model_input, say), never a method of the caller's objects, so the
+        engine depends on no caller and the device thread touches no request state. The caller
+        bounds its cost, since anything arriving meanwhile waits behind it. What `prepare` raises
+        reaches the caller unchanged, and the model does not run.
+        Returns (logits row, {"preprocess", "queue", "inference"} in seconds)."""
         if self._stopping or self._batcher is None:
             raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
 
         def run():
-            image = work()
-            if image is None:
-                return None, {}
             start = time.perf_counter()
-            return self._run(image[np.newaxis])[0], {"queue": 0.0, "inference": time.perf_counter() - start}
+            image = prepare(*args)
+            ran = time.perf_counter()
+            row = self._run(image[np.newaxis])[0]
+            return row, {"preprocess": ran - start, "queue": 0.0, "inference": time.perf_counter() - ran}
         self._in_flight += 1
         loop = asyncio.get_running_loop()
         try:
@@ -156,9 +159,8 @@ class Engine:
             raise self._failed(loop, e, 1)
         finally:
             self._in_flight -= 1
-        if row is not None:
-            self.metrics.batch_size.observe(1)
-            self.metrics.images.inc()
+        self.metrics.batch_size.observe(1)
+        self.metrics.images.inc()
         return row, timings
 
     def _failed(self, loop, error, images):
@@ -178,7 +180,7 @@ class Engine:
 
     async def _batch_loop(self):
         loop = asyncio.get_running_loop()
-        delay = self.settings.MAX_DELAY_MS / 1000.0
+        delay = self.max_delay_ms / 1000.0
         while True:
             if not self._queue:
                 self._wakeup.clear()
@@ -186,7 +188,7 @@ class Engine:
                 continue
             if len(self._queue) < self.max_batch and delay > 0:
                 deadline = self._queue[0].enqueued + delay
-                while len(self._queue) < self.max_batch and self._arriving > 0:
+                while len(self._queue) < self.max_batch and self._expected > 0:
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break

@@ -50,17 +50,27 @@ def decode_cost(width, height, mode):
     return width * height * BYTES_PER_PIXEL.get(mode, DEFAULT_BYTES_PER_PIXEL) + height * ROW_BYTES
 
 
-class Preprocessor:
-    """Limits, probing and preprocessing for one service (its settings, the bundle's record, the pool)."""
+def model_input(data, prep, max_pixels, normalize):
+    """Decode + crop + resize (+ normalise) encoded image bytes by the bundle's preprocessing
+    record `prep`: a pure function of its arguments, so it may run on any thread (the engine's
+    one-hop path runs it on the device thread). Raises imageprep.ImageError."""
+    return imageprep.eval_transform(imageprep.decode(data, max_pixels=max_pixels), prep=prep, normalize=normalize)
 
-    def __init__(self, settings, prep, pool, budget):
-        self.settings, self.prep, self.pool, self.budget = settings, prep, pool, budget
+
+class Preprocessor:
+    """Limits, probing and preprocessing for one service: the bundle's preprocessing record, the
+    decoding pool, and the per-request limits (MAX_IMAGES_PER_REQUEST, MAX_IMAGE_PIXELS,
+    MAX_REQUEST_PIXELS)."""
+
+    def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels):
+        self.prep, self.pool = prep, pool
+        self.max_images, self.max_image_pixels, self.max_request_pixels = max_images, max_image_pixels, max_request_pixels
         self.tensor_bytes = prep.height * prep.width * 3 * 4
         # eval_transform's float32 intermediates: four gathered corners, two row blends, the output
         self.transform_bytes = 8 * self.tensor_bytes
 
     def check_count(self, n):
-        limit = self.settings.MAX_IMAGES_PER_REQUEST
+        limit = self.max_images
         if n > limit:
             raise ApiError(413, "too_many_images", "%d images in one request, over the limit of %d "
                            "(MAX_IMAGES_PER_REQUEST); split the request" % (n, limit))
@@ -72,17 +82,16 @@ class Preprocessor:
             self.pool, lambda: [_probe(u.data) for u in uploads])
         for upload, found in zip(uploads, headers):
             if isinstance(found, imageprep.ImageError):
-                upload.error = _image_error(found)
+                upload.error = image_error(found)
                 continue
             upload.width, upload.height, upload.mode = found
-            if upload.pixels > self.settings.MAX_IMAGE_PIXELS:
+            if upload.pixels > self.max_image_pixels:
                 upload.error = ApiError(413, "image_too_large", "image is %dx%d pixels, over the limit of %d "
-                                        "(MAX_IMAGE_PIXELS)" % (upload.width, upload.height,
-                                                                self.settings.MAX_IMAGE_PIXELS))
+                                        "(MAX_IMAGE_PIXELS)" % (upload.width, upload.height, self.max_image_pixels))
 
     def check_pixels(self, uploads):
         total = sum(u.pixels for u in uploads)
-        limit = self.settings.MAX_REQUEST_PIXELS
+        limit = self.max_request_pixels
         if total > limit:
             raise ApiError(413, "too_many_pixels", "the request's images hold %d pixels, over the limit of %d per "
                            "request (MAX_REQUEST_PIXELS); send fewer or smaller images" % (total, limit))
@@ -99,10 +108,9 @@ class Preprocessor:
         sets upload.image or upload.error."""
         start = time.perf_counter()
         try:
-            rgb = imageprep.decode(upload.data, max_pixels=self.settings.MAX_IMAGE_PIXELS)
-            upload.image = imageprep.eval_transform(rgb, prep=self.prep, normalize=not uint8)
+            upload.image = model_input(upload.data, self.prep, self.max_image_pixels, not uint8)
         except imageprep.ImageError as e:
-            upload.error = _image_error(e)
+            upload.error = image_error(e)
         upload.timings["preprocess"] = time.perf_counter() - start
         return upload
 
@@ -118,7 +126,8 @@ def _probe(data):
         return e
 
 
-def _image_error(e):
+def image_error(e):
+    """The API's answer to an image that cannot be decoded or is too large."""
     if isinstance(e, imageprep.ImageTooLarge):
         return ApiError(413, "image_too_large", str(e))
     return bad_request("invalid_image", str(e))

@@ -15,10 +15,9 @@ import threading
 import numpy as np
 import pytest
 
-from classifier import settings as settings_mod
-from classifier.backends import BackendError
-from classifier.backends import acl as acl_backend
-from classifier.backends.acl import AclBackend, probe_device
+from classifier import backends
+from classifier.backends import BackendError, acl_runtime
+from classifier.backends.acl_runtime import probe_device
 from mbv3 import bundle as bundle_mod
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -53,16 +52,14 @@ def sim():
         sys.modules.pop("acl", None)
         if saved is not None:
             sys.modules["acl"] = saved
-        acl_backend._RUNTIME.forget()
 
 
 @pytest.fixture(autouse=True)
-def fresh_process(sim):
-    """Each test is a new process as far as pyACL is concerned."""
+def fresh_process(sim, monkeypatch):
+    """Each test is a new process as far as pyACL is concerned: a reset simulator, and a process
+    runtime owner that has never called acl.init (the module's own is put back afterwards)."""
     sim.sim_reset()
-    acl_backend._RUNTIME.forget()
-    yield
-    acl_backend._RUNTIME.forget()
+    monkeypatch.setattr(acl_runtime, "RUNTIME", acl_runtime.AclRuntime())
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +87,9 @@ def reference(bundles):
     return lambda x: session.run(["logits"], {"input": x})[0]
 
 
-def make_settings(**overrides):
-    overrides.setdefault("BACKEND", "acl")
-    return settings_mod.load(environ={}, dotenv=None, **overrides)
+def acl_backend(bundle, device_id=0):
+    """The Ascend backend for `bundle`, as the service builds it with BACKEND=acl."""
+    return backends.create(bundle, backend="acl", device_id=device_id, threads=1, max_batch=8)
 
 
 def images(n, seed=0):
@@ -125,7 +122,7 @@ def in_thread(fn, name="worker-2"):
 # --- the backend ---------------------------------------------------------------------------------
 
 def test_dynamic_batch_matches_onnxruntime_pads_to_the_smallest_profile_and_reuses_buffers(sim, bundles, reference):
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     try:
         assert backend.max_batch == 8 and backend.input_dtype is np.float32
         assert "dynamic batch 1,2,4,8" in backend.describe() and "device 0" in backend.describe()
@@ -158,7 +155,7 @@ def test_dynamic_batch_matches_onnxruntime_pads_to_the_smallest_profile_and_reus
 
 def test_static_om_pads_to_its_batch_and_chunks(sim, bundles, reference):
     for name, static in (("static", 1), ("static4", 4)):
-        backend = AclBackend(bundles[name], make_settings())
+        backend = acl_backend(bundles[name])
         try:
             assert backend.max_batch == static and "static batch %d" % static in backend.describe()
             executes = len(sim.sim_calls_named("acl.mdl.execute"))
@@ -172,8 +169,8 @@ def test_static_om_pads_to_its_batch_and_chunks(sim, bundles, reference):
 
 
 def test_aipp_uint8_path_matches_the_float_path(sim, bundles):
-    aipp = AclBackend(bundles["aipp"], make_settings())
-    floating = AclBackend(bundles["dynamic"], make_settings())  # two contexts on one thread: run() rebinds
+    aipp = acl_backend(bundles["aipp"])
+    floating = acl_backend(bundles["dynamic"])  # two contexts on one thread: run() rebinds
     try:
         assert aipp.input_dtype is np.uint8 and "AIPP" in aipp.describe()
         assert sim.mdl.get_input_size_by_index(aipp.desc, aipp.input_index) == 8 * SIZE * SIZE * 3
@@ -190,7 +187,7 @@ def test_aipp_uint8_path_matches_the_float_path(sim, bundles):
 
 
 def test_close_tears_down_in_the_documented_order_and_leaves_nothing(sim, bundles):
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     for n in (1, 3, 8):
         backend.run(images(n))
     start = len(sim.sim_calls)
@@ -215,15 +212,15 @@ def test_close_tears_down_in_the_documented_order_and_leaves_nothing(sim, bundle
 
     state = sim.sim_state()
     assert state["initialised"] and state["devices"] == {} and state["contexts"] == []
-    acl_backend.finalize_runtime()  # what atexit does
+    acl_runtime.finalize_runtime()  # what atexit does
     assert sim.sim_calls_named("acl.finalize")[-1].ret == 0 and not sim.sim_state()["initialised"]
     with pytest.raises(BackendError, match="once per process"):
-        AclBackend(bundles["dynamic"], make_settings())
+        acl_backend(bundles["dynamic"])
     assert len(sim.sim_calls_named("acl.init")) == 1
 
 
 def test_an_injected_execute_failure_names_the_call_and_code_and_the_next_run_succeeds(sim, bundles, reference):
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     try:
         sim.sim_fail_next_execute(507011)
         with pytest.raises(BackendError) as err:
@@ -238,7 +235,7 @@ def test_an_injected_execute_failure_names_the_call_and_code_and_the_next_run_su
 
 
 def test_a_lost_device_is_fatal_and_close_still_releases_everything(sim, bundles):
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     backend.run(images(3))
     sim.sim_lose_device(0)
     with pytest.raises(BackendError) as err:
@@ -254,7 +251,7 @@ def test_a_lost_device_is_fatal_and_close_still_releases_everything(sim, bundles
     assert not ok and "507899" in why
 
     sim.sim_restore_device(0)  # what the service does after a fatal error: close, then load again
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     try:
         assert backend.run(images(2)).shape == (2, CLASSES)
     finally:
@@ -264,7 +261,7 @@ def test_a_lost_device_is_fatal_and_close_still_releases_everything(sim, bundles
 
 
 def test_an_allocation_failure_is_reported_and_the_half_made_slot_released(sim, bundles, reference):
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     try:
         backend.run(images(1))
         sim.sim_fail_next("acl.rt.malloc_host", 207001)
@@ -285,25 +282,30 @@ def test_a_failed_load_raises_and_leaves_nothing_behind(sim, bundles, tmp_path):
     with open(os.path.join(broken, "model.om"), "w") as f:
         f.write("not an om")
     with pytest.raises(BackendError, match=r"acl.mdl.load_from_file\(.*\) returned 100013") as err:
-        AclBackend(bundle_mod.load(broken), make_settings())
+        acl_backend(bundle_mod.load(broken))
     assert err.value.fatal
     assert sim.sim_leaks() == [] and sim.sim_state()["devices"] == {}
 
     os.remove(os.path.join(broken, "model.om"))
     with pytest.raises(BackendError, match="model.om.*ATC"):
-        AclBackend(bundle_mod.load(broken), make_settings())
+        acl_backend(bundle_mod.load(broken))
 
     bundle = bundle_mod.load(bundles["aipp"].path)  # metadata says float32, the .om takes uint8
     bundle.info.om.aipp, bundle.info.om.input_dtype = False, "float32"
-    with pytest.raises(BackendError, match="om.aipp=False"):
-        AclBackend(bundle, make_settings())
+    with pytest.raises(BackendError, match=r"om.aipp=False \(float32 input\), but the model's input is %d bytes.*"
+                                           r"a batch of uint8 images: an .om built with AIPP" % (8 * SIZE * SIZE * 3)):
+        acl_backend(bundle)
     assert sim.sim_leaks() == []
 
-    bundle.info.om = None  # no record: model.om, AIPP inferred from the model's input size
-    backend = AclBackend(bundle, make_settings())
-    assert backend.input_dtype is np.uint8
-    backend.close()
-    assert sim.sim_leaks() == []
+    bundle.info.om.aipp = True  # and input_dtype still float32: a record that contradicts itself
+    with pytest.raises(BackendError, match="contradicts itself"):
+        acl_backend(bundle)
+
+    bundle.info.om = None  # no record: not built by `mbv3 om`, and AIPP is never guessed from the model
+    with pytest.raises(BackendError, match="no `om` record.*`mbv3 om --bundle") as err:
+        acl_backend(bundle)
+    assert err.value.fatal
+    assert sim.sim_leaks() == [] and sim.sim_state()["devices"] == {}
 
 
 def test_probe_device(sim, bundles):
@@ -311,7 +313,7 @@ def test_probe_device(sim, bundles):
     assert sim.sim_leaks() == [] and sim.sim_state()["devices"] == {}
     ok, why = probe_device(3)
     assert not ok and "3" in why
-    backend = AclBackend(bundles["dynamic"], make_settings())  # a probe does not spend the one acl.init
+    backend = acl_backend(bundles["dynamic"])  # a probe does not spend the one acl.init
     backend.run(images(1))
     backend.close()
     assert [c.ret for c in sim.sim_calls_named("acl.init")] == [0]
@@ -319,7 +321,7 @@ def test_probe_device(sim, bundles):
 
 
 def test_the_backend_works_from_a_second_thread_via_set_context(sim, bundles, reference):
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     try:
         x = images(3, seed=2)
         assert_close(in_thread(lambda: backend.run(x), "worker-2"), reference(x))
@@ -330,7 +332,7 @@ def test_the_backend_works_from_a_second_thread_via_set_context(sim, bundles, re
     assert sim.sim_leaks() == []
 
     def service_pattern():  # created, used and closed on one worker thread: no set_context at all
-        b = AclBackend(bundles["dynamic"], make_settings())
+        b = acl_backend(bundles["dynamic"])
         try:
             return b.run(x)
         finally:
@@ -344,7 +346,7 @@ def test_the_backend_works_from_a_second_thread_via_set_context(sim, bundles, re
 def test_older_pyacl_without_bytes_to_ptr_uses_numpy_to_ptr(sim, bundles, reference):
     sim.sim_reset(legacy_util=True)
     assert not hasattr(sim.util, "bytes_to_ptr")
-    backend = AclBackend(bundles["dynamic"], make_settings())
+    backend = acl_backend(bundles["dynamic"])
     try:
         x = images(3, seed=6)
         assert_close(backend.run(x), reference(x))
@@ -358,9 +360,9 @@ def test_auto_selects_acl_and_the_service_never_imports_tensorflow(bundles):
     script = textwrap.dedent("""
         import sys
         import numpy as np
-        from classifier import backends, settings
+        from classifier import backends
         from mbv3 import bundle
-        b = backends.create(bundle.load(sys.argv[1]), settings.load(environ={}, dotenv=None, BACKEND="auto"),
+        b = backends.create(bundle.load(sys.argv[1]), backend="auto", device_id=0, threads=1, max_batch=8,
                             log=lambda m: print(m))
         print(b.name, b.run(np.zeros((2, 64, 64, 3), np.float32)).shape)
         b.close()

@@ -13,6 +13,7 @@ import requests
 
 from classifier.backends.base import BackendError
 from classifier.backends.onnxruntime import OnnxRuntimeBackend
+from mbv3 import bundle as bundle_mod
 
 from svc_support import Server, ThreadServer, bundle_dir, classify, jpeg_bytes  # noqa: F401
 
@@ -24,13 +25,13 @@ class Flaky(OnnxRuntimeBackend):
     created = 0
     threads = set()
 
-    def __init__(self, bundle, settings):
+    def __init__(self, *args):
         type(self).created += 1
         type(self).threads.add(threading.current_thread().name)
         delay = self.plan.get("load")
         if delay:
             time.sleep(delay)
-        super().__init__(bundle, settings)
+        super().__init__(*args)
 
     def run(self, batch):
         type(self).runs += 1
@@ -53,8 +54,9 @@ def flaky():
     yield Flaky
 
 
-def factory(bundle, settings, log=print):
-    return Flaky(bundle, settings)
+def factory(bundle, *, threads, max_batch, **choices):
+    """backends.create's signature; always the scripted ONNX Runtime backend."""
+    return Flaky(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
 
 
 def test_failed_batch_answers_503_then_recovers(bundle_dir, flaky):  # noqa: F811

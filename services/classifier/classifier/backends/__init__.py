@@ -1,8 +1,11 @@
-"""Backend selection. `auto` takes the Ascend backend when pyACL imports and a device answers,
+"""Backend selection: which backend serves a bundle, built from the bundle's files and record and a
+few explicit choices. `auto` takes the Ascend backend when pyACL imports and a device answers,
 otherwise ONNX Runtime, and says which and why."""
 from __future__ import annotations
 
 import sys
+
+from mbv3 import bundle as bundle_mod
 
 from .base import Backend, BackendError  # noqa: F401
 
@@ -13,27 +16,30 @@ def acl_available(device_id):
         import acl  # noqa: F401
     except ImportError as e:
         return False, "pyACL not importable (%s)" % e
-    from .acl import probe_device
+    from .acl_runtime import probe_device
     return probe_device(device_id)
 
 
-def create(bundle, settings, log=print):
-    name = settings.BACKEND
+def create(bundle, *, backend, device_id, threads, max_batch, log=print):
+    """The backend for `bundle` (mbv3.bundle.Bundle): `backend` is auto, onnxruntime or acl; the
+    Ascend backend runs on `device_id`, ONNX Runtime with `threads` and runs of up to `max_batch`."""
+    name = backend
     if name == "auto":
-        ok, why = acl_available(settings.DEVICE_ID)
+        ok, why = acl_available(device_id)
         name = "acl" if ok else "onnxruntime"
         log("BACKEND=auto: using %s%s" % (name, "" if ok else " (%s)" % why))
     if name == "acl":
         from .acl import AclBackend
-        return AclBackend(bundle, settings)
+        om = bundle.info.om
+        return AclBackend(bundle.file(om.file if om else bundle_mod.OM), bundle.info, device_id)
     from .onnxruntime import OnnxRuntimeBackend
-    return OnnxRuntimeBackend(bundle, settings)
+    return OnnxRuntimeBackend(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
 
 
 def release_process_resources():
     """At service shutdown, after the backend is closed: pyACL is finalized once per process, so
     its finalize belongs to the end of the process, not to a backend's close (which a fatal error
     follows with a reload)."""
-    acl_backend = sys.modules.get(__name__ + ".acl")
-    if acl_backend is not None:
-        acl_backend.finalize_runtime()
+    acl_runtime = sys.modules.get(__name__ + ".acl_runtime")
+    if acl_runtime is not None:
+        acl_runtime.finalize_runtime()

@@ -1,9 +1,10 @@
-"""Ascend 310/310P: the bundle's `.om` (ATC output) through pyACL.
+"""Ascend 310/310P: a bundle's `.om` (ATC output) through pyACL.
 
-The call sequence is pyACL's documented one (init, set_device, create_context, load_from_file,
-model desc, device buffers, datasets, memcpy, execute, copy back; teardown in reverse), every
-return code is checked, and a failure becomes BackendError("acl.<call> returned <code> ...");
-device-loss codes make it fatal (the service then closes the backend and loads it again).
+The call sequence is pyACL's documented one (set_device, create_context, load_from_file, model
+desc, device buffers, datasets, memcpy, execute, copy back; teardown in reverse), every return code
+is checked, and a failure becomes BackendError("acl.<call> returned <code> ..."); device-loss codes
+make it fatal (the service then closes the backend and loads it again). acl.init and acl.finalize
+belong to the process, not to a backend: acl_runtime.py owns them.
 
 Threads: an ACL context is bound to the thread that created it. The service creates, runs and
 closes a backend on one worker thread; run()/close() from another thread first make the context
@@ -12,209 +13,34 @@ current there with acl.rt.set_context (a lock serialises use of the one model id
 Batches: with batch profiles (ATC --dynamic_batch_size, input `ascend_mbatch_shape_data`) a batch
 of N runs in the smallest profile >= N, zero-padded, and the output is cut back to N. A static .om
 runs its fixed batch the same way. Device/host buffers and datasets are made once per profile on
-first use and reused. With AIPP (metadata om.aipp) the model takes uint8 RGB NHWC and does the
-[-1, 1] normalisation itself, so input_dtype is np.uint8.
+first use and reused.
 
-acl.init once per process: pyACL documents acl.init as callable once per process, so a
-module-level runtime owner (`_RUNTIME`) calls it on first use (probe_device or a backend), counts
-users, and calls acl.finalize only when the process exits (atexit) or when finalize_runtime() is
-called with no user left -- never between a probe and the backend that follows it, nor between
-closing a failed backend and loading it again. If something else in the process already called
-acl.init (ACL_ERROR_REPEAT_INITIALIZE), the runtime is used but never finalized by us.
-AclBackend.close() therefore tears down everything it made (buffers, datasets, memory, model,
-desc, context, device) and releases its hold on the runtime; the final acl.finalize follows at exit.
+AIPP: whether the .om normalises inside the model (then it takes uint8 RGB NHWC and input_dtype is
+np.uint8) is read from model.json's `om` record, which `mbv3 om` writes when it builds the .om; it
+is never inferred from the model. A model whose input size contradicts the record is a load error
+naming both, and a .om without a record (not built by `mbv3 om`) is a load error saying to run it:
+float32 and uint8 inputs of different batch sizes can have the same byte size, so no guess is safe.
 """
 from __future__ import annotations
 
-import atexit
-import dataclasses
 import logging
 import os
 import threading
 
 import numpy as np
 
-from mbv3.errors import first_line
-
+from . import acl_runtime
+from .acl_runtime import ACL_SUCCESS, error
 from .base import Backend, BackendError
 
 log = logging.getLogger(__name__)
 
 # pyACL exposes no constants module; these are the documented values (ASCEND.md).
-ACL_SUCCESS = 0
 ACL_MEM_MALLOC_HUGE_FIRST = 0
 ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2
 NPY_FLOAT32 = 11
-ACL_ERROR_REPEAT_INITIALIZE = 100002
 MBATCH_INPUT = "ascend_mbatch_shape_data"
-DEFAULT_OM = "model.om"
-
-ERROR_NAMES = {
-    100000: "ACL_ERROR_INVALID_PARAM", 100001: "ACL_ERROR_UNINITIALIZE", 100002: "ACL_ERROR_REPEAT_INITIALIZE",
-    100003: "ACL_ERROR_INVALID_FILE", 100011: "ACL_ERROR_INVALID_MODEL_ID", 100012: "ACL_ERROR_DESERIALIZE_MODEL",
-    100013: "ACL_ERROR_PARSE_MODEL", 100014: "ACL_ERROR_READ_MODEL_FAILURE", 100015: "ACL_ERROR_MODEL_SIZE_INVALID",
-    100017: "ACL_ERROR_MODEL_INPUT_NOT_MATCH", 100018: "ACL_ERROR_MODEL_OUTPUT_NOT_MATCH",
-    100019: "ACL_ERROR_MODEL_NOT_DYNAMIC", 100037: "ACL_ERROR_REPEAT_FINALIZE",
-    148051: "ACL_ERROR_RELATIVE_RESOURCE_NOT_CLEARED", 200000: "ACL_ERROR_BAD_ALLOC",
-    200002: "ACL_ERROR_INVALID_DEVICE", 300000: "ACL_ERROR_STORAGE_OVER_LIMIT", 500000: "ACL_ERROR_INTERNAL_ERROR",
-    500001: "ACL_ERROR_FAILURE", 500002: "ACL_ERROR_GE_FAILURE", 500003: "ACL_ERROR_RT_FAILURE",
-    500004: "ACL_ERROR_DRV_FAILURE",
-    107000: "ACL_ERROR_RT_PARAM_INVALID", 107001: "ACL_ERROR_RT_INVALID_DEVICEID",
-    107002: "ACL_ERROR_RT_CONTEXT_NULL", 107003: "ACL_ERROR_RT_STREAM_CONTEXT", 107004: "ACL_ERROR_RT_MODEL_CONTEXT",
-    107016: "ACL_ERROR_RT_INVALID_MEMORY_TYPE", 107019: "ACL_ERROR_RT_WAIT_TIMEOUT",
-    107020: "ACL_ERROR_RT_TASK_TIMEOUT", 107022: "ACL_ERROR_RT_DEVICE_TASK_ABORT",
-    207000: "ACL_ERROR_RT_FEATURE_NOT_SUPPORT", 207001: "ACL_ERROR_RT_MEMORY_ALLOCATION",
-    207002: "ACL_ERROR_RT_MEMORY_FREE", 207004: "ACL_ERROR_RT_NO_DEVICE", 207018: "ACL_ERROR_RT_DEVICE_OOM",
-    507000: "ACL_ERROR_RT_INTERNAL_ERROR", 507010: "ACL_ERROR_RT_LOST_HEARTBEAT",
-    507011: "ACL_ERROR_RT_MODEL_EXECUTE", 507013: "ACL_ERROR_RT_SYS_DMA", 507014: "ACL_ERROR_RT_AICORE_TIMEOUT",
-    507015: "ACL_ERROR_RT_AICORE_EXCEPTION", 507033: "ACL_ERROR_RT_DEV_SETUP_ERROR",
-    507053: "ACL_ERROR_RT_DEVICE_MEM_ERROR", 507054: "ACL_ERROR_RT_HBM_MULTI_BIT_ECC_ERROR",
-    507056: "ACL_ERROR_RT_LINK_ERROR", 507899: "ACL_ERROR_RT_DRV_INTERNAL_ERROR",
-    507901: "ACL_ERROR_RT_SOCKET_CLOSE",
-}
-
-# The device (or the driver's link to it) is gone: nothing on it can be trusted until the backend
-# is closed and loaded again.
-FATAL_CODES = frozenset([
-    107022,  # ACL_ERROR_RT_DEVICE_TASK_ABORT
-    207004,  # ACL_ERROR_RT_NO_DEVICE
-    500004,  # ACL_ERROR_DRV_FAILURE
-    507010,  # ACL_ERROR_RT_LOST_HEARTBEAT
-    507013,  # ACL_ERROR_RT_SYS_DMA
-    507033,  # ACL_ERROR_RT_DEV_SETUP_ERROR
-    507053,  # ACL_ERROR_RT_DEVICE_MEM_ERROR
-    507054,  # ACL_ERROR_RT_HBM_MULTI_BIT_ECC_ERROR
-    507056,  # ACL_ERROR_RT_LINK_ERROR
-    507899,  # ACL_ERROR_RT_DRV_INTERNAL_ERROR
-    507901,  # ACL_ERROR_RT_SOCKET_CLOSE
-])
-
-
-def _import_acl():
-    import acl  # pyACL, from CANN's nnrt/toolkit (PYTHONPATH set by set_env.sh)
-    return acl
-
-
-def _recent_message(acl):
-    getter = getattr(acl, "get_recent_err_msg", None)
-    if getter is None:
-        return ""
-    try:
-        message = getter()
-    except Exception:  # diagnostics only
-        return ""
-    return first_line(message or "", default="")
-
-
-def _error(acl, call, ret, fatal=None):
-    text = "%s returned %s (%s)" % (call, ret, ERROR_NAMES.get(ret, "ACL error"))
-    detail = _recent_message(acl) if acl is not None else ""
-    if detail:
-        text += ": " + detail
-    return BackendError(text, fatal=(ret in FATAL_CODES) if fatal is None else fatal)
-
-
-class _AclRuntime(object):
-    """Owns acl.init/acl.finalize for the process (see the module docstring)."""
-
-    def __init__(self):
-        self._lock = threading.Lock()
-        self.acl = None
-        self.state = "uninitialised"   # "owned", "external" (someone else's init), "finalized"
-        self.users = 0
-        self._atexit = False
-
-    def acquire(self):
-        """The acl module, initialised; pair every call with release()."""
-        with self._lock:
-            acl = _import_acl()
-            if self.state in ("owned", "external") and self.acl is acl:
-                self.users += 1
-                return acl
-            if self.state == "finalized" and self.acl is acl:
-                raise BackendError("acl.finalize() was already called in this process and pyACL allows acl.init() "
-                                   "once per process: restart the service", fatal=True)
-            ret = acl.init()
-            if ret == ACL_SUCCESS:
-                self.state = "owned"
-            elif ret == ACL_ERROR_REPEAT_INITIALIZE:
-                self.state = "external"  # initialised by other code in this process: use it, never finalize it
-            else:
-                raise _error(acl, "acl.init", ret, fatal=True)
-            self.acl = acl
-            self.users = 1
-            if not self._atexit:
-                atexit.register(self._at_exit)
-                self._atexit = True
-            return acl
-
-    def release(self):
-        with self._lock:
-            self.users = max(0, self.users - 1)
-
-    def finalize(self):
-        """acl.finalize() now, if we initialised pyACL and no backend or probe holds it."""
-        with self._lock:
-            if self.state != "owned":
-                return
-            if self.users:
-                raise BackendError("cannot finalize pyACL: %d backend(s) still open" % self.users)
-            ret = self.acl.finalize()
-            self.state = "finalized"
-            if ret != ACL_SUCCESS:
-                raise _error(self.acl, "acl.finalize", ret)
-
-    def forget(self):
-        """Tests only: the `acl` module was replaced or reset (simulator), start from scratch."""
-        with self._lock:
-            self.acl, self.state, self.users = None, "uninitialised", 0
-
-    def _at_exit(self):
-        try:
-            if self.state == "owned" and not self.users:
-                self.finalize()
-        except Exception:  # the process is exiting; nothing useful to do with it
-            pass
-
-
-_RUNTIME = _AclRuntime()
-
-
-def finalize_runtime():
-    """Call acl.finalize() now (also done at exit). Afterwards no AclBackend can be made in this process."""
-    _RUNTIME.finalize()
-
-
-def probe_device(device_id):
-    """(True, "") when pyACL initialises and device `device_id` can be set, else (False, reason).
-    Leaves no device set; acl.init stays with the process-wide runtime owner (see module docstring)."""
-    try:
-        _import_acl()
-    except ImportError as e:
-        return False, "pyACL not importable (%s)" % e
-    try:
-        acl = _RUNTIME.acquire()
-    except BackendError as e:
-        return False, str(e)
-    except Exception as e:  # a broken pyACL install: report, do not crash start-up
-        return False, "acl.init failed: %s" % e
-    try:
-        if hasattr(acl.rt, "get_device_count"):
-            count, ret = acl.rt.get_device_count()
-            if ret == ACL_SUCCESS and not 0 <= device_id < count:
-                return False, "no Ascend device %d (%d device(s) visible)" % (device_id, count)
-        ret = acl.rt.set_device(device_id)
-        if ret != ACL_SUCCESS:
-            return False, str(_error(acl, "acl.rt.set_device(%d)" % device_id, ret))
-        ret = acl.rt.reset_device(device_id)
-        if ret != ACL_SUCCESS:
-            return False, str(_error(acl, "acl.rt.reset_device(%d)" % device_id, ret))
-        return True, ""
-    except Exception as e:
-        return False, "pyACL device probe failed: %s" % e
-    finally:
-        _RUNTIME.release()
 
 
 class _Slot(object):
@@ -233,9 +59,14 @@ class _Slot(object):
 class AclBackend(Backend):
     name = "acl"
 
-    def __init__(self, bundle, settings):
-        super().__init__(bundle, settings)
-        self.device_id = int(settings.DEVICE_ID)
+    def __init__(self, om_path, info, device_id):
+        """om_path: the .om file; info: the bundle's ModelInfo (input shape, num_classes, and the
+        `om` record of how the .om was built); device_id: the Ascend device to run on."""
+        self.device_id = int(device_id)
+        self.om_path = om_path
+        self.om = info.om
+        self.image_shape = tuple(int(d) for d in info.input.shape[1:])
+        self.num_classes = info.num_classes
         self._lock = threading.RLock()
         self._closed = False
         self._broken = None
@@ -246,12 +77,19 @@ class AclBackend(Backend):
         self.model_id = None
         self.desc = None
         self.acl = None
-        self.om_info = dataclasses.asdict(bundle.info.om) if bundle.info.om else {}
-        self.om_path = bundle.file(self.om_info.get("file") or DEFAULT_OM)
-        if not os.path.isfile(self.om_path):
+        if not os.path.isfile(om_path):
             raise BackendError("no Ascend model at %s: convert the bundle with ATC (`make om`) on a CANN machine"
-                               % self.om_path, fatal=True)
-        self.acl = _RUNTIME.acquire()
+                               % om_path, fatal=True)
+        if self.om is None:
+            raise BackendError("%s has no `om` record in model.json, so it was not built by `mbv3 om` and whether it "
+                               "takes uint8 (AIPP) or float32 input is unknown: build it with `mbv3 om --bundle %s` "
+                               "(`make om`)" % (om_path, os.path.dirname(om_path)), fatal=True)
+        if self.om.input_dtype != ("uint8" if self.om.aipp else "float32"):
+            raise BackendError("%s: model.json's om record contradicts itself (aipp=%s, input_dtype=%s): build the "
+                               ".om again with `mbv3 om`" % (om_path, self.om.aipp, self.om.input_dtype), fatal=True)
+        self.aipp = bool(self.om.aipp)
+        self._runtime = acl_runtime.RUNTIME   # the process's pyACL: init once, finalize at exit
+        self.acl = self._runtime.acquire()
         self._holds_runtime = True
         try:
             self._open()
@@ -263,7 +101,7 @@ class AclBackend(Backend):
 
     def _check(self, call, ret, fatal=None):
         if ret != ACL_SUCCESS:
-            raise _error(self.acl, call, ret, fatal)
+            raise error(self.acl, call, ret, fatal)
 
     def _open(self):
         acl = self.acl
@@ -274,7 +112,7 @@ class AclBackend(Backend):
         self.model_id, ret = acl.mdl.load_from_file(self.om_path)
         if ret != ACL_SUCCESS:
             self.model_id = None
-            raise _error(acl, "acl.mdl.load_from_file(%s)" % self.om_path, ret, fatal=True)
+            raise error(acl, "acl.mdl.load_from_file(%s)" % self.om_path, ret, fatal=True)
         self.desc = acl.mdl.create_desc()
         if not self.desc:
             raise BackendError("acl.mdl.create_desc returned no descriptor", fatal=True)
@@ -282,7 +120,7 @@ class AclBackend(Backend):
         self._inspect_model()
 
     def _inspect_model(self):
-        acl, model_info = self.acl, self.bundle.info
+        acl = self.acl
         num_inputs = acl.mdl.get_num_inputs(self.desc)
         num_outputs = acl.mdl.get_num_outputs(self.desc)
         self.mbatch_index = None
@@ -302,7 +140,7 @@ class AclBackend(Backend):
         if len(data_inputs) != 1 or num_outputs != 1:
             raise BackendError("%s has %d data input(s) and %d output(s); expected one image input and one logits output"
                                % (self.om_path, len(data_inputs), num_outputs), fatal=True)
-        recorded = self.om_info.get("batch_profiles")
+        recorded = self.om.batch_profiles
         if recorded and sorted(recorded) != self.profiles:
             log.warning("%s: model.json records batch profiles %s, the model has %s; using the model's",
                         self.om_path, recorded, self.profiles or "none")
@@ -311,36 +149,31 @@ class AclBackend(Backend):
         in_size = acl.mdl.get_input_size_by_index(self.desc, self.input_index)
         out_size = acl.mdl.get_output_size_by_index(self.desc, 0)
 
-        shape = model_info.input.shape
-        self.image_shape = (int(shape[1]), int(shape[2]), int(shape[3]))
-        self.num_classes = model_info.num_classes
-        pixels = int(np.prod(self.image_shape))
-        aipp = self.om_info.get("aipp")
-        if aipp is None and self.om_info.get("input_dtype"):
-            aipp = self.om_info["input_dtype"] == "uint8"
-        candidates = [bool(aipp)] if aipp is not None else [False, True]
-        for uint8 in candidates:
-            per_image = pixels * (1 if uint8 else 4)
-            if self.profiles:
-                fits = in_size == self.profiles[-1] * per_image
-                batches = self.profiles
-            else:
-                fits = in_size > 0 and in_size % per_image == 0
-                batches = [in_size // per_image] if fits else []
-            if fits:
-                break
-        if not fits:
-            raise BackendError("%s: model input is %d bytes, which is not a batch of %s %s images (bundle metadata "
-                               "om.aipp=%s): was the .om built from this bundle?" % (
-                                   self.om_path, in_size, "x".join(map(str, self.image_shape)),
-                                   "uint8" if candidates[-1] else "float32", aipp), fatal=True)
-        self.aipp = uint8
-        self.per_image = per_image
-        self.batch_sizes = batches
-        expected_out = batches[-1] * self.num_classes * 4
+        self.per_image = int(np.prod(self.image_shape)) * (1 if self.aipp else 4)
+        self.batch_sizes = self._batch_sizes(in_size, self.per_image)
+        if not self.batch_sizes:
+            raise BackendError(self._input_contradicts_record(in_size), fatal=True)
+        expected_out = self.max_batch * self.num_classes * 4
         if out_size != expected_out:
             raise BackendError("%s: model output is %d bytes, expected %d (float32 logits [%d, %d])" % (
-                self.om_path, out_size, expected_out, batches[-1], self.num_classes), fatal=True)
+                self.om_path, out_size, expected_out, self.max_batch, self.num_classes), fatal=True)
+
+    def _batch_sizes(self, in_size, per_image):
+        """The batch sizes the model's input of `in_size` bytes holds at `per_image` bytes an image
+        (its profiles, or its one static batch); [] when it holds no whole number of images."""
+        if self.profiles:
+            return self.profiles if in_size == self.profiles[-1] * per_image else []
+        return [in_size // per_image] if in_size > 0 and in_size % per_image == 0 else []
+
+    def _input_contradicts_record(self, in_size):
+        pixels = int(np.prod(self.image_shape))
+        shape = "x".join(map(str, self.image_shape))
+        recorded, other = ("uint8", "float32") if self.aipp else ("float32", "uint8")
+        text = ("%s: model.json records om.aipp=%s (%s input), but the model's input is %d bytes, which is not a batch "
+                "of %s %s images" % (self.om_path, self.aipp, recorded, in_size, shape, recorded))
+        if self._batch_sizes(in_size, pixels * (4 if self.aipp else 1)):
+            text += " (it is a batch of %s images: an .om built %s AIPP)" % (other, "without" if self.aipp else "with")
+        return text + ": was the .om built from this bundle? Build it again with `mbv3 om`"
 
     # --- the Backend interface ------------------------------------------------------------------
 
@@ -358,7 +191,7 @@ class AclBackend(Backend):
         else:
             batch = "static batch %d" % self.batch_sizes[0]
         return "acl device %d, %s (%s, %s, %s)" % (
-            self.device_id, os.path.basename(self.om_path), self.om_info.get("soc_version", "Ascend"), batch,
+            self.device_id, os.path.basename(self.om_path), self.om.soc_version, batch,
             "AIPP: uint8 RGB input" if self.aipp else "float32 input, no AIPP")
 
     def run(self, batch):
@@ -395,7 +228,7 @@ class AclBackend(Backend):
 
     def _checked_run(self, call, ret):
         if ret != ACL_SUCCESS:
-            err = _error(self.acl, call, ret)
+            err = error(self.acl, call, ret)
             if err.fatal:
                 self._broken = str(err)
             raise err
@@ -498,7 +331,7 @@ class AclBackend(Backend):
             errors.append("%s raised %s" % (call, e))
             return
         if ret != ACL_SUCCESS:
-            errors.append(str(_error(self.acl, call, ret)))
+            errors.append(str(error(self.acl, call, ret)))
 
     def _release_slot(self, slot, errors):
         """Data buffers, datasets, device memory, host memory -- the documented order."""
@@ -530,9 +363,9 @@ class AclBackend(Backend):
 
     def close(self):
         """The documented teardown: data buffers, datasets, device/host memory, model, desc,
-        context, device; then release the process's pyACL runtime (acl.finalize follows at exit,
-        or finalize_runtime()). Errors are logged and kept in self.close_errors; close never raises
-        and is safe to call twice, from any thread."""
+        context, device; then release the process's pyACL runtime (acl.finalize follows at exit, or
+        acl_runtime.finalize_runtime()). Errors are logged and kept in self.close_errors; close
+        never raises and is safe to call twice, from any thread."""
         with self._lock:
             if self._closed:
                 return
@@ -563,7 +396,7 @@ class AclBackend(Backend):
                 step(errors, "acl.rt.reset_device(%d)" % self.device_id, acl.rt.reset_device, self.device_id)
                 self._device_set = False
             if self._holds_runtime:
-                _RUNTIME.release()
+                self._runtime.release()
                 self._holds_runtime = False
             for message in errors:
                 log.warning("acl backend close: %s", message)

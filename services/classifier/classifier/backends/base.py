@@ -1,5 +1,9 @@
 """The interface every backend implements. A backend is created, used and closed on ONE thread
-(the device's worker thread): an ACL context is bound to the thread that made it."""
+(the device's worker thread): an ACL context is bound to the thread that made it.
+
+A backend is built from explicit arguments (its model file, the bundle's ModelInfo for the shapes
+the file must have, threads or a device): it knows nothing of the service's settings, so adding one
+touches only its own module and the selection in backends/__init__.py."""
 from __future__ import annotations
 
 import numpy as np
@@ -16,11 +20,8 @@ class BackendError(RuntimeError):
 
 class Backend:
     name = "base"
-
-    def __init__(self, bundle, settings):
-        """bundle: mbv3.bundle.Bundle; settings: classifier.settings.Settings. Loads the model."""
-        self.bundle = bundle
-        self.settings = settings
+    image_shape = None   # (H, W, 3) of one input image: each backend sets it from the bundle's record
+    num_classes = None   # logits per image, likewise
 
     @property
     def max_batch(self) -> int:

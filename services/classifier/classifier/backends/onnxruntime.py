@@ -1,9 +1,8 @@
-"""ONNX Runtime on the CPU: the bundle's model.onnx, dynamic batch, configurable threads."""
+"""ONNX Runtime on the CPU: a bundle's model.onnx, dynamic batch, configurable threads."""
 from __future__ import annotations
 
 import numpy as np
 
-from mbv3 import bundle as bundle_mod
 from mbv3 import runtime
 from mbv3.errors import BundleError, first_line
 
@@ -13,15 +12,22 @@ from .base import Backend, BackendError
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, bundle, settings):
-        super().__init__(bundle, settings)
+    def __init__(self, model_path, info, threads, max_batch):
+        """model_path: the .onnx file; info: the bundle's ModelInfo, whose input and output shapes
+        the model must have; threads: intra-op threads; max_batch: the largest run (the model's
+        batch is dynamic, so this is the caller's limit)."""
+        self.path = model_path
+        self.threads = int(threads)
+        self._max_batch = int(max_batch)
+        self.image_shape = (info.preprocessing.height, info.preprocessing.width, 3)
+        self.num_classes = info.num_classes
         # Two sessions on the same model: ORT's intra-op workers spin after each run by default, which
         # shortens a lone request's inference but, under load, steals the cores that decoding and
         # preprocessing need. Single images run on the spinning session, micro-batches on the other
         # (make bench-serve measures both sides).
         self.single = self._session(spinning=True)
         try:
-            runtime.check_session(self.single, bundle.info, self.bundle.file(bundle_mod.ONNX))
+            runtime.check_session(self.single, info, model_path)
         except BundleError as e:
             raise BackendError(str(e), fatal=True)
         self.batched = self._session(spinning=False)
@@ -31,18 +37,17 @@ class OnnxRuntimeBackend(Backend):
     def _session(self, spinning):
         import onnxruntime as ort
         options = ort.SessionOptions()
-        options.intra_op_num_threads = self.settings.threads
+        options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-        path = self.bundle.file(bundle_mod.ONNX)
         try:
-            return ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+            return ort.InferenceSession(self.path, options, providers=["CPUExecutionProvider"])
         except Exception as e:  # ORT's Fail/InvalidGraph/NoSuchFile share no public base class
-            raise BackendError("onnxruntime cannot load %s: %s" % (path, first_line(e)), fatal=True)
+            raise BackendError("onnxruntime cannot load %s: %s" % (self.path, first_line(e)), fatal=True)
 
     @property
     def max_batch(self):
-        return self.settings.MAX_BATCH  # dynamic batch: any size; the batcher's limit applies
+        return self._max_batch
 
     def run(self, batch):
         session = self.single if len(batch) == 1 else self.batched
@@ -52,9 +57,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("onnxruntime run failed: %s" % first_line(e))
 
     def describe(self):
-        threads = self.settings.threads
         return "onnxruntime %s (CPUExecutionProvider, %s intra-op threads)" % (
-            __import__("onnxruntime").__version__, threads)
+            __import__("onnxruntime").__version__, self.threads)
 
     def close(self):
         self.single = self.batched = None

@@ -1,0 +1,117 @@
+"""What every image goes through, whichever protocol brought it: the request's limits, its
+headers probed, its worst case held from the memory budget, preprocessing, the engine, and the
+answer (top-k without the background class, per-stage timings). Both routers call one Pipeline,
+so the two protocols cannot drift apart; they only read bodies and write answers.
+
+The dependency runs one way: the pipeline calls the engine with arrays (or, for the one-hop path,
+with a pure function and its arguments), and the engine never calls the pipeline.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from mbv3 import imageprep
+from mbv3.runtime import softmax, top_k
+
+from .errors import ApiError, unavailable
+from .images import Upload, image_error, model_input
+
+STAGES = ("preprocess", "queue", "inference")
+
+
+class Pipeline:
+    def __init__(self, bundle, engine, images, budget, metrics, one_hop_max_pixels):
+        """bundle: the served mbv3 Bundle; engine: the Engine; images: the Preprocessor (limits,
+        probing, decoding pool); budget: the MemoryBudget; one_hop_max_pixels: the largest lone
+        image decoded on the device thread (ONE_HOP_MAX_PIXELS; 0: never)."""
+        self.engine, self.images, self.budget, self.metrics = engine, images, budget, metrics
+        self.one_hop_max_pixels = one_hop_max_pixels
+        self.labels = bundle.labels
+        self.prep = bundle.preprocessing
+        self.size = self.prep.size
+        self.num_classes = bundle.num_classes
+        self.background = bundle.background_index
+        self.max_top_k = self.num_classes - (1 if self.background is not None else 0)
+
+    @property
+    def takes_pixels(self):
+        """Whether the model takes uint8 pixels (an .om with AIPP normalises inside) rather than
+        normalised float32: the backend says, once loaded."""
+        return self.engine.input_dtype == np.uint8
+
+    # --- encoded images -----------------------------------------------------------------------
+    async def infer_uploads(self, uploads):
+        """Probe, admit under the memory budget, preprocess and infer; each upload ends with
+        .logits or .error. Raises ApiError for what fails the whole request (count, pixels, budget,
+        queue)."""
+        self.images.check_count(len(uploads))
+        await self.images.probe(uploads)
+        good = [u for u in uploads if u.error is None]
+        self.images.check_pixels(good)
+        what = "this image" if len(uploads) == 1 else "this request's %d images" % len(uploads)
+        async with self.budget.hold(self.images.cost(good), what):
+            uint8 = self.takes_pixels
+            if len(good) == 1 and len(uploads) == 1 and good[0].pixels <= self.one_hop_max_pixels and self.engine.idle:
+                await self._one_hop(good[0], uint8)
+                return uploads
+            with self.engine.expecting(len(good)):
+                await self.images.prepare_all(good, uint8)
+            ready = [u for u in good if u.error is None]
+            if ready:
+                for upload, (outcome, timings) in zip(ready, await self.engine.infer_many([u.image for u in ready])):
+                    upload.image = None
+                    upload.timings.update(timings)
+                    if isinstance(outcome, Exception):
+                        upload.error = outcome if isinstance(outcome, ApiError) else unavailable(
+                            "backend_error", "inference failed")
+                    else:
+                        upload.logits = outcome
+        return uploads
+
+    async def _one_hop(self, upload, uint8):
+        """A lone small image on an idle engine: decoded and run in one hop on the device thread.
+        The engine gets model_input (a pure function) and the bytes, never this upload."""
+        try:
+            upload.logits, timings = await self.engine.infer_alone(
+                model_input, upload.data, self.prep, self.images.max_image_pixels, not uint8)
+        except imageprep.ImageError as e:
+            upload.error = image_error(e)
+        else:
+            upload.timings.update(timings)
+
+    def result(self, upload, top_k_):
+        """The JSON object for one classified upload (the background class is never a prediction)."""
+        probs = softmax(upload.logits[np.newaxis].astype(np.float64))
+        (best,) = top_k(probs, self.labels, top_k_, skip=self.background)
+        timings = upload.timings
+        for stage in STAGES:
+            self.metrics.stage_latency.labels(stage).observe(timings.get(stage, 0.0))
+        out = {"predictions": [{"label": label, "index": i, "score": score} for i, label, score in best],
+               "timings_ms": {stage: round(timings.get(stage, 0.0) * 1000, 3) for stage in STAGES}}
+        if upload.name is not None:
+            out = dict({"filename": upload.name}, **out)
+        return out
+
+    async def infer_encoded(self, images):
+        """float32 logits [N, classes] for N encoded images, all of them or an ApiError (a tensor
+        API answers every row or none)."""
+        uploads = await self.infer_uploads([Upload(data) for data in images])
+        for upload in uploads:
+            if upload.error is not None:
+                raise upload.error
+        return np.stack([u.logits for u in uploads]).astype(np.float32)
+
+    # --- model inputs -------------------------------------------------------------------------
+    async def infer_tensors(self, batch):
+        """float32 logits [N, classes] for model inputs [N, H, W, 3] as the ONNX model takes them
+        (normalised); for a model that takes pixels, the normalisation is undone first."""
+        self.images.check_count(len(batch))
+        async with self.budget.hold(self.images.tensors_cost(len(batch)), "this request's tensor"):
+            batch = batch.astype(np.float32)
+            if self.takes_pixels:
+                batch = self.prep.denormalize(batch)
+            rows = await self.engine.infer_many(list(batch))
+        for row, _ in rows:
+            if isinstance(row, Exception):
+                raise row
+        return np.stack([row for row, _ in rows]).astype(np.float32)

@@ -13,17 +13,17 @@ RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
-# `make om`: empty = mbv3 om's defaults (atc.py: Ascend310; batch profiles 1 2 4 8 16 32)
+# `make om`: empty = mbv3 om's defaults (atc.py's DEFAULT_SOC_VERSION and DEFAULT_PROFILES)
 SOC_VERSION ?=
 PROFILES   ?=
 # the host's Ascend card, /dev/davinci$(DEVICE), that `make infer` and `make finetune-npu` mount
-# (empty = compose.yaml's 0); inside the container it is the only card, so CANN numbers it 0
+# (empty = compose.yaml's default); inside the container it is the only card, so CANN numbers it 0
 DEVICE     ?=
 RUNS       ?= runs
 GPU_RECIPE ?= gpu-4p
 NPU_RECIPE ?= npu-finetune
 # the checkpoint finetune-npu starts from, as a path inside the container (RUNS is mounted at /runs);
-# empty = the recipe's train.init_from (npu-finetune: /runs/gpu/model.ckpt-1080000, train-gpu's output)
+# empty = the recipe's train.init_from (npu-finetune.yaml: train-gpu's checkpoint under /runs/gpu)
 INIT_FROM  ?=
 # who owns what train-gpu writes into RUNS
 TRAIN_USER ?= $(shell id -u):$(shell id -g)
@@ -32,8 +32,8 @@ NPU_USER   ?=
 # the host's HwHiAiUser gid, which owns /dev/davinci*: given to the Ascend containers (compose's default: 1000)
 ASCEND_GID ?= $(shell getent group HwHiAiUser 2>/dev/null | cut -d: -f3)
 COMPOSE    ?= docker compose
-# `make serve`: empty = the service's defaults (127.0.0.1:8000); `make serve-container` and `make
-# infer` publish on 127.0.0.1:PORT (empty = compose.yaml's 8000)
+# `make serve`: empty = the service's defaults (settings.py); `make serve-container` and `make infer`
+# publish on 127.0.0.1:PORT (empty = compose.yaml's default)
 HOST       ?=
 PORT       ?=
 UP_FLAGS   ?=

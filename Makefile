@@ -1,5 +1,7 @@
 # MobileNetV3 from data to a served classifier. `make help` lists the targets.
 # Override any variable on the command line: make export CHECKPOINT=runs/x BUNDLE=bundles/x
+# A variable left empty here is passed on only when set: its default lives in the program it
+# configures (the service's settings.py, mbv3's atc.py, the recipe's YAML, compose.yaml).
 PYTHON     ?= python3
 VENV       ?= .venv
 CHECKPOINT ?= runs/init
@@ -11,14 +13,18 @@ RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
-SOC_VERSION ?= Ascend310
-# the Ascend card (/dev/davinci$(DEVICE)) that `make infer` and `make finetune-npu` give their container
-DEVICE     ?= 0
+# `make om`: empty = mbv3 om's defaults (atc.py's DEFAULT_SOC_VERSION and DEFAULT_PROFILES)
+SOC_VERSION ?=
+PROFILES   ?=
+# the host's Ascend card, /dev/davinci$(DEVICE), that `make infer` and `make finetune-npu` mount
+# (empty = compose.yaml's default); inside the container it is the only card, so CANN numbers it 0
+DEVICE     ?=
 RUNS       ?= runs
 GPU_RECIPE ?= gpu-4p
 NPU_RECIPE ?= npu-finetune
-# the checkpoint finetune-npu starts from, as a path inside the container (RUNS is mounted at /runs)
-INIT_FROM  ?= /runs/gpu/model.ckpt-1080000
+# the checkpoint finetune-npu starts from, as a path inside the container (RUNS is mounted at /runs);
+# empty = the recipe's train.init_from (npu-finetune.yaml: train-gpu's checkpoint under /runs/gpu)
+INIT_FROM  ?=
 # who owns what train-gpu writes into RUNS
 TRAIN_USER ?= $(shell id -u):$(shell id -g)
 # finetune-npu's user: empty = the image's uid 10001 in group HwHiAiUser; NPU_USER=root if the driver refuses it
@@ -26,9 +32,10 @@ NPU_USER   ?=
 # the host's HwHiAiUser gid, which owns /dev/davinci*: given to the Ascend containers (compose's default: 1000)
 ASCEND_GID ?= $(shell getent group HwHiAiUser 2>/dev/null | cut -d: -f3)
 COMPOSE    ?= docker compose
-PROFILES   ?= 1 2 4 8 16 32
-HOST       ?= 127.0.0.1
-PORT       ?= 8000
+# `make serve`: empty = the service's defaults (settings.py); `make serve-container` and `make infer`
+# publish on 127.0.0.1:PORT (empty = compose.yaml's default)
+HOST       ?=
+PORT       ?=
 UP_FLAGS   ?=
 
 PY   := $(VENV)/bin/python
@@ -52,7 +59,7 @@ test: venv ## run the test suite (what CI runs)
 
 lint: venv ## Python 3.7 syntax check of mbv3 (vermin) and ruff
 	$(VENV)/bin/vermin -t=3.7- --violations --no-tips --eval-annotations model/mbv3
-	$(VENV)/bin/ruff check model services docker
+	$(VENV)/bin/ruff check model services docker testsupport
 
 init: venv ## write a randomly initialised step-0 checkpoint into CHECKPOINT
 	$(MBV3) init --model-dir $(CHECKPOINT)
@@ -75,7 +82,8 @@ export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen grap
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
 
 om: venv ## BUNDLE -> model.om with ATC (needs the CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
-	$(MBV3) om --bundle $(BUNDLE) --soc-version $(SOC_VERSION) --batch-profiles $(PROFILES) $(if $(AIPP),--aipp)
+	$(MBV3) om --bundle $(BUNDLE) $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
+	  $(if $(PROFILES),--batch-profiles $(PROFILES)) $(if $(AIPP),--aipp)
 
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
 	$(MBV3) predict --bundle $(BUNDLE) $(IMAGES)
@@ -121,11 +129,11 @@ train-gpu: ## GPU_RECIPE (the published one) on this host's NVIDIA GPUs in the t
 finetune-npu: ## NPU_RECIPE from INIT_FROM on an Ascend 910 in the train-npu container: DATA -> RUNS/npu
 	DATA=$(abspath $(DATA)) RUNS=$(abspath $(RUNS)) DEVICE=$(DEVICE) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) \
 	  $(COMPOSE) --profile train run --rm $(if $(NPU_USER),--user $(NPU_USER)) finetune-npu \
-	  train --config $(NPU_RECIPE) --data /data --model-dir /runs/npu --set train.init_from=$(INIT_FROM) \
+	  train --config $(NPU_RECIPE) --data /data --model-dir /runs/npu $(if $(INIT_FROM),--set train.init_from=$(INIT_FROM)) \
 	  $(foreach s,$(SET),--set $(s))
 
-infer: ## the Ascend 310 service on 127.0.0.1:8000 for BUNDLE (with model.om from `make om`)
-	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) $(COMPOSE) up infer
+infer: ## the Ascend 310 service on 127.0.0.1:PORT for BUNDLE (with model.om from `make om`) on card DEVICE
+	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) $(COMPOSE) up infer
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)
 	rm -rf build .pytest_cache

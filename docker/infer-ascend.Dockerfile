@@ -19,7 +19,7 @@ COPY services/classifier /app/services/classifier
 RUN python3 -m pip install --no-cache-dir --no-deps /app/model /app/services/classifier \
     && useradd --system --uid 10001 --no-create-home --groups "$(getent group HwHiAiUser >/dev/null && echo HwHiAiUser || echo users)" classifier
 USER 10001
-ENV HOST=0.0.0.0 PORT=8000 MODEL_DIR=/models/bundle BACKEND=acl DEVICE_ID=0
+ENV HOST=0.0.0.0 PORT=8000 MODEL_DIR=/models/bundle BACKEND=acl
 EXPOSE 8000
 HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
     CMD ["python3", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status == 200 else 1)"]

@@ -98,7 +98,7 @@ def readable_dir(path):
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
-    from mbv3.testing import random_bundle
+    from random_models import random_bundle
     return random_bundle(str(readable_dir(str(tmp_path_factory.mktemp("ctr"))) + "/bundle"),
                          "small", 0.5, 11, 96, seed=3, name="container_test")
 

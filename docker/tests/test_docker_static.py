@@ -148,7 +148,30 @@ def test_compose_devices_mounts_and_ports():
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == -1
     npu = services["finetune-npu"]
     assert {"RANK_SIZE", "RANK_ID", "RANK_TABLE_FILE", "ASCEND_DEVICE_ID"} <= set(npu["environment"])
-    assert "train.init_from=/runs/gpu/model.ckpt-1080000" in npu["command"]   # INIT_FROM unset
+    assert not any("init_from" in arg for arg in npu["command"])   # the recipe's train.init_from applies
+
+
+def test_the_npu_finetune_starts_from_what_train_gpu_writes():
+    """npu-finetune.yaml's init_from is a path in the finetune container: under its RUNS mount, in the
+    folder the train-gpu container writes its run to."""
+    import yaml
+    with open(os.path.join(ROOT, "model", "mbv3", "configs", "npu-finetune.yaml")) as f:
+        init_from = yaml.safe_load(f)["train"]["init_from"]
+    services = json.loads(_compose("--profile", "train", "config", "--format", "json"))["services"]
+    gpu_command = services["train-gpu"]["command"]
+    gpu_run = gpu_command[gpu_command.index("--model-dir") + 1]
+    assert os.path.dirname(init_from) == gpu_run == "/runs/gpu"
+    for name in ("train-gpu", "finetune-npu"):
+        assert "/runs" in {v["target"] for v in services[name]["volumes"]}, name
+
+
+def test_the_host_card_is_device_and_card_0_inside_both_ascend_containers():
+    services = _config(env={"DEVICE": "3"})
+    for name in ("infer", "finetune-npu"):
+        devices = {d["source"] if isinstance(d, dict) else d.split(":")[0] for d in services[name]["devices"]}
+        assert "/dev/davinci3" in devices and "/dev/davinci0" not in devices, name
+    assert services["infer"]["environment"]["DEVICE_ID"] == "0"            # the service's name for it
+    assert services["finetune-npu"]["environment"]["ASCEND_DEVICE_ID"] == "0"   # CANN's name for it
 
 
 def test_the_eight_card_override_adds_every_910_and_the_rank_size():
@@ -215,10 +238,40 @@ def test_service_containers_are_read_only_without_capabilities():
 
 
 def test_cpu_threads_follow_the_cpu_limit_and_the_ascend_gid_reaches_both_ascend_containers():
+    from classifier.settings import Settings
     services = _config(env={"INFER_CPU_CPUS": "1.5", "ASCEND_GID": "4242"})
     env = services["infer-cpu"]["environment"]
-    # 0: the service sizes both from its cgroup's CPU quota (test_service_settings.py), so 1.5 CPUs work
-    assert (env["THREADS"], env["PREPROCESS_WORKERS"]) == ("0", "0")
-    assert services["infer"]["environment"]["PREPROCESS_WORKERS"] == "0"
+    # unset: the service's 0 sizes both from its cgroup's CPU quota (test_service_settings.py), so 1.5 CPUs work
+    assert (env["THREADS"], env["PREPROCESS_WORKERS"]) == ("", "") and Settings.THREADS == Settings.PREPROCESS_WORKERS == 0
+    assert services["infer"]["environment"]["PREPROCESS_WORKERS"] == ""
     assert services["infer"]["group_add"] == ["4242"] and services["finetune-npu"]["group_add"] == ["4242"]
     assert _config(env={"THREADS": "1"})["infer-cpu"]["environment"]["THREADS"] == "1"
+
+
+# what the service containers fix, whatever the environment says
+FIXED = {"infer-cpu": {"MODEL_DIR": "/models/bundle", "BACKEND": "onnxruntime"},
+         "infer": {"MODEL_DIR": "/models/bundle", "BACKEND": "acl", "DEVICE_ID": 0}}
+
+
+def test_the_service_settings_defaults_live_in_the_service():
+    """With nothing set, the environment compose gives each service loads as the service's own
+    defaults; a variable the user sets is passed on as it is."""
+    from classifier import settings as settings_mod
+    defaults = settings_mod.Settings()
+    names = [f.name for f in settings_mod.fields(settings_mod.Settings)]
+    passed = {"MAX_BATCH": "32", "MAX_DELAY_MS": "2.5", "MAX_QUEUE": "64", "LOG_LEVEL": "debug",
+              "MAX_BODY_BYTES": "1000", "MAX_CONCURRENT_REQUESTS": "3", "PREPROCESS_MEMORY_MB": "99",
+              "PREPROCESS_WORKERS": "2", "THREADS": "3"}
+    changed = _config(env=passed)
+    for name, service in _config().items():
+        if name not in FIXED:
+            continue
+        env = service["environment"]
+        keys = {k for k in env if k in names and k not in FIXED[name]}
+        assert len(keys) >= 8 and keys <= set(passed), (name, keys)
+        assert {k: env[k] for k in keys} == {k: "" for k in keys}, name   # no value of compose's own
+        loaded = settings_mod.load(environ=env, dotenv=None)
+        assert {n: getattr(loaded, n) for n in names if n not in FIXED[name]} == \
+            {n: getattr(defaults, n) for n in names if n not in FIXED[name]}, name
+        assert {n: getattr(loaded, n) for n in FIXED[name]} == FIXED[name], name
+        assert {k: changed[name]["environment"][k] for k in keys} == {k: passed[k] for k in keys}, name

@@ -18,7 +18,8 @@ from . import bundle as bundle_mod
 from .errors import MbV3Error
 
 SOC_VERSIONS = ("Ascend310", "Ascend310P3", "Ascend910", "Ascend910B")
-DEFAULT_PROFILES = (1, 2, 4, 8, 16, 32)
+DEFAULT_SOC_VERSION = "Ascend310"
+DEFAULT_PROFILES = (1, 2, 4, 8, 16, 32)   # `mbv3 om` and `make om` use these unless given others
 AIPP_FILE = bundle_mod.AIPP_FILE
 
 
@@ -35,7 +36,7 @@ def aipp_config(info):
     return "\n".join(lines + ["}", ""])
 
 
-def command(bundle_dir, info, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, aipp=False,
+def command(bundle_dir, info, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DEFAULT_PROFILES, aipp=False,
             atc="atc", precision_mode=None):
     """The ATC argument list (writes <bundle>/model.om); the input size is the bundle's."""
     if soc_version not in SOC_VERSIONS:
@@ -65,7 +66,7 @@ def om_record(soc_version, batch_profiles, aipp):
                              input_dtype="uint8" if aipp else "float32")
 
 
-def build(bundle_dir, soc_version="Ascend310", batch_profiles=DEFAULT_PROFILES, aipp=False, atc="atc",
+def build(bundle_dir, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DEFAULT_PROFILES, aipp=False, atc="atc",
           precision_mode=None, log=print):
     """Run ATC on a bundle and record the result in its model.json; returns the om record."""
     loaded = bundle_mod.load(bundle_dir)

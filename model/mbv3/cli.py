@@ -168,18 +168,9 @@ def cmd_default_bundle(args):
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     for name in ("tensorflow", "tf2onnx"):  # quiet them without importing TensorFlow for a named bundle
         logging.getLogger(name).setLevel(logging.ERROR)
-    from . import default_model
-    # stdout carries only the path (the Makefile captures it): anything else printed goes to stderr
-    sys.stdout.flush()
-    saved = os.dup(1)
-    os.dup2(2, 1)
-    try:
-        path = default_model.resolve(args.model or None, args.cache, log=say)
-    finally:
-        sys.stdout.flush()
-        os.dup2(saved, 1)
-        os.close(saved)
-    print(path)
+    from . import quickstart
+    # the path is the only line on stdout (the Makefile captures it); every log line goes to stderr
+    print(quickstart.resolve(args.model or None, args.cache, args.official_url, log=say))
     return 0
 
 
@@ -205,6 +196,7 @@ def _positive(text):
 
 
 def parser():
+    from . import atc  # no TensorFlow: the `om` defaults live there
     p = argparse.ArgumentParser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
                                 "training, export to ONNX / frozen GraphDef, prediction.")
     p.add_argument("--version", action="version", version="mbv3 " + __version__)
@@ -281,9 +273,12 @@ def parser():
 
     s = sub.add_parser("om", help="convert a bundle to an Ascend .om with ATC (CANN toolkit) and record it in model.json")
     s.add_argument("--bundle", required=True)
-    s.add_argument("--soc-version", default="Ascend310", help="Ascend310 (default), Ascend310P3, ...")
-    s.add_argument("--batch-profiles", type=_positive, nargs="+", default=[1, 2, 4, 8, 16, 32],
-                   help="dynamic batch profiles (ATC --dynamic_batch_size), so the service can micro-batch")
+    s.add_argument("--soc-version", default=atc.DEFAULT_SOC_VERSION,
+                   help="%s (default), %s" % (atc.DEFAULT_SOC_VERSION, ", ".join(
+                       v for v in atc.SOC_VERSIONS if v != atc.DEFAULT_SOC_VERSION)))
+    s.add_argument("--batch-profiles", type=_positive, nargs="+", default=list(atc.DEFAULT_PROFILES),
+                   help="dynamic batch profiles (ATC --dynamic_batch_size), so the service can micro-batch "
+                   "(default: %s)" % " ".join(str(b) for b in atc.DEFAULT_PROFILES))
     s.add_argument("--static", action="store_true", help="batch 1 only, no profiles")
     s.add_argument("--aipp", action="store_true", help="fold the [-1, 1] normalisation in: the card takes uint8 RGB")
     s.add_argument("--precision-mode", help="ATC --precision_mode (default: ATC's)")
@@ -316,6 +311,8 @@ def parser():
                        "ImageNet checkpoint (downloaded once), else the digits demo (trained once)")
     s.add_argument("--model", help="a bundle, or a checkpoint to export once into the cache")
     s.add_argument("--cache", help="cache directory (default: $MBV3_CACHE, else ~/.cache/mbv3)")
+    s.add_argument("--official-url", help="where to fetch TF-slim's official checkpoint tarball, e.g. a mirror "
+                   "(default: $MBV3_OFFICIAL_URL, else Google's storage)")
     s.set_defaults(fn=cmd_default_bundle)
     return p
 

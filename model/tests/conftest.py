@@ -8,7 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import pytest  # noqa: E402
 
 from mbv3 import checkpoint  # noqa: E402
-from mbv3.testing import random_values  # noqa: E402,F401  (tests import it from here)
+from random_models import random_values  # noqa: E402,F401  (tests import it from here)
 
 
 @pytest.fixture

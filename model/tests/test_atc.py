@@ -9,7 +9,7 @@ import pytest
 from mbv3 import atc, bundle, checkpoint, export
 from mbv3.errors import MbV3Error
 
-from mbv3.testing import random_run
+from random_models import random_run
 
 from conftest import assert_one_line_error, random_values, run_cli
 

@@ -10,7 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mbv3 import bundle, bundle_eval, data, evaluate, export, runtime, train
-from mbv3.testing import random_run
+from random_models import random_run
 
 from conftest import assert_one_line_error, run_cli
 

@@ -8,7 +8,7 @@ import tensorflow as tf
 
 from mbv3 import bundle, checkpoint, config, export, net, preprocessing, runtime
 from mbv3.errors import MbV3Error
-from mbv3.testing import random_run
+from random_models import random_run
 
 from conftest import assert_one_line_error, random_values, run_cli
 

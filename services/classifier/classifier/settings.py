@@ -1,5 +1,8 @@
 """Service settings from the environment (and a .env file), with the names compose.yaml uses.
-A bad value stops start-up with one line naming the variable."""
+The defaults below are the only ones: compose.yaml and the Makefile pass a setting only when the
+user sets it, and an empty value counts as unset (compose's `${VAR:-}` for a variable nobody set),
+so the layer below it, in the end the default here, applies. A bad value stops start-up with one
+line naming the variable."""
 from __future__ import annotations
 
 import math
@@ -93,11 +96,11 @@ def _read_dotenv(path):
 
 
 def load(environ=None, dotenv=".env", **overrides) -> Settings:
-    """Defaults <- .env <- environment <- keyword overrides (tests)."""
+    """Defaults <- .env <- environment <- keyword overrides (tests); an empty value is no value."""
     environ = os.environ if environ is None else environ
-    raw = _read_dotenv(dotenv)
-    raw.update({f.name: environ[f.name] for f in fields(Settings) if f.name in environ})
-    raw.update({k: str(v) for k, v in overrides.items()})
+    raw = _given(_read_dotenv(dotenv))
+    raw.update(_given({f.name: environ[f.name] for f in fields(Settings) if f.name in environ}))
+    raw.update(_given({k: str(v) for k, v in overrides.items()}))
     values = {}
     for f in fields(Settings):
         if f.name not in raw:
@@ -112,6 +115,10 @@ def load(environ=None, dotenv=".env", **overrides) -> Settings:
     settings = Settings(**values)
     _validate(settings)
     return settings
+
+
+def _given(values):
+    return {name: text for name, text in values.items() if text != ""}
 
 
 def _convert(default, text):

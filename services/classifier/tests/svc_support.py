@@ -22,7 +22,7 @@ SIZE = 96
 
 def make_bundle(path, variant="small", multiplier=0.5, num_classes=11, size=SIZE, seed=0):
     """A real bundle from random weights (TensorFlow is available to tests, never to the service)."""
-    from mbv3.testing import random_bundle
+    from random_models import random_bundle
     return random_bundle(path, variant, multiplier, num_classes, size, seed, name="digits_test")
 
 

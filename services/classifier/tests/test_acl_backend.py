@@ -22,6 +22,7 @@ from mbv3 import bundle as bundle_mod
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SIM_DIR = os.path.join(HERE, "acl_sim")
+TEST_SUPPORT = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(HERE))), "testsupport")
 SIZE, CLASSES = 64, 11
 PER_IMAGE = SIZE * SIZE * 3 * 4
 PROFILES = [1, 2, 4, 8]
@@ -30,7 +31,8 @@ MBATCH = "ascend_mbatch_shape_data"
 EXPORT = textwrap.dedent("""
     import os, sys
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    from mbv3.testing import random_bundle
+    sys.path.insert(0, sys.argv[2])
+    from random_models import random_bundle
     root = sys.argv[1]
     random_bundle(os.path.join(root, "bundle"), "small", 0.35, %d, input_size=%d, seed=11)
 """ % (CLASSES, SIZE))
@@ -65,7 +67,7 @@ def fresh_process(sim, monkeypatch):
 @pytest.fixture(scope="module")
 def bundles(sim, tmp_path_factory):
     root = tmp_path_factory.mktemp("acl")
-    result = subprocess.run([sys.executable, "-c", EXPORT, str(root)], stdout=subprocess.PIPE,
+    result = subprocess.run([sys.executable, "-c", EXPORT, str(root), TEST_SUPPORT], stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, universal_newlines=True, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:]
     base = str(root / "bundle")

@@ -46,3 +46,16 @@ def test_available_cpus_takes_the_quota_rounded_up(monkeypatch):
     assert s.threads == s.preprocess_workers == min(affinity, math.ceil(1.5))
     s = settings_mod.load(environ={"THREADS": "3", "PREPROCESS_WORKERS": "5"}, dotenv=None)
     assert (s.threads, s.preprocess_workers) == (3, 5)
+
+
+def test_an_empty_value_means_the_default_or_the_layer_below(tmp_path):
+    """compose.yaml passes `${VAR:-}` and `make serve` HOST="$(HOST)": empty when the user set nothing."""
+    names = [f.name for f in settings_mod.fields(settings_mod.Settings)]
+    assert settings_mod.load(environ={name: "" for name in names}, dotenv=None) == settings_mod.Settings()
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("MAX_BATCH=16\nPORT=\n")
+    s = settings_mod.load(environ={"MAX_BATCH": "", "MAX_QUEUE": "32"}, dotenv=str(dotenv), LOG_LEVEL="")
+    assert (s.MAX_BATCH, s.PORT, s.MAX_QUEUE, s.LOG_LEVEL) == (16, settings_mod.Settings.PORT, 32, "info")
+    assert s.MAX_IMAGES_PER_REQUEST == 32   # its default still follows a smaller MAX_QUEUE
+    with pytest.raises(settings_mod.SettingsError, match="MAX_BATCH=' ' is not a valid int"):
+        settings_mod.load(environ={"MAX_BATCH": " "}, dotenv=None)   # only the empty string means unset

@@ -1,13 +1,12 @@
-"""Random weights that behave numerically like trained ones, for tests and benchmarks of this
-package and of the service: He-scaled convolutions (logits of a useful size) and non-trivial
-batch-norm statistics, so parity checks compare real signal. Training and serving never use it."""
-from __future__ import absolute_import, division, print_function
-
+"""Random weights that behave numerically like trained ones, for the tests of the model package,
+the service and the containers (pytest.ini puts this folder on sys.path): He-scaled convolutions
+(logits of a useful size) and non-trivial batch-norm statistics, so parity checks compare real
+signal. A random-weights bundle for users is `mbv3 init` + `mbv3 export`."""
 import os
 
 import numpy as np
 
-from . import checkpoint, net
+from mbv3 import checkpoint, net
 
 
 def random_values(variant="large", multiplier=1.0, num_classes=1001, seed=0):
@@ -30,7 +29,7 @@ def random_values(variant="large", multiplier=1.0, num_classes=1001, seed=0):
 
 def random_bundle(path, variant="small", multiplier=0.5, num_classes=11, input_size=96, seed=0, name=None):
     """A model bundle at `path` exported from random_values (its checkpoint goes to `path`-ckpt)."""
-    from . import export
+    from mbv3 import export
     prefix = checkpoint.save(str(path) + "-ckpt", 1, random_values(variant, multiplier, num_classes, seed))
     export.export(prefix, str(path), input_size=input_size, name=name, log=lambda *_: None)
     return str(path)
@@ -40,7 +39,7 @@ def random_run(model_dir, variant="small", multiplier=0.35, num_classes=11, imag
                labels=None, recipe="smoke", seed=0):
     """A training run's folder as `mbv3 train` leaves it (checkpoint, config.yaml, labels.txt), with
     random weights (and EMA shadows when `ema`); returns the checkpoint prefix."""
-    from . import bundle, config
+    from mbv3 import bundle, config
     values = random_values(variant, multiplier, num_classes, seed)
     if ema:
         values.update({n + checkpoint.EMA_SUFFIX: v * 0.5 for n, v in values.items()})

@@ -1,6 +1,7 @@
 """The model `make serve` falls back to: a named bundle or checkpoint, else the official ImageNet
-checkpoint (a file:// tarball of random weights stands in for Google's), else the digits demo
-(with a fake trainer that writes a tiny checkpoint in a second instead of training for two minutes)."""
+checkpoint (a file:// tarball of random weights stands in for Google's, through the mirror setting),
+else the digits demo (its training replaced here by a fake trainer that writes a tiny checkpoint in a
+second instead of training for two minutes)."""
 import io
 import json
 import os
@@ -9,12 +10,13 @@ import tarfile
 
 import pytest
 
-from mbv3 import bundle, checkpoint, config, default_model, export
+from mbv3 import bundle, checkpoint, config, export, quickstart
+from mbv3.quickstart import demo, named, official
 
 from conftest import assert_one_line_error, random_values, run_cli
 
 UNREACHABLE = "http://127.0.0.1:9/v3-large_224_1.0_float.tgz"  # the discard port: refused at once
-NAME = default_model.OFFICIAL_NAME
+NAME = official.NAME
 
 
 def fake_trainer(calls):
@@ -22,7 +24,7 @@ def fake_trainer(calls):
     def train(data_dir, model_dir, log):
         calls.append(model_dir)
         checkpoint.save(model_dir, 7, random_values("small", 0.35, 11, seed=1))
-        config.load(default_model.DEMO_RECIPE, ["model.multiplier=0.35"]).save(model_dir)
+        config.load(demo.RECIPE, ["model.multiplier=0.35"]).save(model_dir)
         shutil.copy(os.path.join(data_dir, "labels.txt"), model_dir)
     return train
 
@@ -31,12 +33,20 @@ def no_training(data_dir, model_dir, log):
     raise AssertionError("the demo bundle should have been reused, not trained")
 
 
+@pytest.fixture(autouse=True)
+def training_is_an_error(monkeypatch):
+    """Only the module's `offline` fixture trains (fakely); anything else must reuse its bundle."""
+    monkeypatch.setattr(demo, "train_digits", no_training)
+
+
 @pytest.fixture(scope="module")
 def offline(tmp_path_factory):
     """resolve() on a machine that cannot download: the demo bundle, made once for the module."""
     cache = str(tmp_path_factory.mktemp("cache"))
     logs, calls = [], []
-    path = default_model.resolve(cache_dir=cache, url=UNREACHABLE, log=logs.append, train_fn=fake_trainer(calls))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(demo, "train_digits", fake_trainer(calls))
+        path = quickstart.resolve(cache_dir=cache, official_url=UNREACHABLE, log=logs.append)
     return {"cache": cache, "path": path, "logs": "\n".join(logs), "calls": calls}
 
 
@@ -70,21 +80,21 @@ def checkpoint_tarball(tmp_path, **arch):
 
 def test_offline_falls_back_to_the_demo_loudly(offline):
     meta = bundle.load(offline["path"]).metadata
-    assert meta["name"] == default_model.DEMO_NAME and meta["input"]["shape"] == [-1, 64, 64, 3]
+    assert meta["name"] == demo.NAME and meta["input"]["shape"] == [-1, 64, 64, 3]
     assert meta["source"]["run"] == os.path.join(offline["cache"], "demo", "run")   # 64 is the run's, not passed
     assert bundle.load(offline["path"]).labels[1:] == [str(d) for d in range(10)]
     assert len(offline["calls"]) == 1
     logs = offline["logs"]
     assert "cannot download %s" % UNREACHABLE in logs
     assert "THIS IS THE DEMO DIGITS MODEL, NOT AN IMAGENET CLASSIFIER." in logs
-    assert "make serve MODEL=%s/ema" % NAME in logs and default_model.OFFICIAL_URL in logs
+    assert "make serve MODEL=%s/ema" % NAME in logs and official.URL in logs and "MBV3_OFFICIAL_URL" in logs
     box = [line for line in logs.splitlines() if line.startswith(("+", "|"))]
     assert len(box) > 8 and len(set(len(line) for line in box)) == 1
 
 
 def test_demo_bundle_is_reused(offline):
     logs = []
-    path = default_model.resolve(cache_dir=offline["cache"], url=UNREACHABLE, log=logs.append, train_fn=no_training)
+    path = quickstart.resolve(cache_dir=offline["cache"], official_url=UNREACHABLE, log=logs.append)
     assert path == offline["path"]
     assert any("THIS IS THE DEMO DIGITS MODEL" in line for line in logs)  # announced every time
 
@@ -96,8 +106,8 @@ def test_a_second_process_waits_for_the_first(offline):
     logs, found = [], []
     with open(os.path.join(offline["cache"], ".lock"), "a") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        worker = threading.Thread(target=lambda: found.append(default_model.resolve(
-            cache_dir=offline["cache"], url=UNREACHABLE, log=logs.append, train_fn=no_training)))
+        worker = threading.Thread(target=lambda: found.append(quickstart.resolve(
+            cache_dir=offline["cache"], official_url=UNREACHABLE, log=logs.append)))
         worker.start()
         worker.join(1.0)
         assert worker.is_alive() and any(line.startswith("waiting for another process") for line in logs)
@@ -107,46 +117,46 @@ def test_a_second_process_waits_for_the_first(offline):
 
 
 def test_named_bundle_is_used_as_is(offline, tmp_path):
-    assert default_model.resolve(offline["path"], cache_dir=str(tmp_path), log=lambda m: None) == offline["path"]
+    assert quickstart.resolve(offline["path"], cache_dir=str(tmp_path), log=lambda m: None) == offline["path"]
     assert not os.listdir(str(tmp_path))
 
 
 def test_named_checkpoint_is_exported_once(write_checkpoint, tmp_path, monkeypatch):
     prefix, _ = write_checkpoint(variant="small", multiplier=0.35, num_classes=11)
     cache = str(tmp_path / "cache")
-    path = default_model.resolve(prefix, cache_dir=cache, log=lambda m: None)
+    path = quickstart.resolve(prefix, cache_dir=cache, log=lambda m: None)
     assert path.startswith(os.path.join(cache, "bundles", "ckpt-")) and bundle.load(path).metadata["output"]["num_classes"] == 11
     assert json.load(open(os.path.join(path, "model.json")))["source"]["checkpoint"] == os.path.abspath(prefix)
 
     def refuse(*args, **kwargs):
         raise AssertionError("exported again")
     monkeypatch.setattr(export, "export", refuse)
-    assert default_model.resolve(prefix, cache_dir=cache, log=lambda m: None) == path
-    assert default_model.resolve(os.path.dirname(prefix), cache_dir=cache, log=lambda m: None) == path
+    assert quickstart.resolve(prefix, cache_dir=cache, log=lambda m: None) == path
+    assert quickstart.resolve(os.path.dirname(prefix), cache_dir=cache, log=lambda m: None) == path
     os.utime(prefix + ".index", ns=(1, 1))  # a rewritten checkpoint gets a new cache entry
-    assert default_model._checkpoint_key(prefix) != os.path.basename(path)
+    assert named.checkpoint_key(prefix) != os.path.basename(path)
 
 
 def test_named_folder_holding_ema_is_found(write_checkpoint, tmp_path):
     """MODEL=v3-large_224_1.0_float (the unpacked tarball's top folder) finds its ema/ checkpoint."""
     prefix, _ = write_checkpoint(name="unpacked/ema", variant="small", multiplier=0.35, num_classes=11)
     write_checkpoint(name="unpacked/pristine", variant="small", multiplier=0.35, num_classes=5)
-    path = default_model.resolve(str(tmp_path / "unpacked"), cache_dir=str(tmp_path / "cache"), log=lambda m: None)
+    path = quickstart.resolve(str(tmp_path / "unpacked"), cache_dir=str(tmp_path / "cache"), log=lambda m: None)
     assert bundle.load(path).metadata["source"]["checkpoint"] == os.path.abspath(prefix)
 
 
 def test_official_tarball_is_checked_and_exported(tmp_path, monkeypatch):
     url = checkpoint_tarball(tmp_path, variant="large", multiplier=1.0, num_classes=1001)
-    monkeypatch.setenv("MBV3_OFFICIAL_URL", url)
+    monkeypatch.setenv("MBV3_OFFICIAL_URL", url)   # a mirror, as a site without internet sets it
     cache, logs = str(tmp_path / "cache"), []
-    path = default_model.resolve(cache_dir=cache, log=logs.append, train_fn=no_training)
+    path = quickstart.resolve(cache_dir=cache, log=logs.append)
     loaded = bundle.load(path)
     assert loaded.name == NAME and loaded.labels[0] == "background" and len(loaded.labels) == 1001
     assert loaded.metadata["architecture"]["variant"] == "large" and loaded.metadata["input"]["shape"][1] == 224
     assert "/ema/model-540000" in loaded.metadata["source"]["checkpoint"]
     assert not any("DEMO" in line for line in logs)
     monkeypatch.setenv("MBV3_OFFICIAL_URL", UNREACHABLE)  # cached: no second download
-    assert default_model.resolve(cache_dir=cache, log=lambda m: None, train_fn=no_training) == path
+    assert quickstart.resolve(cache_dir=cache, log=lambda m: None) == path
 
 
 @pytest.mark.parametrize("case,reason", [
@@ -163,7 +173,7 @@ def test_other_archives_are_rejected(case, reason, offline, tmp_path):
         (tmp_path / "x.tgz").write_bytes(b"<html>captive portal</html>")
         url = "file://%s" % (tmp_path / "x.tgz")
     cache, logs = seeded_cache(offline, tmp_path), []
-    path = default_model.resolve(cache_dir=cache, url=url, log=logs.append, train_fn=no_training)
+    path = quickstart.resolve(cache_dir=cache, official_url=url, log=logs.append)
     assert path == os.path.join(cache, "bundles", "demo-digits")
     assert any(line.startswith("no ImageNet checkpoint: ") and reason in line for line in logs), logs
     assert any("Why: " in line for line in logs)
@@ -184,7 +194,7 @@ def test_unsafe_archive_members_are_refused(member, offline, tmp_path):
             info.size = 4
             tar.addfile(info, io.BytesIO(b"evil"))
     cache, logs = seeded_cache(offline, tmp_path), []
-    default_model.resolve(cache_dir=cache, url="file://%s" % path, log=logs.append, train_fn=no_training)
+    quickstart.resolve(cache_dir=cache, official_url="file://%s" % path, log=logs.append)
     assert any("refusing the archive" in line for line in logs), logs
     assert not os.path.exists(os.path.join(cache, "official", NAME))
     assert not (tmp_path / "cache" / "escaped.txt").exists() and not (tmp_path / "escaped.txt").exists()
@@ -197,3 +207,23 @@ def test_cli_prints_only_the_path(offline, tmp_path):
     assert result.stdout == offline["path"] + "\n"
     assert_one_line_error(run_cli("default-bundle", "--model", tmp_path / "missing"),
                           "is neither a model bundle (no model.json) nor a checkpoint")
+
+
+def test_cli_takes_the_official_url_and_prints_only_the_path(offline, tmp_path):
+    """The fallback through the real command: the mirror is refused, the demo is served, stdout is the path."""
+    (tmp_path / "x.tgz").write_bytes(b"<html>captive portal</html>")
+    cache = seeded_cache(offline, tmp_path)
+    result = run_cli("default-bundle", "--cache", cache, "--official-url", "file://%s" % (tmp_path / "x.tgz"))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == os.path.join(cache, "bundles", "demo-digits") + "\n"
+    assert "is not a readable .tgz archive" in result.stderr and "THIS IS THE DEMO DIGITS MODEL" in result.stderr
+
+
+def test_cli_prints_only_the_path_when_it_exports(write_checkpoint, tmp_path):
+    """TensorFlow and tf2onnx run in this process (export): the path is still the only stdout line."""
+    prefix, _ = write_checkpoint(variant="small", multiplier=0.35, num_classes=11)
+    result = run_cli("default-bundle", "--model", prefix, "--cache", tmp_path / "cache")
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    assert line.startswith(str(tmp_path / "cache" / "bundles" / "ckpt-")) and bundle.load(line).labels
+    assert "exporting checkpoint %s once" % prefix in result.stderr

@@ -1,0 +1,46 @@
+"""The Makefile passes a setting on only when the user sets it, so each default lives in the program
+it configures: `mbv3 om`'s in atc.py, the service's in its settings.py, compose.yaml's for the
+containers, the recipe's train.init_from. Checked with `make -n`, which prints and runs nothing."""
+import os
+import subprocess
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def dry_run(target, **variables):
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("SOC_VERSION", "PROFILES", "DEVICE", "INIT_FROM", "HOST", "PORT", "MAKEFLAGS")}
+    result = subprocess.run(["make", "-n", "-C", ROOT, target, "COMPOSE=docker-compose"]
+                            + ["%s=%s" % kv for kv in sorted(variables.items())],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=env)
+    assert result.returncode == 0, result.stdout
+    lines = [l for l in result.stdout.replace("\\\n", " ").splitlines() if "mbv3" in l or "compose" in l]
+    assert lines, result.stdout
+    return lines[-1]
+
+
+def test_om_passes_the_soc_version_and_profiles_only_when_set():
+    line = dry_run("om")
+    assert "--soc-version" not in line and "--batch-profiles" not in line
+    line = dry_run("om", SOC_VERSION="Ascend310P3", PROFILES="1 4")
+    assert "--soc-version Ascend310P3" in line and "--batch-profiles 1 4" in line
+
+
+def test_finetune_npu_passes_init_from_only_when_set():
+    assert "init_from" not in dry_run("finetune-npu")
+    assert "--set train.init_from=/runs/x/model.ckpt-5" in dry_run("finetune-npu", INIT_FROM="/runs/x/model.ckpt-5")
+
+
+# empty values reach the program, which reads them as unset: the service (settings.load) and compose
+# (`${PORT:-8000}`, `${DEVICE:-0}`)
+@pytest.mark.parametrize("target,unset,given", [
+    ("serve", 'HOST="" PORT=""', 'HOST="0.0.0.0" PORT="8123"'),
+    ("serve-container", "PORT= ", "PORT=8123 "),
+    ("infer", "DEVICE= PORT= ", "DEVICE=3 PORT=8123 "),
+    ("finetune-npu", "DEVICE= ", "DEVICE=3 "),
+])
+def test_host_port_and_device_are_passed_empty_unless_set(target, unset, given):
+    assert unset in dry_run(target)
+    assert given in dry_run(target, PORT="8123", DEVICE="3", HOST="0.0.0.0")

@@ -7,8 +7,6 @@ in a tf.function. Checkpoints hold slim names plus `<var>/Momentum` slots, `<var
 shadows and `global_step`, so a rerun continues the step, the LR schedule and the EMA where they were.
 A save that fails (a full disk) stops the run with one line; the previous checkpoint stays the latest.
 """
-from __future__ import absolute_import, division, print_function
-
 import collections
 import math
 import os
@@ -18,7 +16,7 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .console import say
+from .console import format_duration, say
 from . import checkpoint, config as config_mod, data, fileio, net, recipe, targets
 from .errors import MbV3Error, file_reason
 
@@ -40,13 +38,6 @@ def _tensorboard_available():
         return True
     except ImportError:
         return False
-
-
-def format_duration(seconds):
-    seconds = int(max(seconds, 0))
-    days, rest = divmod(seconds, 86400)
-    text = "%02d:%02d:%02d" % (rest // 3600, rest % 3600 // 60, rest % 60)
-    return ("%dd %s" % (days, text)) if days else text
 
 
 class TrainState(object):

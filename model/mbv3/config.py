@@ -273,7 +273,7 @@ def _recipe_path(recipe):
 
 # keys older recipes may still hold, with what does their job
 NOT_SETTINGS = {
-    "train.optimizer": "the update is always momentum's (train.momentum)",
+    "train.optimizer": "the update is always momentum's, set by train.momentum",
     "data.eval_split": "`mbv3 eval --split` chooses the split it scores",
 }
 

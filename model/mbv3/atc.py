@@ -7,8 +7,6 @@ records how the .om was built (the record the service's ACL backend reads). ATC 
 where the CANN toolkit is installed (the train-npu image); elsewhere `mbv3 om --print` shows the
 command.
 """
-from __future__ import absolute_import, division, print_function
-
 import io
 import os
 import shutil

@@ -3,8 +3,6 @@
 Both run in this process on the same random batches; the TensorFlow figure is the reference the
 ONNX Runtime one is reported against, so the ratio means something on any machine.
 """
-from __future__ import absolute_import, division, print_function
-
 import time
 
 import numpy as np

@@ -10,8 +10,6 @@
 `mbv3 predict` and `mbv3 verify` read through it, and a file that does not fit it is refused with
 the field named. No TensorFlow here: the inference service imports this module.
 """
-from __future__ import absolute_import, division, print_function
-
 import dataclasses
 import hashlib
 import io

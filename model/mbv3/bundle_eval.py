@@ -9,20 +9,17 @@ parse or an image that does not decode is skipped and counted. The result is pri
 as JSON beside the bundle (`<bundle>.eval-<split>.json`), never inside it: the bundle's files are
 hashed in its model.json.
 """
-from __future__ import absolute_import, division, print_function
-
 import concurrent.futures
 import os
 import time
 
 import numpy as np
 
-from .console import say
+from .console import format_duration, say
 from . import bundle as bundle_mod, data, imageprep, runtime, scoring
 from .errors import MbV3Error, first_line
 
 PROGRESS_SECONDS = 10.0
-ENCODED, LABEL = "image/encoded", "image/class/label"
 
 
 def _records(files, log):
@@ -44,8 +41,8 @@ def _prepare(record, prep):
     from google.protobuf.message import DecodeError
     try:
         feature = example_pb2.Example.FromString(record).features.feature
-        encoded = feature[ENCODED].bytes_list.value
-        label = feature[LABEL].int64_list.value
+        encoded = feature[data.ENCODED].bytes_list.value
+        label = feature[data.LABEL].int64_list.value
         if len(encoded) != 1 or len(label) != 1:
             return None
         return imageprep.eval_transform(imageprep.decode(encoded[0]), prep=prep), int(label[0])
@@ -77,13 +74,8 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
     meta = data.info(data_dir)
     if info.num_classes != meta["num_classes"]:
         raise MbV3Error("bundle has %d classes, data set %s has %d" % (info.num_classes, data_dir, meta["num_classes"]))
-    split, record = data._split(meta, data_dir, split)
-    files = []
-    for shard in record["shards"]:
-        path = os.path.join(data_dir, shard["file"])
-        if not os.path.exists(path):
-            raise MbV3Error("data set %s: shard %s is missing" % (data_dir, shard["file"]))
-        files.append(path)
+    split, record = data.split_record(meta, data_dir, split)
+    files = data.shard_files(data_dir, record)
     expected = int(record["written"])
     if not expected:
         raise MbV3Error("no %s examples in %s" % (split, data_dir))
@@ -122,7 +114,7 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
                 rate = tally.seen / max(now - start, 1e-9)
                 log("eval: %d/%d images (%.1f%%), %.1f img/s, ETA %s" % (
                     tally.seen, expected, 100.0 * tally.seen / expected, rate,
-                    data._clock((expected - tally.seen - skipped) / rate) if rate > 0 else "?"))
+                    format_duration((expected - tally.seen - skipped) / rate) if rate > 0 else "?"))
         if pending:
             score(pending)
     seconds = time.time() - start

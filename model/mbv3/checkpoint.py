@@ -1,14 +1,12 @@
 """TF1-format, name-based checkpoints in TF-slim's variable names.
 
 Reading accepts anything a TF1 `Saver` wrote (slim's own training scripts, the official
-`v3-large_224_1.0_float` files, the seed's GPU and NPU runs) and what `save()` writes; `save()`
+`v3-large_224_1.0_float` files, the published GPU and NPU runs) and what `save()` writes; `save()`
 writes what those tools restore. A save is atomic: the files are written under a temporary
 prefix, renamed into place, and only then does the `checkpoint` state file name them. A directory
 stands for its newest readable checkpoint: one a crash, a damaged disk or a partial copy left
 truncated or altered is passed over, with a line saying so.
 """
-from __future__ import absolute_import, division, print_function
-
 import glob
 import os
 import re

@@ -1,7 +1,5 @@
 """The `mbv3` command. Each subcommand imports what it needs, so `mbv3 --help` and `mbv3 predict`
 never pay for TensorFlow they do not use. User errors print one line and exit 1."""
-from __future__ import absolute_import, division, print_function
-
 import argparse
 import json
 import logging

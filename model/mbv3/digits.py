@@ -1,8 +1,6 @@
 """scikit-learn's digits (1,797 8x8 grayscale images, 10 classes) as an ImageNet-layout folder:
 real data small enough to train to convergence on a laptop CPU in minutes. Needs scikit-learn,
 imported only here."""
-from __future__ import absolute_import, division, print_function
-
 import os
 
 import numpy as np

@@ -1,8 +1,6 @@
-"""Top-1 / top-5 of a checkpoint over a whole split, the last partial batch included (the seed's
-script dropped it). Results are printed and written as JSON next to the checkpoint. mbv3.bundle_eval
-counts the same way (mbv3.scoring) for an exported bundle."""
-from __future__ import absolute_import, division, print_function
-
+"""Top-1 / top-5 of a checkpoint over a whole split, the last partial batch included, so every image
+of the split counts once. Results are printed and written as JSON next to the checkpoint.
+mbv3.bundle_eval counts the same way (mbv3.scoring) for an exported bundle."""
 import os
 import time
 

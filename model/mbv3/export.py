@@ -7,8 +7,6 @@ inputs at several batch sizes and compared; the bundle records the measured diff
 The bundle is assembled in a temporary sibling directory and renamed into place, so a failed
 export leaves nothing behind and a reader never sees half a bundle.
 """
-from __future__ import absolute_import, division, print_function
-
 import datetime
 import os
 import shutil
@@ -31,13 +29,13 @@ PARITY_TOLERANCE = 1e-4   # max |onnx - tf| relative to the logits' scale (max |
 PARITY_BATCHES = (1, 3)
 
 
-def frozen_graph(resolved, values, num_classes, input_size=224, config=None):
+def frozen_graph(resolved, values, num_classes, input_size=224, numerics=None):
     """A GraphDef: placeholder `input` float32 [None, size, size, 3] -> `logits` [None, num_classes]."""
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, input_size, input_size, 3], name=INPUT)
         params = {name: tf.constant(value, name=name) for name, value in values.items()}
-        logits = net.forward(resolved, params, images, training=False, config=config, num_classes=num_classes)
+        logits = net.forward(resolved, params, images, training=False, numerics=numerics, num_classes=num_classes)
         tf.identity(logits, name=OUTPUT)
     graph_def = graph.as_graph_def()
     foreign = sorted(set(n.op for n in graph_def.node) - TF115_OPS)

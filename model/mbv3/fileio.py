@@ -2,8 +2,6 @@
 metadata): written to a temporary sibling `<name>.tmp-<pid>`, flushed to disk, then renamed over the
 target. A process killed in between leaves its temporary behind; remove_temporaries() clears those
 when the next run starts, matching our own names only."""
-from __future__ import absolute_import, division, print_function
-
 import io
 import os
 import re

@@ -6,8 +6,6 @@ TensorFlow feeds the model what it was evaluated on. The resize gathers only the
 output needs, so its memory follows the output size whatever the input's shape (a 1 x 1,000,000
 image costs what a 224 x 224 one does after decoding).
 """
-from __future__ import absolute_import, division, print_function
-
 import io
 
 import numpy as np

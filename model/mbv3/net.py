@@ -6,8 +6,6 @@ layers with slim scope names and channel counts, and one function, `forward()`, 
 spec on any mapping of name -> tensor (tf.Variables while training, NumPy constants when freezing).
 Keras and tf-slim are deliberately absent (see DESIGN.md); every API used exists in TF 2.6.
 """
-from __future__ import absolute_import, division, print_function
-
 import collections
 from dataclasses import dataclass, replace
 
@@ -257,15 +255,15 @@ def _activation(name, x):
 
 
 @dataclass
-class Config:
-    """Numerics of the network that are not architecture."""
+class Numerics:
+    """Numerics of the network that are not architecture (training takes them from the config's model section)."""
     bn_decay: float = 0.997
     bn_epsilon: float = 0.001
     dropout_keep: float = 0.8
     compute_dtype: str = "float32"
 
 
-def forward(resolved, params, images, training=False, config=None, num_classes=DEFAULT_NUM_CLASSES,
+def forward(resolved, params, images, training=False, numerics=None, num_classes=DEFAULT_NUM_CLASSES,
             bn_updates=None, dropout_seed=None):
     """Logits [N, num_classes] for NHWC images in [-1, 1].
 
@@ -273,8 +271,8 @@ def forward(resolved, params, images, training=False, config=None, num_classes=D
     statistics and, if `bn_updates` is a dict, records there `name -> batch statistic` for each moving
     mean/variance so the caller can apply slim's moving-average update where it owns the variables.
     """
-    config = config or Config()
-    dtype = tf.as_dtype(config.compute_dtype)
+    numerics = numerics or Numerics()
+    dtype = tf.as_dtype(numerics.compute_dtype)
 
     def weight(name):
         w = params[name]
@@ -284,14 +282,14 @@ def forward(resolved, params, images, training=False, config=None, num_classes=D
         bn = scope + "/BatchNorm/"
         if training:
             y, mean, var = tf.compat.v1.nn.fused_batch_norm(
-                x, params[bn + GAMMA], params[bn + BETA], epsilon=config.bn_epsilon, is_training=True)
+                x, params[bn + GAMMA], params[bn + BETA], epsilon=numerics.bn_epsilon, is_training=True)
             if bn_updates is not None:
                 bn_updates[bn + MEAN] = mean
                 bn_updates[bn + VARIANCE] = var   # fused BN's variance is Bessel-corrected, as slim's
             return y
         y, _, _ = tf.compat.v1.nn.fused_batch_norm(
             x, params[bn + GAMMA], params[bn + BETA], params[bn + MEAN], params[bn + VARIANCE],
-            epsilon=config.bn_epsilon, is_training=False)
+            epsilon=numerics.bn_epsilon, is_training=False)
         return y
 
     def conv(x, scope, stride=1, batch_norm_=True, act=None, depthwise=False):
@@ -326,8 +324,8 @@ def forward(resolved, params, images, training=False, config=None, num_classes=D
             x = conv(x, r.scope + "/project")
             if layer.stride == 1 and r.in_ch == r.out_ch:
                 x = x + shortcut
-    if training and config.dropout_keep < 1:
-        x = tf.nn.dropout(x, rate=1 - config.dropout_keep, seed=dropout_seed)
+    if training and numerics.dropout_keep < 1:
+        x = tf.nn.dropout(x, rate=1 - numerics.dropout_keep, seed=dropout_seed)
     x = conv(x, LOGITS_SCOPE, batch_norm_=False)
     return tf.cast(tf.squeeze(x, [1, 2]), tf.float32)
 
@@ -341,9 +339,9 @@ class MobileNetV3(object):
     update, which after the gradient all-reduce is every replica's.
     """
 
-    def __init__(self, variant="large", multiplier=1.0, num_classes=DEFAULT_NUM_CLASSES, config=None, seed=0):
+    def __init__(self, variant="large", multiplier=1.0, num_classes=DEFAULT_NUM_CLASSES, numerics=None, seed=0):
         self.variant, self.multiplier, self.num_classes = variant, multiplier, num_classes
-        self.config = config or Config()
+        self.numerics = numerics or Numerics()
         self.resolved = resolve(variant, multiplier)
         self.specs = variable_specs(self.resolved, num_classes)
         rng = np.random.default_rng(seed)
@@ -367,10 +365,10 @@ class MobileNetV3(object):
 
     def __call__(self, images, training=False, dropout_seed=None):
         updates = {} if training else None
-        logits = forward(self.resolved, self.variables, images, training, self.config, self.num_classes,
+        logits = forward(self.resolved, self.variables, images, training, self.numerics, self.num_classes,
                          bn_updates=updates, dropout_seed=dropout_seed)
         if updates:
-            decay = self.config.bn_decay
+            decay = self.numerics.bn_decay
             for name, value in updates.items():
                 var = self.variables[name]
                 var.assign_sub((var - tf.cast(value, var.dtype)) * (1 - decay))

@@ -11,8 +11,6 @@ would save some JPEG decoding but is left out so JPEG and PNG records take one p
 TF2's tf.image.resize (half-pixel centres), where slim's TF1 resize_images used corner alignment
 without them: a sub-pixel shift of the random crop, not a change of the recipe.
 """
-from __future__ import absolute_import, division, print_function
-
 import tensorflow as tf
 
 from . import bundle

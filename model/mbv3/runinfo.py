@@ -8,8 +8,6 @@ records the difference. A checkpoint with no config.yaml beside it (TF-slim's of
 bare checkpoint: the TF-slim defaults apply and the flags are taken as given.
 No TensorFlow here: it reads YAML and text.
 """
-from __future__ import absolute_import, division, print_function
-
 import os
 from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
@@ -24,19 +22,16 @@ OVERRIDE_FLAG = "--override-run"
 class Run:
     """A training run's folder, its saved config and (when it has one) its labels.txt."""
     folder: str
-    config: Any
+    config: config_mod.TrainingConfig
     labels_path: Optional[str] = None
 
     @property
     def config_path(self):
         return os.path.join(self.folder, config_mod.SAVED_NAME)
 
-    def _value(self, section, key):
-        return getattr(self.config, section).get(key)
-
     @property
     def image_size(self):
-        size = self._value("data", "image_size")
+        size = self.config.data.image_size
         if isinstance(size, bool) or not isinstance(size, int) or size < 1:
             raise MbV3Error("%s: data.image_size must be a positive integer, got %r" % (self.config_path, size))
         return size
@@ -44,7 +39,7 @@ class Run:
     @property
     def num_classes(self):
         """The configured classifier size, or None when the run took it from its data set."""
-        return self._value("model", "num_classes")
+        return self.config.model.num_classes
 
 
 def find(prefix):
@@ -144,7 +139,7 @@ def choose(reader, arch, input_size=None, use_ema=None, labels_file=None, overri
 def _check_architecture(run, arch, prefix):
     """The run's config describes this checkpoint (a checkpoint copied into another run's folder does not)."""
     model = run.config.model
-    configured = (model.get("variant"), float(model.get("multiplier") or 0))
+    configured = (model.variant, model.multiplier)
     if configured != (arch.variant, arch.multiplier):
         raise MbV3Error("checkpoint %s holds MobileNetV3 %s %s, but %s says %s %s: it is not this checkpoint's run"
                         % (prefix, arch.variant, arch.multiplier, run.config_path, configured[0], configured[1]))

@@ -1,6 +1,4 @@
 """Run a bundle's ONNX model with ONNX Runtime: no TensorFlow, so servers and `mbv3 predict` stay light."""
-from __future__ import absolute_import, division, print_function
-
 import numpy as np
 
 from . import bundle as bundle_mod

@@ -1,8 +1,6 @@
 """Top-1 / top-5 counting and the result record, shared by the checkpoint eval (TensorFlow,
 mbv3.evaluate) and the bundle eval (ONNX Runtime, mbv3.bundle_eval): both count alike, so their
 results compare field by field. No TensorFlow here."""
-from __future__ import absolute_import, division, print_function
-
 import json
 
 import numpy as np

@@ -7,8 +7,6 @@ in a tf.function. Checkpoints hold slim names plus `<var>/Momentum` slots, `<var
 shadows and `global_step`, so a rerun continues the step, the LR schedule and the EMA where they were.
 A save that fails (a full disk) stops the run with one line; the previous checkpoint stays the latest.
 """
-from __future__ import absolute_import, division, print_function
-
 import collections
 import math
 import os
@@ -18,8 +16,8 @@ import time
 import numpy as np
 import tensorflow as tf
 
-from .console import say
-from . import checkpoint, config as config_mod, data, fileio, net, recipe, targets
+from .console import format_duration, say
+from . import checkpoint, config as config_mod, data, fileio, net, targets, training_math
 from .errors import MbV3Error, file_reason
 
 MOMENTUM_SUFFIX = "/Momentum"
@@ -42,21 +40,14 @@ def _tensorboard_available():
         return False
 
 
-def format_duration(seconds):
-    seconds = int(max(seconds, 0))
-    days, rest = divmod(seconds, 86400)
-    text = "%02d:%02d:%02d" % (rest // 3600, rest % 3600 // 60, rest % 60)
-    return ("%dd %s" % (days, text)) if days else text
-
-
 class TrainState(object):
     """Model variables plus optimizer slots, EMA shadows, global step and loss scale, by checkpoint name."""
 
     def __init__(self, cfg, num_classes, compute_dtype, loss_scale, seed):
         m = cfg.model
-        model_cfg = net.Config(bn_decay=m.bn_decay, bn_epsilon=m.bn_epsilon, dropout_keep=m.dropout_keep,
-                               compute_dtype=compute_dtype)
-        self.model = net.MobileNetV3(m.variant, m.multiplier, num_classes, model_cfg, seed=seed)
+        numerics = net.Numerics(bn_decay=m.bn_decay, bn_epsilon=m.bn_epsilon, dropout_keep=m.dropout_keep,
+                                compute_dtype=compute_dtype)
+        self.model = net.MobileNetV3(m.variant, m.multiplier, num_classes, numerics, seed=seed)
         first = dict(aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
         self.trainable = [(n, v) for n, v in self.model.variables.items() if self.model.specs[n].trainable]
         self.slots = collections.OrderedDict(
@@ -127,7 +118,7 @@ class TrainState(object):
 class Trainer(object):
     def __init__(self, cfg, data_dir, model_dir, log=say, target=None):
         self.cfg, self.data_dir, self.model_dir = cfg, data_dir, model_dir
-        self.target = target or targets.get(cfg.target.name, cfg.target.__dict__)
+        self.target = target or targets.get(cfg.target.name, cfg.target.to_dict())
         self.strategy = self.target.setup()  # first: the NPU must open before any other TF state
         self.log = log
         if not self.target.is_chief:  # every worker reports; only the chief's lines are unprefixed
@@ -146,43 +137,45 @@ class Trainer(object):
             raise MbV3Error("train.batch_size %d is not divisible by the %d replicas"
                             % (self.global_batch, self.target.num_replicas))
         self.steps_per_epoch = max(1, examples // self.global_batch)
-        self.total_steps, self.warmup_steps, self.steps_per_decay = recipe.schedule_steps(t, self.steps_per_epoch)
-        if t.lr_schedule not in recipe.SCHEDULES:
-            raise MbV3Error("train.lr_schedule must be one of %s" % ", ".join(recipe.SCHEDULES))
+        self.total_steps, self.warmup_steps, self.steps_per_decay = training_math.schedule_steps(t, self.steps_per_epoch)
         with self.strategy.scope():
             loss_scale = None
             if self.target.uses_loss_scale:
                 fixed = cfg.target.loss_scale
-                loss_scale = recipe.DynamicLossScale(fixed=None if fixed in (None, "dynamic") else float(fixed))
+                loss_scale = training_math.DynamicLossScale(fixed=None if fixed in (None, "dynamic") else float(fixed))
             self.state = TrainState(cfg, self.num_classes, self.target.compute_dtype, loss_scale, t.seed)
         self.regularized = [v for n, v in self.state.model.variables.items() if self.state.model.specs[n].regularized]
         self._stop = False
         self.latest_checkpoint = None
 
     # --- the step ----------------------------------------------------------------------------
+    def _learning_rate(self, step):
+        t = self.cfg.train
+        return training_math.learning_rate(step, t.learning_rate, self.total_steps, self.warmup_steps, t.lr_schedule,
+                                           self.steps_per_decay, t.lr_decay_factor, t.min_learning_rate)
+
     def _replica_step(self, images, labels):
         t, state, target = self.cfg.train, self.state, self.target
         names = [n for n, _ in state.trainable]
         variables = [v for _, v in state.trainable]
         with tf.GradientTape() as tape:
             logits = state.model(images, training=True)
-            per_example = recipe.cross_entropy(labels, logits, self.num_classes, t.label_smoothing)
+            per_example = training_math.cross_entropy(labels, logits, self.num_classes, t.label_smoothing)
             loss = tf.reduce_sum(per_example) / float(self.global_batch)
-            loss += recipe.l2_penalty(self.regularized, t.weight_decay) / float(target.num_replicas)
+            loss += training_math.l2_penalty(self.regularized, t.weight_decay) / float(target.num_replicas)
             scaled = loss * state.loss_scale.scale if state.loss_scale is not None else loss
         grads = tape.gradient(scaled, variables)
         grads = target.all_reduce_sum(grads)
         step = state.global_step.read_value()
-        lr = recipe.learning_rate(step, t.learning_rate, self.total_steps, self.warmup_steps, t.lr_schedule,
-                                  self.steps_per_decay, t.lr_decay_factor, t.min_learning_rate)
+        lr = self._learning_rate(step)
 
         def apply():
             for name, var, grad in zip(names, variables, grads):
-                recipe.momentum_update(var, state.slots[name], grad, lr, t.momentum)
+                training_math.momentum_update(var, state.slots[name], grad, lr, t.momentum)
             if state.ema:
-                decay = recipe.ema_decay(step, state.ema_decay)
+                decay = training_math.ema_decay(step, state.ema_decay)
                 for name, shadow in state.ema.items():
-                    recipe.ema_update(shadow, state.model.variables[name].read_value(), decay)
+                    training_math.ema_update(shadow, state.model.variables[name].read_value(), decay)
             return tf.constant(True)
 
         if state.loss_scale is not None:
@@ -321,9 +314,7 @@ class Trainer(object):
         top1 = float(m["correct"].read_value()) / max(count, 1.0)
         for v in m.values():
             v.assign(0.0)
-        t = self.cfg.train
-        lr = float(recipe.learning_rate(step, t.learning_rate, self.total_steps, self.warmup_steps, t.lr_schedule,
-                                        self.steps_per_decay, t.lr_decay_factor, t.min_learning_rate))
+        lr = float(self._learning_rate(step))
         images_per_s = steps * self.global_batch / max(seconds, 1e-9)
         rate = total_steps / max(total_seconds, 1e-9)
         eta = (self.total_steps - step) / rate if rate > 0 else float("inf")

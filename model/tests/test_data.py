@@ -10,6 +10,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mbv3 import data, imageprep
+from mbv3.data import plan, transcode
 from mbv3.errors import MbV3Error
 
 SLIM_FEATURES = {
@@ -159,17 +160,17 @@ def test_rerun_keeps_finished_shards_and_refuses_other_inputs(tmp_path, monkeypa
     src = image_folder(tmp_path / "src", {"a": 4, "b": 4})
     out = str(tmp_path / "out")
     # An interrupted build: the second shard's writer dies; the first shard is complete.
-    real_prepare = data._prepare
-    fail_on = data._assign(data._plan(src, None, 0.0, None, 0)[2]["train"], 2, 0)[1][0].path
+    real_prepare = transcode.prepare
+    fail_on = plan.assign(plan.plan_folder(src, None, 0.0, None, 0)[2]["train"], 2, 0)[1][0].path
 
     def dying(path):
         if path == fail_on:
             raise KeyboardInterrupt()
         return real_prepare(path)
-    monkeypatch.setattr(data, "_prepare", dying)
+    monkeypatch.setattr(transcode, "prepare", dying)
     with pytest.raises(KeyboardInterrupt):
         build(src, out, shards=2, workers=1)
-    monkeypatch.setattr(data, "_prepare", real_prepare)
+    monkeypatch.setattr(transcode, "prepare", real_prepare)
     assert sorted(os.listdir(out)) == ["dataset.json", "train-00000-of-00002"]  # no temporary file left
     with pytest.raises(MbV3Error, match="incomplete"):
         data.info(out)
@@ -327,7 +328,7 @@ def test_an_unreadable_image_is_listed_with_the_reason(tmp_path, monkeypatch):
         if path == locked:
             raise PermissionError(13, "Permission denied", path)
         return real_open(path, *args, **kwargs)
-    monkeypatch.setattr(data, "open", open_as_if_locked, raising=False)
+    monkeypatch.setattr(transcode, "open", open_as_if_locked, raising=False)
     lines = []
     summary = data.build(src, str(tmp_path / "out"), log=lines.append, workers=2)
     assert summary["skipped"] == [{"path": "train/a/a_0.JPEG", "reason": "cannot read file: Permission denied",

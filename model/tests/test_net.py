@@ -6,7 +6,7 @@ from mbv3 import net
 
 
 @pytest.mark.parametrize("variant,num_classes,trainable,moving", [
-    ("large", 1001, 5484313, 24400),   # the figures for slim's V3_LARGE 1.0
+    ("large", 1001, 5484313, 24400),   # slim's V3_LARGE 1.0
     ("large", 1000, 5483032, 24400),   # torchvision's mobilenet_v3_large
     ("small", 1000, 2542856, 12112),   # torchvision's mobilenet_v3_small
 ])
@@ -108,8 +108,8 @@ def test_inference_in_a_tf_function(variant):
 
 
 def test_training_mode_uses_batch_statistics_and_updates_moving_averages():
-    config = net.Config(bn_decay=0.9, dropout_keep=1.0)
-    model = net.MobileNetV3("small", 0.5, num_classes=5, config=config)
+    numerics = net.Numerics(bn_decay=0.9, dropout_keep=1.0)
+    model = net.MobileNetV3("small", 0.5, num_classes=5, numerics=numerics)
     images = tf.random.uniform([4, 64, 64, 3], -1, 1, seed=1)
     name = "MobilenetV3/Conv/BatchNorm/"
     before_mean = model.variables[name + "moving_mean"].numpy().copy()
@@ -133,7 +133,7 @@ def test_training_mode_uses_batch_statistics_and_updates_moving_averages():
 
 
 def test_dropout_only_in_training():
-    model = net.MobileNetV3("small", 0.5, num_classes=5, config=net.Config(dropout_keep=0.5))
+    model = net.MobileNetV3("small", 0.5, num_classes=5, numerics=net.Numerics(dropout_keep=0.5))
     images = tf.random.uniform([2, 64, 64, 3], -1, 1, seed=2)
     a, b = model(images).numpy(), model(images).numpy()
     np.testing.assert_array_equal(a, b)

@@ -27,7 +27,7 @@ def npu_run(tmp_path, monkeypatch):
             fake.recorder.record("model_created")
             original(self, *a, **k)
         monkeypatch.setattr(net.MobileNetV3, "__init__", recording_init)
-        target = NpuTarget(cfg.target.__dict__, npu_module=fake)
+        target = NpuTarget(cfg.target.to_dict(), npu_module=fake)
         lines = []
         summary = train.Trainer(cfg, "unused", str(tmp_path / kw.get("name", "run")), log=lines.append,
                                 target=target).run()

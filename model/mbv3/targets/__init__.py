@@ -4,8 +4,6 @@ A target sets the device up (before anything else touches TensorFlow, which the 
 requires), chooses the tf.distribute strategy, the compute dtype and loss scaling, and supplies the
 few collective operations the training loop needs. The loop itself never branches on hardware.
 """
-from __future__ import absolute_import, division, print_function
-
 from ..errors import MbV3Error
 
 NAMES = ("cpu", "gpu", "npu")

@@ -1,6 +1,4 @@
 """What every target provides; the CPU and GPU targets differ only in devices and defaults."""
-from __future__ import absolute_import, division, print_function
-
 import json
 import os
 

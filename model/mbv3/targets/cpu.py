@@ -1,7 +1,5 @@
 """Any CPU: the default strategy, or MirroredStrategy over logical CPU devices (cpu_replicas > 1),
 which is how tests exercise the multi-replica code path without GPUs."""
-from __future__ import absolute_import, division, print_function
-
 import tensorflow as tf
 
 from .base import Target, multi_worker_cluster

@@ -1,7 +1,5 @@
 """NVIDIA GPUs: MirroredStrategy over the local GPUs (MultiWorkerMirroredStrategy across hosts
 when TF_CONFIG names a cluster), float16 with dynamic loss scaling, XLA via jit_compile."""
-from __future__ import absolute_import, division, print_function
-
 import tensorflow as tf
 
 from ..errors import MbV3Error

@@ -14,8 +14,6 @@ Written against the adapter's published API (Ascend/tensorflow, tf_adapter_2.x/p
 - The adapter ignores jit_compile (XLA does not apply on the NPU).
 No Ascend machine has run this: tests cover it with a recording test double of `npu_device`.
 """
-from __future__ import absolute_import, division, print_function
-
 import importlib
 import os
 

@@ -1,33 +1,36 @@
-"""The training recipe's arithmetic, as TF-slim's train_image_classifier applies it.
+"""The arithmetic of a training step, as TF-slim's train_image_classifier applies it.
 
 Kept apart from the loop so each piece can be checked against a hand computation: the learning
-rate schedule, label-smoothed cross entropy, L2 weight decay on conv weights, the momentum update
-and the exponential moving average of the weights.
+rate schedule, label-smoothed cross entropy, L2 weight decay on conv weights, the momentum update,
+the exponential moving average of the weights and float16 loss scaling.
 """
-from __future__ import absolute_import, division, print_function
-
 import math
 
 import tensorflow as tf
 
-SCHEDULES = ("cosine", "exponential", "constant")
+from .config import SCHEDULES
 
 
 def schedule_steps(train_cfg, steps_per_epoch):
-    """(total steps, warm-up steps, steps per decay) from epochs and the steps in one epoch."""
+    """(total steps, warm-up steps, steps per decay) from a config.TrainSection and the steps in one
+    epoch; steps per decay is None unless the schedule is exponential."""
     total = int(train_cfg.steps) if train_cfg.steps else int(math.ceil(train_cfg.epochs * steps_per_epoch))
     warmup = int(round(train_cfg.warmup_epochs * steps_per_epoch))
-    per_decay = max(1, int(round(train_cfg.epochs_per_decay * steps_per_epoch)))
+    per_decay = None
+    if train_cfg.lr_schedule == "exponential":
+        per_decay = max(1, int(round(train_cfg.epochs_per_decay * steps_per_epoch)))
     return max(total, 1), min(warmup, max(total, 1)), per_decay
 
 
-def learning_rate(step, base, total_steps, warmup_steps=0, schedule="cosine", steps_per_decay=1,
-                  decay_factor=0.99, min_lr=0.0):
+def learning_rate(step, base, total_steps, warmup_steps=0, schedule="cosine", steps_per_decay=None,
+                  decay_factor=None, min_lr=0.0):
     """LR at `step` (before the update of that step is applied): linear warm-up from 0 to `base` over
     warmup_steps, then cosine from `base` to `min_lr` at total_steps, or slim's staircase exponential
-    decay, or constant."""
+    decay (times decay_factor every steps_per_decay steps), or constant."""
     if schedule not in SCHEDULES:
         raise ValueError("unknown lr schedule %r" % schedule)
+    if schedule == "exponential" and (steps_per_decay is None or decay_factor is None):
+        raise ValueError("the exponential schedule needs steps_per_decay and decay_factor")
     step = tf.cast(step, tf.float32)
     base = tf.constant(base, tf.float32)
     after = tf.maximum(step - warmup_steps, 0.0)

@@ -123,11 +123,11 @@ def image_bytes(seed):
 
 def host_probabilities(bundle_dir, data):
     """What the host's ONNX Runtime says for the same image, through the same preprocessing."""
-    from mbv3 import imageprep
-    from mbv3.runtime import OnnxClassifier, softmax
+    from mbv3 import numpy_preprocess
+    from mbv3.onnx_classifier import OnnxClassifier, softmax
     clf = OnnxClassifier(bundle_dir)
     prep = clf.bundle.metadata["preprocessing"]
-    x = imageprep.eval_transform(imageprep.decode(data), prep["size"], prep)[None]
+    x = numpy_preprocess.eval_transform(numpy_preprocess.decode(data), prep["size"], prep)[None]
     return softmax(clf.logits(x))[0]
 
 

@@ -12,13 +12,13 @@ import os
 import shutil
 import subprocess
 
-from . import bundle as bundle_mod
+from . import bundle
 from .errors import MbV3Error
 
 SOC_VERSIONS = ("Ascend310", "Ascend310P3", "Ascend910", "Ascend910B")
 DEFAULT_SOC_VERSION = "Ascend310"
 DEFAULT_PROFILES = (1, 2, 4, 8, 16, 32)   # `mbv3 om` and `make om` use these unless given others
-AIPP_FILE = bundle_mod.AIPP_FILE
+AIPP_FILE = bundle.AIPP_FILE
 
 
 def aipp_config(info):
@@ -45,8 +45,8 @@ def command(bundle_dir, info, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DE
     if profiles and not (2 <= len(profiles) <= 100 and profiles[0] >= 1):
         raise MbV3Error("ATC takes 2 to 100 positive batch profiles, got %s" % profiles)
     batch = -1 if profiles else 1
-    args = [atc, "--framework=3", "--model=%s" % os.path.join(bundle_dir, bundle_mod.FROZEN),
-            "--output=%s" % os.path.join(bundle_dir, os.path.splitext(bundle_mod.OM)[0]),
+    args = [atc, "--framework=3", "--model=%s" % os.path.join(bundle_dir, bundle.FROZEN),
+            "--output=%s" % os.path.join(bundle_dir, os.path.splitext(bundle.OM)[0]),
             "--input_format=NHWC", "--input_shape=%s:%d,%d,%d,%d" % (inp.name, batch, height, width, channels),
             "--soc_version=%s" % soc_version, "--output_type=FP32", "--log=error"]
     if profiles:
@@ -60,14 +60,14 @@ def command(bundle_dir, info, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DE
 
 def om_record(soc_version, batch_profiles, aipp):
     profiles = sorted(set(int(b) for b in batch_profiles or ())) or None
-    return bundle_mod.OmInfo(file=bundle_mod.OM, batch_profiles=profiles, aipp=bool(aipp), soc_version=soc_version,
+    return bundle.OmInfo(file=bundle.OM, batch_profiles=profiles, aipp=bool(aipp), soc_version=soc_version,
                              input_dtype="uint8" if aipp else "float32")
 
 
 def build(bundle_dir, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DEFAULT_PROFILES, aipp=False, atc="atc",
           precision_mode=None, log=print):
     """Run ATC on a bundle and record the result in its model.json; returns the om record."""
-    loaded = bundle_mod.load(bundle_dir)
+    loaded = bundle.load(bundle_dir)
     args = command(loaded.path, loaded.info, soc_version, batch_profiles, aipp, atc, precision_mode)
     if shutil.which(args[0]) is None:
         raise MbV3Error("ATC (%s) not found: run inside the train-npu image, or source CANN's "
@@ -77,15 +77,15 @@ def build(bundle_dir, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DEFAULT_PR
             f.write(aipp_config(loaded.info))
     log("running: %s" % " ".join(args))
     result = subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True)
-    om_path = loaded.file(bundle_mod.OM)
+    om_path = loaded.file(bundle.OM)
     if result.returncode != 0 or not os.path.exists(om_path):
         tail = "\n".join(result.stdout.strip().splitlines()[-5:])
         raise MbV3Error("ATC failed (exit %d): %s" % (result.returncode, tail or "no output"))
     record = om_record(soc_version, batch_profiles, aipp)
     loaded.info.om = record
     loaded.info.files.pop(AIPP_FILE, None)
-    for name in [bundle_mod.OM] + ([AIPP_FILE] if aipp else []):
-        loaded.info.files[name] = bundle_mod.file_info(loaded.file(name))
+    for name in [bundle.OM] + ([AIPP_FILE] if aipp else []):
+        loaded.info.files[name] = bundle.file_info(loaded.file(name))
     loaded.save_info()
     log("wrote %s (%s, batch profiles %s, AIPP %s)" % (om_path, soc_version, record.batch_profiles, record.aipp))
     return record

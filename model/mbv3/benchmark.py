@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 
-from . import bundle as bundle_mod
-from . import runtime
+from . import bundle
+from . import onnx_classifier
 
 
 def _time(fn, warmup, min_runs, min_seconds):
@@ -26,7 +26,7 @@ def _time(fn, warmup, min_runs, min_seconds):
 
 
 def run(bundle_dir, batches=(1, 8), threads=0, warmup=3, min_runs=20, min_seconds=3.0, reference=True, log=print):
-    clf = runtime.OnnxClassifier(bundle_dir, threads)
+    clf = onnx_classifier.OnnxClassifier(bundle_dir, threads)
     h, w = clf.size
     results = {"bundle": clf.bundle.path, "model": clf.bundle.name, "threads": threads or "ort-default",
                "batches": []}
@@ -35,7 +35,7 @@ def run(bundle_dir, batches=(1, 8), threads=0, warmup=3, min_runs=20, min_second
         import tensorflow as tf
         from .export import INPUT, OUTPUT
         graph_def = tf.compat.v1.GraphDef()
-        with open(clf.bundle.file(bundle_mod.FROZEN), "rb") as f:
+        with open(clf.bundle.file(bundle.FROZEN), "rb") as f:
             graph_def.ParseFromString(f.read())
         graph = tf.Graph()
         with graph.as_default():

@@ -43,7 +43,7 @@ _RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources
 class Preprocessing:
     """How an encoded image becomes the model's input (timm-style, plus what timm leaves implicit).
 
-    Training's eval transform (mbv3.preprocessing), the server's NumPy transform (mbv3.imageprep)
+    Training's eval transform (mbv3.tf_preprocess), the server's NumPy transform (mbv3.numpy_preprocess)
     and the AIPP stage ATC folds into an .om all derive their arithmetic from this record:
     pixels / pixel_max, then (x - mean) / std, after a central crop and a bilinear resize."""
     size: List[int] = field(default_factory=lambda: [DEFAULT_SIZE, DEFAULT_SIZE])   # [height, width]

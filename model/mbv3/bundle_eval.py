@@ -1,8 +1,8 @@
 """Top-1 / top-5 of an exported bundle over a TFRecord split, through the serving path itself.
 
 Each record's image goes through what the servers do with an uploaded file: Pillow's decode and
-the NumPy eval transform (mbv3.imageprep) driven by the bundle's preprocessing record, then the
-bundle's model.onnx in ONNX Runtime (mbv3.runtime), after the checks a server makes before it
+the NumPy eval transform (mbv3.numpy_preprocess) driven by the bundle's preprocessing record, then the
+bundle's model.onnx in ONNX Runtime (mbv3.onnx_classifier), after the checks a server makes before it
 serves. TensorFlow only reads the TFRecords; no TensorFlow graph is built. Counting is
 mbv3.evaluate's (mbv3.scoring): the last partial batch is included, and a record that does not
 parse or an image that does not decode is skipped and counted. The result is printed and written
@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from .console import format_duration, say
-from . import bundle as bundle_mod, data, imageprep, runtime, scoring
+from . import bundle, data, numpy_preprocess, onnx_classifier, scoring
 from .errors import MbV3Error, first_line
 
 PROGRESS_SECONDS = 10.0
@@ -45,8 +45,8 @@ def _prepare(record, prep):
         label = feature[data.LABEL].int64_list.value
         if len(encoded) != 1 or len(label) != 1:
             return None
-        return imageprep.eval_transform(imageprep.decode(encoded[0]), prep=prep), int(label[0])
-    except (DecodeError, imageprep.ImageError):
+        return numpy_preprocess.eval_transform(numpy_preprocess.decode(encoded[0]), prep=prep), int(label[0])
+    except (DecodeError, numpy_preprocess.ImageError):
         return None
 
 
@@ -68,8 +68,8 @@ def result_path(bundle_dir, split):
 def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0, workers=None, write=True,
              progress_seconds=PROGRESS_SECONDS, log=say):
     """Score a bundle over a split; returns the result record (mbv3.evaluate's fields, plus the bundle's)."""
-    loaded = runtime.verify_bundle(bundle_dir)   # what a server checks before it serves
-    clf = runtime.OnnxClassifier(loaded.path, threads)
+    loaded = onnx_classifier.verify_bundle(bundle_dir)   # what a server checks before it serves
+    clf = onnx_classifier.OnnxClassifier(loaded.path, threads)
     info = loaded.info
     meta = data.info(data_dir)
     if info.num_classes != meta["num_classes"]:
@@ -80,7 +80,7 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
     if not expected:
         raise MbV3Error("no %s examples in %s" % (split, data_dir))
     data_labels = os.path.join(data_dir, data.LABELS)
-    if os.path.exists(data_labels) and bundle_mod.read_labels(data_labels, info.num_classes) != loaded.labels:
+    if os.path.exists(data_labels) and bundle.read_labels(data_labels, info.num_classes) != loaded.labels:
         log("warning: the bundle's labels.txt differs from the data set's %s (the scores count class indices)"
             % data_labels)
     prep = info.preprocessing
@@ -121,7 +121,7 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
 
     result = {
         "bundle": loaded.path, "name": info.name, "version": info.version,
-        "onnx_sha256": info.files[bundle_mod.ONNX].sha256,
+        "onnx_sha256": info.files[bundle.ONNX].sha256,
         "checkpoint": info.source.checkpoint, "step": info.source.step, "weights": info.source.weights,
         "data": os.path.abspath(data_dir), "split": split,
         "image_size": prep.height if prep.height == prep.width else [prep.height, prep.width],

@@ -76,19 +76,19 @@ def cmd_export(args):
 
 def cmd_predict(args):
     import numpy as np
-    from . import imageprep, runtime
-    clf = runtime.OnnxClassifier(args.bundle, args.threads)
+    from . import numpy_preprocess, onnx_classifier
+    clf = onnx_classifier.OnnxClassifier(args.bundle, args.threads)
     prep = clf.bundle.preprocessing
     failures = 0
     for path in args.images:
         try:
             with open(path, "rb") as f:
-                rgb = imageprep.decode(f.read())
-        except (IOError, OSError, imageprep.ImageError) as e:
+                rgb = numpy_preprocess.decode(f.read())
+        except (IOError, OSError, numpy_preprocess.ImageError) as e:
             say("mbv3: error: %s: %s" % (path, getattr(e, "strerror", None) or e))
             failures += 1
             continue
-        batch = imageprep.eval_transform(rgb, prep=prep)[np.newaxis]
+        batch = numpy_preprocess.eval_transform(rgb, prep=prep)[np.newaxis]
         print(path)
         for rank, (index, label, prob) in enumerate(clf.classify(batch, args.top_k)[0], 1):
             print("  %d. %-40s %.4f  (class %d)" % (rank, label[:40], prob, index))
@@ -96,8 +96,8 @@ def cmd_predict(args):
 
 
 def cmd_verify(args):
-    from . import runtime
-    loaded = runtime.verify_bundle(args.bundle)
+    from . import onnx_classifier
+    loaded = onnx_classifier.verify_bundle(args.bundle)
     info = loaded.info
     print("%s: ok: %s v%s, %d classes, input %dx%d, %d files match their sha256%s" % (
         loaded.path, info.name, info.version, info.num_classes, info.preprocessing.height, info.preprocessing.width,

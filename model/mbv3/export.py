@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from . import __version__, bundle, checkpoint, net, preprocessing, runinfo, runtime
+from . import __version__, bundle, checkpoint, net, tf_preprocess, runinfo, onnx_classifier
 from .errors import MbV3Error
 
 INPUT, OUTPUT = "input", "logits"
@@ -85,7 +85,7 @@ def to_onnx(graph_def, opset=ONNX_OPSET):
 def verify(graph_def, onnx_bytes, input_size, seed=0):
     """Largest |onnx - frozen graph| over random batches, relative to the logits' scale."""
     rng = np.random.default_rng(seed)
-    session = runtime.onnx_session(onnx_bytes)
+    session = onnx_classifier.onnx_session(onnx_bytes)
     worst = 0.0
     scale = 0.0
     for n in PARITY_BATCHES:
@@ -152,7 +152,7 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
         raise MbV3Error("checkpoint %s has a %d-class classifier, not %d" % (reader.prefix, arch.num_classes, num_classes))
     chosen = runinfo.choose(reader, arch, input_size, use_ema, labels_file, override_run)
     input_size, labels = chosen.size, chosen.labels
-    prep = preprocessing.eval_record(input_size)
+    prep = tf_preprocess.eval_record(input_size)
     output, tmp = _prepare_output(output)
     try:
         resolved = net.resolve(arch.variant, arch.multiplier)

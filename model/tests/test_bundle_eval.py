@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mbv3 import bundle, bundle_eval, data, evaluate, export, runtime, train
+from mbv3 import bundle, bundle_eval, data, evaluate, export, onnx_classifier, train
 from random_models import random_run
 
 from conftest import assert_one_line_error, run_cli
@@ -27,7 +27,7 @@ def _picture(h, w, seed, tint):
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """Images of mixed sizes, modes and formats -> TFRecords (12 held out) -> 20 smoke steps at 32 -> its bundle.
+    """Images of mixed sizes, modes and formats -> TFRecords (12 held out) -> 60 smoke steps at 32 -> its bundle.
     (Trained, not random weights: a random MobileNetV3 answers one class whatever it is shown.)"""
     root = tmp_path_factory.mktemp("bundle_eval")
     for c, name in enumerate(CLASSES):
@@ -41,7 +41,7 @@ def world(tmp_path_factory):
                 img.save(str(folder / ("%d.jpg" % i)), quality=85)
     data.build(str(root / "images"), str(root / "data"), val_split=0.5, log=lambda *_: None)
     train.train("smoke", str(root / "data"), str(root / "run"), log=lambda *_: None,
-                overrides=["train.steps=20", "data.image_size=%d" % SIZE, "data.deterministic=true"])
+                overrides=["train.steps=60", "data.image_size=%d" % SIZE, "data.deterministic=true"])
     export.export(str(root / "run"), str(root / "bundle"), log=lambda *_: None)
     return root
 
@@ -59,12 +59,12 @@ def test_bundle_eval_counts_what_the_checkpoint_eval_counts(world):
     assert served["examples"] == ckpt["examples"] == expected and served["skipped_records"] == 0
     assert served["image_size"] == ckpt["image_size"] == SIZE and served["weights"] == ckpt["weights"] == "ema"
     assert (served["top1"], served["top5"]) == (ckpt["top1"], ckpt["top5"])
-    assert 0 < served["top1"] < 1
+    assert served["top1"] > 1.0 / len(CLASSES)   # better than chance: the run learned something
     # the agreement is not that of a model that answers one class whatever it sees
     shards = [str(world / "data" / s["file"]) for s in data.info(str(world / "data"))["splits"]["validation"]["shards"]]
     prep = bundle.load(str(world / "bundle")).preprocessing
     prepared = [bundle_eval._prepare(r, prep) for r in bundle_eval._records(shards, print)]
-    logits = runtime.OnnxClassifier(str(world / "bundle")).logits(np.stack([image for image, _ in prepared]))
+    logits = onnx_classifier.OnnxClassifier(str(world / "bundle")).logits(np.stack([image for image, _ in prepared]))
     assert len(set(np.argmax(logits, axis=1))) > 1
     assert served["checkpoint"] == ckpt["checkpoint"] and served["step"] == ckpt["step"]
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mbv3 import data, imageprep
+from mbv3 import data, numpy_preprocess
 from mbv3.data import plan, transcode
 from mbv3.errors import MbV3Error
 
@@ -430,7 +430,7 @@ def test_unusual_images_are_converted_to_rgb_jpeg(tmp_path):
         if name != "plain.png":
             assert feature(example, "image/format") == [b"JPEG"] and encoded[:2] == b"\xff\xd8", name
         # what the server's decoder shows, up to JPEG quality 95 (the palette image is dithered noise)
-        expected = imageprep.decode(open(path, "rb").read()).astype(int)
+        expected = numpy_preprocess.decode(open(path, "rb").read()).astype(int)
         assert np.abs(decoded.astype(int) - expected).mean() < 5, name
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mbv3 import bundle, checkpoint, config, export, net, preprocessing, runtime
+from mbv3 import bundle, checkpoint, config, export, net, tf_preprocess, onnx_classifier
 from mbv3.errors import MbV3Error
 from random_models import random_run
 
@@ -39,7 +39,7 @@ def test_onnx_and_frozen_graph_match_the_tf_model(large_bundle, batch):
     scale = np.abs(expected).max()
     assert scale > 1.0  # real signal, not near-zero logits
 
-    onnx_logits = runtime.OnnxClassifier(str(root / "bundle")).logits(images)
+    onnx_logits = onnx_classifier.OnnxClassifier(str(root / "bundle")).logits(images)
     graph_def = tf.compat.v1.GraphDef()
     with open(str(root / "bundle" / "model.pb"), "rb") as f:
         graph_def.ParseFromString(f.read())
@@ -93,7 +93,7 @@ def test_onnx_graph_has_no_layout_transposes_inside(large_bundle):
 
 
 def test_onnx_has_dynamic_batch_and_plain_names(large_bundle):
-    clf = runtime.OnnxClassifier(str(large_bundle[0] / "bundle"))
+    clf = onnx_classifier.OnnxClassifier(str(large_bundle[0] / "bundle"))
     inp, out = clf.session.get_inputs()[0], clf.session.get_outputs()[0]
     assert inp.name == "input" and out.name == "logits"
     assert inp.shape[0] == "batch" and inp.shape[1:] == [224, 224, 3]
@@ -109,7 +109,7 @@ def test_ema_weights_are_exported(tmp_path):
     assert meta_raw["source"]["weights"] == "raw"
     images = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
     halved = _tf_model({n: v * 0.5 for n, v in raw.items()}, "small", 0.75, 11)(images).numpy()
-    got = runtime.OnnxClassifier(str(tmp_path / "ema")).logits(images)
+    got = onnx_classifier.OnnxClassifier(str(tmp_path / "ema")).logits(images)
     np.testing.assert_allclose(got, halved, atol=1e-4 * np.abs(halved).max())
     assert len(bundle.load(str(tmp_path / "ema")).labels) == 11
 
@@ -208,11 +208,11 @@ def test_export_takes_size_preprocessing_weights_and_labels_from_the_run(run48, 
     logs = []
     meta = export.export(str(tmp_path / "run"), str(tmp_path / "b"), log=logs.append)   # no flags at all
     assert meta["input"]["shape"] == [-1, 48, 48, 3]
-    assert meta["preprocessing"] == dataclasses.asdict(preprocessing.eval_record(48))
+    assert meta["preprocessing"] == dataclasses.asdict(tf_preprocess.eval_record(48))
     assert meta["preprocessing"]["size"] == [48, 48] and meta["preprocessing"]["crop_fraction"] == 0.875
     assert meta["source"] == {"checkpoint": run48, "step": 30, "weights": "ema", "run": str(tmp_path / "run")}
     assert bundle.load(str(tmp_path / "b"), verify=True).labels == ANIMALS
-    assert runtime.OnnxClassifier(str(tmp_path / "b")).session.get_inputs()[0].shape[1:] == [48, 48, 3]
+    assert onnx_classifier.OnnxClassifier(str(tmp_path / "b")).session.get_inputs()[0].shape[1:] == [48, 48, 3]
     assert "from the run %s: input 48x48, central 87.5%% crop, EMA weights, 4 labels" % (tmp_path / "run") in logs
     # flags that agree with the run are no contradiction (the labels file may leave out background)
     (tmp_path / "same.txt").write_text("cat\ndog\neel\n")

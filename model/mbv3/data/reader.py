@@ -9,7 +9,7 @@ import random
 
 import tensorflow as tf
 
-from .. import preprocessing
+from .. import tf_preprocess
 from . import schema
 from .schema import FORMAT, METADATA, SPLIT_ALIASES, DataError, read_metadata
 
@@ -81,7 +81,7 @@ def dataset(data_dir, split, batch_size, image_size, training, repeat=None, shuf
     Pipeline: shard files (shuffled when training; split between input pipelines by input_context,
     by record when there are fewer files than pipelines) -> parallel interleave of TFRecordDatasets
     -> shuffle -> repeat (default: forever when training, once for eval) -> parse, decode,
-    preprocess (preprocessing.train_transform with the record's boxes, or eval_transform) ->
+    preprocess (tf_preprocess.train_transform with the record's boxes, or eval_transform) ->
     skip failures -> batch (drop_remainder default: True when training) -> prefetch.
     Repeat comes before the map so every pass gets fresh crops and flips.
 
@@ -141,12 +141,12 @@ def dataset(data_dir, split, batch_size, image_size, training, repeat=None, shuf
     def train_map(position, serialized):
         encoded, label, bbox = schema.parse(serialized)
         seeds = tf.stack([tf.constant(element_seed, tf.int64), position])
-        return preprocessing.train_transform(encoded, image_size, bbox=bbox, seed=seeds), label
+        return tf_preprocess.train_transform(encoded, image_size, bbox=bbox, seed=seeds), label
 
     @count
     def eval_map(serialized):
         encoded, label, _ = schema.parse(serialized)
-        return preprocessing.eval_transform(encoded, image_size), label
+        return tf_preprocess.eval_transform(encoded, image_size), label
 
     if training:
         ds = ds.enumerate().map(train_map, num_parallel_calls=autotune)

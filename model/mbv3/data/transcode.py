@@ -1,13 +1,13 @@
 """One input image file turned into what a record holds, or the reason it cannot be used.
 
 8-bit RGB and grayscale JPEG and PNG files are stored byte for byte; anything else is converted
-the way the server converts an upload (mbv3.imageprep), so training sees what serving will see.
+the way the server converts an upload (mbv3.numpy_preprocess), so training sees what serving will see.
 """
 import io
 
 import tensorflow as tf
 
-from .. import imageprep
+from .. import numpy_preprocess
 from ..errors import first_line
 
 JPEG_QUALITY = 95
@@ -27,7 +27,7 @@ def prepare(path):
     """(encoded bytes, 'JPEG'|'PNG', height, width, converted) for one input file, or Unusable.
 
     8-bit RGB/grayscale JPEG and PNG are kept as they are; everything else (CMYK, palette, alpha,
-    16-bit, BMP, GIF, WebP, JPEGs with an EXIF rotation) is turned upright as mbv3.imageprep does
+    16-bit, BMP, GIF, WebP, JPEGs with an EXIF rotation) is turned upright as mbv3.numpy_preprocess does
     on the server, converted to RGB and re-encoded as JPEG quality 95 without chroma subsampling.
     The final bytes are then decoded by TensorFlow, as the reader will: what passes here, reads."""
     from PIL import Image, ImageOps, UnidentifiedImageError
@@ -51,7 +51,7 @@ def prepare(path):
             if keep:
                 encoded, converted = data, False
             else:
-                rgb = Image.fromarray(imageprep.to_rgb(ImageOps.exif_transpose(img)))  # the server's conversion
+                rgb = Image.fromarray(numpy_preprocess.to_rgb(ImageOps.exif_transpose(img)))  # the server's conversion
                 out = io.BytesIO()
                 rgb.save(out, "JPEG", quality=JPEG_QUALITY, subsampling=0)  # 4:4:4: keep the colour detail
                 encoded, fmt, converted = out.getvalue(), "JPEG", True

@@ -7,7 +7,6 @@ in a box, because it labels photos with digits and a service that silently did t
 broken. Everything lands in a cache (cache.py) and is reused on the next run. TensorFlow is imported
 only when something has to be read, trained or exported.
 """
-from __future__ import absolute_import, division, print_function
 
 from ..console import say
 from ..errors import MbV3Error

@@ -1,13 +1,12 @@
 """The quick-start cache (MBV3_CACHE, default ~/.cache/mbv3): downloads, unpacked archives, the demo's
 data and run, and the exported bundles, each reused on the next run. A bundle counts as done once
 its model.json exists (export writes bundles atomically)."""
-from __future__ import absolute_import, division, print_function
 
 import contextlib
 import os
 import shutil
 
-from .. import bundle as bundle_mod
+from .. import bundle
 from ..errors import MbV3Error
 
 
@@ -16,7 +15,7 @@ def root(cache_dir=None):
 
 
 def is_bundle(path):
-    return os.path.isfile(os.path.join(path, bundle_mod.METADATA))
+    return os.path.isfile(os.path.join(path, bundle.METADATA))
 
 
 @contextlib.contextmanager

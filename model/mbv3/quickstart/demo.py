@@ -1,7 +1,6 @@
 """The digits demo `make serve` falls back to when the official checkpoint cannot be had: what `make
 demo` trains (scikit-learn's digits, the digits-cpu recipe), made once in the cache, each step
 resumable, and the boxed notice that says it is not an ImageNet classifier."""
-from __future__ import absolute_import, division, print_function
 
 import os
 import textwrap

@@ -1,11 +1,10 @@
 """`make serve MODEL=...`: a bundle is served as it is; a checkpoint (a prefix, a run directory, or
 the unpacked official tarball's folder) is exported once into the cache."""
-from __future__ import absolute_import, division, print_function
 
 import hashlib
 import os
 
-from .. import bundle as bundle_mod
+from ..bundle import METADATA, load as load_bundle
 from ..errors import MbV3Error
 from . import cache
 from .official import find_checkpoint
@@ -14,7 +13,7 @@ from .official import find_checkpoint
 def bundle(model, root, log):
     path = os.path.abspath(os.path.expanduser(model))
     if cache.is_bundle(path):
-        bundle_mod.load(path)  # a foreign or broken model.json fails here, not in the service
+        load_bundle(path)  # a foreign or broken model.json fails here, not in the service
         log("using bundle %s" % path)
         return path
     from .. import checkpoint
@@ -24,7 +23,7 @@ def bundle(model, root, log):
         prefix = find_checkpoint(path, quiet=True) if os.path.isdir(path) else None  # e.g. the unpacked tarball
         if not prefix:
             raise MbV3Error("MODEL=%s is neither a model bundle (no %s) nor a checkpoint: %s"
-                            % (model, bundle_mod.METADATA, e))
+                            % (model, METADATA, e))
     out = os.path.join(root, "bundles", checkpoint_key(prefix))
     with cache.lock(root, log):
         if cache.is_bundle(out):

@@ -5,7 +5,6 @@ next run downloads again rather than rejecting the same file forever.
 
 MBV3_OFFICIAL_URL (or `mbv3 default-bundle --official-url`) points the download at a mirror, for a
 site that reaches an internal file server but not Google's storage; a file:// URL works too."""
-from __future__ import absolute_import, division, print_function
 
 import os
 import shutil

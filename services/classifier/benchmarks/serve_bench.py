@@ -155,13 +155,13 @@ class CpuMeter:
 
 def reference(bundle_dir, photos, threads=0, seconds=10.0, max_runs=400, warmup=5):
     """Per image, in this process: decode + eval preprocessing + ONNX Runtime at batch 1."""
-    from mbv3 import imageprep, runtime
-    clf = runtime.OnnxClassifier(bundle_dir, threads)
+    from mbv3 import numpy_preprocess, onnx_classifier
+    clf = onnx_classifier.OnnxClassifier(bundle_dir, threads)
     prep = clf.bundle.metadata["preprocessing"]
 
     def one(data):
         t0 = time.perf_counter()
-        x = imageprep.eval_transform(imageprep.decode(data), prep["size"], prep)[np.newaxis]
+        x = numpy_preprocess.eval_transform(numpy_preprocess.decode(data), prep["size"], prep)[np.newaxis]
         t1 = time.perf_counter()
         clf.logits(x)
         t2 = time.perf_counter()
@@ -444,8 +444,8 @@ def main(argv=None):
     for out in (args.json, args.plot):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     bundle_dir = ensure_bundle(args.bundle)
-    from mbv3 import bundle as bundle_mod
-    meta = bundle_mod.load(bundle_dir).metadata
+    from mbv3 import bundle
+    meta = bundle.load(bundle_dir).metadata
     photos = sample_photos()
     log("bundle %s (%s, input %s); %d real photos: %s" % (bundle_dir, meta["name"], meta["input"]["shape"], len(photos),
                                                        ", ".join("%s %d KB" % (n, len(b) // 1024) for n, b in photos)))

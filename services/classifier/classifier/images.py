@@ -14,11 +14,11 @@ from typing import Optional
 
 import numpy as np
 
-from mbv3 import imageprep
+from mbv3 import numpy_preprocess
 
 from .errors import ApiError, bad_request
 
-# Peak bytes per decoded pixel of mbv3.imageprep.decode + eval_transform, by Pillow mode, measured
+# Peak bytes per decoded pixel of mbv3.numpy_preprocess.decode + eval_transform, by Pillow mode, measured
 # with VmHWM on 4000x3000 images (JPEG RGB 10, with EXIF rotation 14, WebP 17.5, RGBA/CMYK 14,
 # P/L 7-10, I;16 18, F 28) and rounded up; ROW_BYTES covers Pillow's per-row bookkeeping, which
 # dominates for images one pixel wide. test_service_limits.py checks the sum against VmHWM.
@@ -53,8 +53,8 @@ def decode_cost(width, height, mode):
 def model_input(data, prep, max_pixels, normalize):
     """Decode + crop + resize (+ normalise) encoded image bytes by the bundle's preprocessing
     record `prep`: a pure function of its arguments, so it may run on any thread (the engine's
-    one-hop path runs it on the device thread). Raises imageprep.ImageError."""
-    return imageprep.eval_transform(imageprep.decode(data, max_pixels=max_pixels), prep=prep, normalize=normalize)
+    one-hop path runs it on the device thread). Raises numpy_preprocess.ImageError."""
+    return numpy_preprocess.eval_transform(numpy_preprocess.decode(data, max_pixels=max_pixels), prep=prep, normalize=normalize)
 
 
 class Preprocessor:
@@ -81,7 +81,7 @@ class Preprocessor:
         headers = await asyncio.get_running_loop().run_in_executor(
             self.pool, lambda: [_probe(u.data) for u in uploads])
         for upload, found in zip(uploads, headers):
-            if isinstance(found, imageprep.ImageError):
+            if isinstance(found, numpy_preprocess.ImageError):
                 upload.error = image_error(found)
                 continue
             upload.width, upload.height, upload.mode = found
@@ -109,7 +109,7 @@ class Preprocessor:
         start = time.perf_counter()
         try:
             upload.image = model_input(upload.data, self.prep, self.max_image_pixels, not uint8)
-        except imageprep.ImageError as e:
+        except numpy_preprocess.ImageError as e:
             upload.error = image_error(e)
         upload.timings["preprocess"] = time.perf_counter() - start
         return upload
@@ -121,13 +121,13 @@ class Preprocessor:
 
 def _probe(data):
     try:
-        return imageprep.probe(data)
-    except imageprep.ImageError as e:
+        return numpy_preprocess.probe(data)
+    except numpy_preprocess.ImageError as e:
         return e
 
 
 def image_error(e):
     """The API's answer to an image that cannot be decoded or is too large."""
-    if isinstance(e, imageprep.ImageTooLarge):
+    if isinstance(e, numpy_preprocess.ImageTooLarge):
         return ApiError(413, "image_too_large", str(e))
     return bad_request("invalid_image", str(e))

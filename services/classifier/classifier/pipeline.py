@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from mbv3 import imageprep
-from mbv3.runtime import softmax, top_k
+from mbv3 import numpy_preprocess
+from mbv3.onnx_classifier import softmax, top_k
 
 from .errors import ApiError, unavailable
 from .images import Upload, image_error, model_input
@@ -74,7 +74,7 @@ class Pipeline:
         try:
             upload.logits, timings = await self.engine.infer_alone(
                 model_input, upload.data, self.prep, self.images.max_image_pixels, not uint8)
-        except imageprep.ImageError as e:
+        except numpy_preprocess.ImageError as e:
             upload.error = image_error(e)
         else:
             upload.timings.update(timings)

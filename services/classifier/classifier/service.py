@@ -10,7 +10,7 @@ import logging
 import os
 import signal
 
-from mbv3 import bundle as bundle_mod
+from mbv3 import bundle
 
 from . import backends
 from .budget import MemoryBudget
@@ -28,7 +28,7 @@ class Service:
         """backend_factory: backends.create's signature (tests inject backends through it)."""
         s = self.settings = settings
         self.metrics = Metrics()
-        self.bundle = bundle_mod.load(s.MODEL_DIR, verify=True)  # schema, sha256s, labels; shapes at load
+        self.bundle = bundle.load(s.MODEL_DIR, verify=True)  # schema, sha256s, labels; shapes at load
         load_backend = functools.partial(backend_factory or backends.create, self.bundle, backend=s.BACKEND,
                                          device_id=s.DEVICE_ID, threads=s.threads, max_batch=s.MAX_BATCH, log=log.info)
         self.engine = Engine(load_backend, max_batch=s.MAX_BATCH, max_delay_ms=s.MAX_DELAY_MS, max_queue=s.MAX_QUEUE,

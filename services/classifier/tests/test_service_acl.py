@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 import requests
 
-from mbv3 import imageprep
-from mbv3.runtime import OnnxClassifier
+from mbv3 import numpy_preprocess
+from mbv3.onnx_classifier import OnnxClassifier
 
 from svc_support import SIZE, Server, bundle_dir, classify, jpeg_bytes, model_json, real_photo  # noqa: F401
 
@@ -48,7 +48,7 @@ def test_service_on_the_acl_backend(bundle_dir, tmp_path, om):  # noqa: F811
         assert r.status_code == 200, r.text
         served = r.json()["results"][0]["predictions"]
         meta = model_json(bundle)
-        x = imageprep.eval_transform(imageprep.decode(photo), SIZE, meta["preprocessing"])[None]
+        x = numpy_preprocess.eval_transform(numpy_preprocess.decode(photo), SIZE, meta["preprocessing"])[None]
         expected = OnnxClassifier(bundle).classify(x, 3)[0]
         assert [p["index"] for p in served] == [i for i, _, _ in expected]
         # AIPP: the service sends rounded uint8 pixels and the device normalises them, so scores move slightly
@@ -92,5 +92,5 @@ def test_mbv3_om_then_serve_the_om_on_acl(bundle_dir, tmp_path):  # noqa: F811
         photo = real_photo()
         served = classify(server.url, photo, top_k=1).json()["results"][0]["predictions"][0]
         meta = model_json(bundle)
-        x = imageprep.eval_transform(imageprep.decode(photo), SIZE, meta["preprocessing"])[None]
+        x = numpy_preprocess.eval_transform(numpy_preprocess.decode(photo), SIZE, meta["preprocessing"])[None]
         assert served["index"] == OnnxClassifier(bundle).classify(x, 1)[0][0][0]

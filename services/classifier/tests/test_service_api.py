@@ -9,8 +9,8 @@ import pytest
 import requests
 from PIL import Image
 
-from mbv3 import imageprep
-from mbv3.runtime import OnnxClassifier
+from mbv3 import numpy_preprocess
+from mbv3.onnx_classifier import OnnxClassifier
 
 from svc_support import SIZE, Server, bundle_dir, classify, jpeg_bytes, model_json, real_photo  # noqa: F401
 
@@ -41,7 +41,7 @@ def test_classify_a_photo(server, bundle_dir):  # noqa: F811
     assert set(result["timings_ms"]) == {"preprocess", "queue", "inference"}
     # the same numbers as running the bundle in-process: decode, preprocess, ONNX Runtime, softmax
     clf = OnnxClassifier(bundle_dir)
-    x = imageprep.eval_transform(imageprep.decode(photo), SIZE, meta["preprocessing"])[None]
+    x = numpy_preprocess.eval_transform(numpy_preprocess.decode(photo), SIZE, meta["preprocessing"])[None]
     expected = clf.classify(x, 3)[0]
     assert [p["index"] for p in preds] == [i for i, _, _ in expected]
     np.testing.assert_allclose([p["score"] for p in preds], [s for _, _, s in expected], rtol=1e-4)

@@ -13,8 +13,8 @@ from PIL import Image
 from classifier import settings as settings_mod
 from classifier.app import create_app
 from classifier.images import Upload
-from mbv3 import preprocessing
-from mbv3.runtime import OnnxClassifier
+from mbv3 import tf_preprocess
+from mbv3.onnx_classifier import OnnxClassifier
 
 from svc_support import SIZE, bundle_dir, jpeg_bytes, real_photo  # noqa: F401
 
@@ -63,7 +63,7 @@ def _prepared(service, data):
 def test_matches_tensorflow_eval_preprocessing(service, name):
     data = _images()[name]
     ours = _prepared(service, data)
-    theirs = preprocessing.eval_transform(data, SIZE).numpy()
+    theirs = tf_preprocess.eval_transform(data, SIZE).numpy()
     assert ours.shape == theirs.shape == (SIZE, SIZE, 3) and ours.dtype == np.float32
     # 16-bit PNGs: TensorFlow and the service round 16 -> 8 bits differently by at most one level
     bound = 2.0 / 255 + 1e-5 if name == "sixteen-bit.png" else 1e-4
@@ -73,7 +73,7 @@ def test_matches_tensorflow_eval_preprocessing(service, name):
 def test_same_top1_through_the_model(service, bundle_dir):  # noqa: F811
     images = _images()
     ours = np.stack([_prepared(service, d) for d in images.values()])
-    theirs = np.stack([preprocessing.eval_transform(d, SIZE).numpy() for d in images.values()])
+    theirs = np.stack([tf_preprocess.eval_transform(d, SIZE).numpy() for d in images.values()])
     clf = OnnxClassifier(bundle_dir)
     a, b = clf.logits(ours), clf.logits(theirs)
     assert (a.argmax(1) == b.argmax(1)).all()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from mbv3 import bundle as bundle_mod
+from mbv3.bundle import OM, ONNX
 
 from .base import Backend, BackendError  # noqa: F401
 
@@ -31,9 +31,9 @@ def create(bundle, *, backend, device_id, threads, max_batch, log=print):
     if name == "acl":
         from .acl import AclBackend
         om = bundle.info.om
-        return AclBackend(bundle.file(om.file if om else bundle_mod.OM), bundle.info, device_id)
+        return AclBackend(bundle.file(om.file if om else OM), bundle.info, device_id)
     from .onnxruntime import OnnxRuntimeBackend
-    return OnnxRuntimeBackend(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
+    return OnnxRuntimeBackend(bundle.file(ONNX), bundle.info, threads, max_batch)
 
 
 def release_process_resources():

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mbv3 import runtime
+from mbv3 import onnx_classifier
 from mbv3.errors import BundleError, first_line
 
 from .base import Backend, BackendError
@@ -27,7 +27,7 @@ class OnnxRuntimeBackend(Backend):
         # (make bench-serve measures both sides).
         self.single = self._session(spinning=True)
         try:
-            runtime.check_session(self.single, info, model_path)
+            onnx_classifier.check_session(self.single, info, model_path)
         except BundleError as e:
             raise BackendError(str(e), fatal=True)
         self.batched = self._session(spinning=False)

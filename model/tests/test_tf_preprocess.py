@@ -1,4 +1,4 @@
-"""TensorFlow transforms: eval matches the server's NumPy/Pillow transform (mbv3.imageprep) on real
+"""TensorFlow transforms: eval matches the server's NumPy/Pillow transform (mbv3.numpy_preprocess) on real
 encoded images; train gives slim's random crop and flip in [-1, 1], reproducible from a seed."""
 import io
 
@@ -7,7 +7,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mbv3 import imageprep, preprocessing
+from mbv3 import numpy_preprocess, tf_preprocess
 
 
 def picture(h, w, seed, mode="RGB"):
@@ -37,26 +37,26 @@ CASES = [
 @pytest.mark.parametrize("shape,fmt,mode,options", CASES)
 def test_eval_transform_matches_imageprep(shape, fmt, mode, options):
     payload = encoded(picture(shape[0], shape[1], sum(shape), mode), fmt, **options)
-    rgb = imageprep.decode(payload)
-    np.testing.assert_array_equal(preprocessing.decode(tf.constant(payload)).numpy(), rgb)
+    rgb = numpy_preprocess.decode(payload)
+    np.testing.assert_array_equal(tf_preprocess.decode(tf.constant(payload)).numpy(), rgb)
     for size in (224, 33):
-        got = preprocessing.eval_transform(tf.constant(payload), size).numpy()
-        expected = imageprep.eval_transform(rgb, prep=preprocessing.eval_record(size))  # what export writes
+        got = tf_preprocess.eval_transform(tf.constant(payload), size).numpy()
+        expected = numpy_preprocess.eval_transform(rgb, prep=tf_preprocess.eval_record(size))  # what export writes
         assert got.shape == (size, size, 3) and got.dtype == np.float32
         assert np.abs(got - expected).max() < 1e-4
 
 
 def test_eval_transform_in_a_dataset_map():
     payloads = [encoded(picture(40 + 9 * i, 70 - 5 * i, i), "JPEG") for i in range(3)]
-    ds = tf.data.Dataset.from_tensor_slices(payloads).map(lambda e: preprocessing.eval_transform(e, 32)).batch(3)
+    ds = tf.data.Dataset.from_tensor_slices(payloads).map(lambda e: tf_preprocess.eval_transform(e, 32)).batch(3)
     batch = next(iter(ds)).numpy()
     for got, payload in zip(batch, payloads):
-        assert np.abs(got - imageprep.eval_transform(imageprep.decode(payload), 32)).max() < 1e-4
+        assert np.abs(got - numpy_preprocess.eval_transform(numpy_preprocess.decode(payload), 32)).max() < 1e-4
 
 
 def _train(payload, size=32, bbox=None, seed=None):
     seed = None if seed is None else tf.constant(seed, tf.int64)
-    return preprocessing.train_transform(tf.constant(payload), size, bbox=bbox, seed=seed).numpy()
+    return tf_preprocess.train_transform(tf.constant(payload), size, bbox=bbox, seed=seed).numpy()
 
 
 def test_train_transform_shape_range_and_seeds():
@@ -99,4 +99,4 @@ def test_train_crop_follows_the_bounding_box():
 
 def test_bad_bytes_raise_in_tensorflow():
     with pytest.raises(tf.errors.InvalidArgumentError):
-        preprocessing.eval_transform(tf.constant(b"not an image"), 8)
+        tf_preprocess.eval_transform(tf.constant(b"not an image"), 8)

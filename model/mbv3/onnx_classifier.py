@@ -1,7 +1,7 @@
 """Run a bundle's ONNX model with ONNX Runtime: no TensorFlow, so servers and `mbv3 predict` stay light."""
 import numpy as np
 
-from . import bundle as bundle_mod
+from . import bundle
 from .errors import BundleError, first_line
 
 
@@ -39,8 +39,8 @@ def check_session(session, info, where):
 def verify_bundle(path):
     """Everything a server checks before it serves: model.json against its schema, every file's size
     and sha256, labels = num_classes, and the ONNX model's shapes. Returns the loaded bundle."""
-    loaded = bundle_mod.load(path, verify=True)
-    model = loaded.file(bundle_mod.ONNX)
+    loaded = bundle.load(path, verify=True)
+    model = loaded.file(bundle.ONNX)
     check_session(onnx_session(model), loaded.info, model)
     return loaded
 
@@ -65,12 +65,12 @@ class OnnxClassifier(object):
     """A loaded bundle plus its ONNX Runtime session."""
 
     def __init__(self, path, threads=0):
-        self.bundle = bundle_mod.load(path)
+        self.bundle = bundle.load(path)
         self.input_name = self.bundle.info.input.name
         self.output_name = self.bundle.info.output.name
         self.size = self.bundle.preprocessing.size
-        self.session = onnx_session(self.bundle.file(bundle_mod.ONNX), threads)
-        check_session(self.session, self.bundle.info, self.bundle.file(bundle_mod.ONNX))
+        self.session = onnx_session(self.bundle.file(bundle.ONNX), threads)
+        check_session(self.session, self.bundle.info, self.bundle.file(bundle.ONNX))
 
     def logits(self, batch):
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]

@@ -3,7 +3,7 @@
 Train: TF-slim's inception_preprocessing train path without colour distortion, as the recipe
 uses it: a random crop covering 5-100% of the image (aspect 3:4 to 4:3, around the labelled boxes
 when the record has them), bilinear resize, random left-right flip, pixels to [-1, 1].
-Eval: central 87.5% crop, bilinear resize, pixels to [-1, 1]; mbv3.imageprep is the same transform
+Eval: central 87.5% crop, bilinear resize, pixels to [-1, 1]; mbv3.numpy_preprocess is the same transform
 in NumPy for the server, and a test keeps the two within 1e-4.
 
 The train transform decodes the whole image, then crops, as slim does; tf.image.decode_and_crop_jpeg
@@ -28,7 +28,7 @@ JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 def decode(encoded):
     """uint8 [H, W, 3] from JPEG/PNG (or BMP/GIF) bytes; grayscale is replicated to RGB.
 
-    JPEGs are decoded with libjpeg's accurate integer IDCT, as Pillow does (mbv3.imageprep on the
+    JPEGs are decoded with libjpeg's accurate integer IDCT, as Pillow does (mbv3.numpy_preprocess on the
     server): tf.io.decode_image's default, the fast IDCT, differs from it by up to 4 levels."""
     image = tf.cond(
         tf.io.is_jpeg(encoded),
@@ -39,7 +39,7 @@ def decode(encoded):
 
 
 def _to_unit_range(image):
-    """[0, 1] float pixels to the model's [-1, 1] (as imageprep, with eval_record's mean and std)."""
+    """[0, 1] float pixels to the model's [-1, 1] (as numpy_preprocess, with eval_record's mean and std)."""
     return (image - MEAN) / STD
 
 
@@ -77,7 +77,7 @@ def train_transform(encoded, size, bbox=None, seed=None):
 
 def eval_transform(encoded, size, crop_fraction=CROP_FRACTION):
     """float32 [size, size, 3] in [-1, 1]: central crop and bilinear resize (half-pixel centres,
-    no antialiasing), exactly mbv3.imageprep.eval_transform."""
+    no antialiasing), exactly mbv3.numpy_preprocess.eval_transform."""
     image = tf.image.convert_image_dtype(decode(encoded), tf.float32)
     image = tf.image.central_crop(image, crop_fraction)
     image = tf.image.resize(image, [size, size], method="bilinear")
@@ -88,7 +88,7 @@ def eval_transform(encoded, size, crop_fraction=CROP_FRACTION):
 
 def eval_record(size):
     """eval_transform at `size` as the bundle's preprocessing record: export writes it into
-    model.json, so the servers' NumPy transform (mbv3.imageprep) repeats what evaluation measured."""
+    model.json, so the servers' NumPy transform (mbv3.numpy_preprocess) repeats what evaluation measured."""
     return bundle.Preprocessing(size=[int(size), int(size)], color="RGB", crop_fraction=CROP_FRACTION,
                                 resize="bilinear", half_pixel_centers=True, antialias=False, pixel_max=255.0,
                                 mean=[MEAN] * 3, std=[STD] * 3)

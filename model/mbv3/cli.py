@@ -7,10 +7,9 @@ import os
 import sys
 
 from .console import say
-from . import __version__
+from . import __version__, specs
 from .errors import MbV3Error
 
-VARIANT_CHOICES = ("large", "small", "large_minimalistic", "small_minimalistic")
 
 
 def _quiet_tensorflow():
@@ -208,7 +207,7 @@ def parser():
 
     s = sub.add_parser("init", help="write a randomly initialised step-0 checkpoint")
     s.add_argument("--model-dir", required=True)
-    s.add_argument("--variant", default="large", choices=VARIANT_CHOICES)
+    s.add_argument("--variant", default="large", choices=list(specs.VARIANTS))
     s.add_argument("--multiplier", type=float, default=1.0)
     s.add_argument("--num-classes", type=_positive, default=1001)
     s.add_argument("--seed", type=int, default=0)
@@ -255,7 +254,7 @@ def parser():
     s.add_argument("--checkpoint", required=True, help="checkpoint prefix or directory")
     s.add_argument("--output", required=True, help="bundle directory (created; an earlier bundle is replaced)")
     s.add_argument("--num-classes", type=_positive, help="expected classifier size (checked, default: the checkpoint's)")
-    s.add_argument("--variant", choices=VARIANT_CHOICES, help="expected variant (checked, default: detected)")
+    s.add_argument("--variant", choices=list(specs.VARIANTS), help="expected variant (checked, default: detected)")
     ema = s.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="use EMA shadow weights (error if absent)")
     ema.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights")

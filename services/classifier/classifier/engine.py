@@ -134,7 +134,7 @@ class Engine:
     async def infer_alone(self, prepare, *args):
         """For a caller that found the engine idle: one image, made by `prepare(*args)` and run at
         batch 1 in one hop on the device thread, two thread hand-offs and the batcher fewer (the
-        lone-image path; README has the measurement).
+        lone-image path; docs/api.md has the measurement).
 
         `prepare` is data to the engine, as an image array is: a pure function of its arguments
         (the decoder in images.model_input, say), never a method of the caller's objects, so the

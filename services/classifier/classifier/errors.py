@@ -1,6 +1,6 @@
 """Errors the API answers with: a stable code, a message, an HTTP status; never a traceback.
 
-CODES is the one list of every code: the OpenAPI document's responses are built from it, the README
+CODES is the one list of every code: the OpenAPI document's responses are built from it, docs/api.md
 lists it, and a test checks that every code the service raises is in it with its status. Every error
 is JSON in one of two shapes carrying the same codes:
 

@@ -9,7 +9,8 @@ import math
 import os
 from dataclasses import dataclass, fields
 
-BACKENDS = ("auto", "onnxruntime", "acl")
+from .backends import CHOICES
+
 
 
 class SettingsError(ValueError):
@@ -132,8 +133,8 @@ def _convert(default, text):
 
 
 def _validate(s: Settings):
-    if s.BACKEND not in BACKENDS:
-        raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(BACKENDS)))
+    if s.BACKEND not in CHOICES:
+        raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(CHOICES)))
     for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST",
                  "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS"):
         if getattr(s, name) < 1:

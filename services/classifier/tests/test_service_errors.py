@@ -1,7 +1,7 @@
 """What every kind of bad request gets, on a real server (`python -m classifier` on loopback): the
 malformed KServe v2 requests that once got a 500, NaN in and out, 404/405 and malformed HTTP in the
 documented JSON shapes, metric labels a client cannot grow, one table of error codes that the code,
-the OpenAPI document and the README agree on."""
+the OpenAPI document and docs/api.md agree on."""
 import ast
 import json
 import os
@@ -245,10 +245,10 @@ def test_every_code_the_service_raises_is_in_the_table_with_its_status():
     assert kserve.ProtocolError("x").code in CODES
 
 
-def test_the_readme_lists_every_code_with_its_status():
-    readme = open(os.path.join(ROOT, "README.md")).read()
+def test_the_api_docs_list_every_code_with_its_status():
+    doc = open(os.path.join(ROOT, "docs", "api.md")).read()
     for code, (status, _) in CODES.items():
-        assert "| %d | `%s` |" % (status, code) in readme, code
+        assert "| %d | `%s` |" % (status, code) in doc, code
 
 
 def test_the_openapi_document_describes_bodies_parameters_errors_and_metrics(server, bundle_dir):  # noqa: F811

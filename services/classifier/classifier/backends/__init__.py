@@ -9,6 +9,10 @@ from mbv3.bundle import OM, ONNX
 
 from .base import Backend, BackendError  # noqa: F401
 
+# What BACKEND may say. A new backend is a module here (a Backend subclass), its name in this tuple
+# and its branch in create(): nothing else in the service names backends.
+CHOICES = ("auto", "onnxruntime", "acl")
+
 
 def acl_available(device_id):
     """(True, "") when pyACL imports and device `device_id` can be opened, else (False, reason)."""

@@ -15,8 +15,6 @@ import tensorflow as tf
 
 from . import bundle
 
-CROP_FRACTION = 0.875
-MEAN, STD = 0.5, 0.5        # [0, 1] pixels to [-1, 1], every channel
 # tf.image.sample_distorted_bounding_box arguments of slim's distorted_bounding_box_crop.
 MIN_OBJECT_COVERED = 0.1
 ASPECT_RATIO_RANGE = (0.75, 1.33)
@@ -38,9 +36,10 @@ def decode(encoded):
     return image
 
 
-def _to_unit_range(image):
-    """[0, 1] float pixels to the model's [-1, 1] (as numpy_preprocess, with eval_record's mean and std)."""
-    return (image - MEAN) / STD
+def _standardize(image, prep):
+    """[0, 1] float pixels to the model's input, (x - mean) / std as the record says (the same
+    arithmetic as bundle.Preprocessing.standardize, in TensorFlow ops)."""
+    return (image - tf.constant(prep.mean, tf.float32)) / tf.constant(prep.std, tf.float32)
 
 
 def train_transform(encoded, size, bbox=None, seed=None):
@@ -70,25 +69,26 @@ def train_transform(encoded, size, bbox=None, seed=None):
         image = tf.image.random_flip_left_right(image)
     else:
         image = tf.image.stateless_random_flip_left_right(image, seed=seeds[1])
-    image = _to_unit_range(image)
+    image = _standardize(image, eval_record(size))   # the normalisation evaluation and serving use
     image.set_shape([size, size, 3])
     return image
 
 
-def eval_transform(encoded, size, crop_fraction=CROP_FRACTION):
+def eval_transform(encoded, size):
     """float32 [size, size, 3] in [-1, 1]: central crop and bilinear resize (half-pixel centres,
-    no antialiasing), exactly mbv3.numpy_preprocess.eval_transform."""
+    no antialiasing), exactly mbv3.numpy_preprocess.eval_transform with eval_record(size)."""
+    prep = eval_record(size)
     image = tf.image.convert_image_dtype(decode(encoded), tf.float32)
-    image = tf.image.central_crop(image, crop_fraction)
+    image = tf.image.central_crop(image, prep.crop_fraction)
     image = tf.image.resize(image, [size, size], method="bilinear")
-    image = _to_unit_range(image)
+    image = _standardize(image, prep)
     image.set_shape([size, size, 3])
     return image
 
 
 def eval_record(size):
-    """eval_transform at `size` as the bundle's preprocessing record: export writes it into
-    model.json, so the servers' NumPy transform (mbv3.numpy_preprocess) repeats what evaluation measured."""
-    return bundle.Preprocessing(size=[int(size), int(size)], color="RGB", crop_fraction=CROP_FRACTION,
-                                resize="bilinear", half_pixel_centers=True, antialias=False, pixel_max=255.0,
-                                mean=[MEAN] * 3, std=[STD] * 3)
+    """The preprocessing record of training and evaluation at `size`: bundle.Preprocessing's
+    defaults are this recipe's (central 87.5% crop, bilinear, [0, 255] to [-1, 1]), so they live in
+    one place. Export writes it into model.json, so the servers' NumPy transform repeats what
+    evaluation measured."""
+    return bundle.Preprocessing(size=[int(size), int(size)])

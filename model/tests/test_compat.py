@@ -1,4 +1,4 @@
-"""The package must run on CANN's TensorFlow 2.6.5 adapter under Python 3.7 (see DESIGN.md).
+"""The package must run on CANN's TensorFlow 2.6.5 adapter under Python 3.7 (docs/ascend.md).
 
 Neither can be installed here, so two static checks stand in: vermin proves the syntax and
 standard-library use are valid Python 3.7, and every `tf.` name the package uses is looked up

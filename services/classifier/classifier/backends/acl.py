@@ -35,7 +35,7 @@ from .base import Backend, BackendError
 
 log = logging.getLogger(__name__)
 
-# pyACL exposes no constants module; these are the documented values (ASCEND.md).
+# pyACL exposes no constants module; these are the values in the CANN pyACL API reference and Huawei's samples.
 ACL_MEM_MALLOC_HUGE_FIRST = 0
 ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2

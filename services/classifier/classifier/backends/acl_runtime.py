@@ -17,7 +17,7 @@ from mbv3.errors import first_line
 
 from .base import BackendError
 
-# pyACL exposes no constants module; these are the documented values (ASCEND.md).
+# pyACL exposes no constants module; these are the values in the CANN pyACL API reference and Huawei's samples.
 ACL_SUCCESS = 0
 ACL_ERROR_REPEAT_INITIALIZE = 100002
 

@@ -1,7 +1,7 @@
 """A pyACL simulator: the part of Huawei's `acl` module the Ascend backend uses, for machines with
 no Ascend card and no CANN. Tests put this folder on sys.path so `import acl` finds it.
 
-It keeps pyACL's real call shapes (see /work/shared/ASCEND.md): a plain `ret` from init,
+It keeps pyACL's real call shapes (as in the CANN pyACL API reference and Huawei's Ascend/samples): a plain `ret` from init,
 rt.set_device, rt.set_context, rt.memcpy, mdl.get_desc, mdl.execute, rt.free(_host), destroy_*,
 mdl.unload, rt.reset_device, finalize, mdl.set_dynamic_batch_size; `(value, ret)` from
 rt.create_context, rt.create_stream, mdl.load_from_file, rt.malloc(_host), mdl.get_(cur_)output_dims,
@@ -74,7 +74,7 @@ import types
 
 import numpy as np
 
-# --- constants (ASCEND.md) ----------------------------------------------------------------------
+# --- constants (the pyACL API reference) ----------------------------------------------------------------------
 ACL_SUCCESS = 0
 ACL_ERROR_NONE = 0
 ACL_MEM_MALLOC_HUGE_FIRST = 0

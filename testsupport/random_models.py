@@ -36,7 +36,7 @@ def random_bundle(path, variant="small", multiplier=0.5, num_classes=11, input_s
 
 
 def random_run(model_dir, variant="small", multiplier=0.35, num_classes=11, image_size=64, step=1, ema=False,
-               labels=None, recipe="smoke", seed=0):
+               labels=None, recipe="smoke", seed=0, overrides=()):
     """A training run's folder as `mbv3 train` leaves it (checkpoint, config.yaml, labels.txt), with
     random weights (and EMA shadows when `ema`); returns the checkpoint prefix."""
     from mbv3 import bundle, config
@@ -45,7 +45,7 @@ def random_run(model_dir, variant="small", multiplier=0.35, num_classes=11, imag
         values.update({n + checkpoint.EMA_SUFFIX: v * 0.5 for n, v in values.items()})
     prefix = checkpoint.save(str(model_dir), step, values)
     config.load(recipe, ["model.variant=%s" % variant, "model.multiplier=%s" % multiplier,
-                         "data.image_size=%d" % image_size]).save(str(model_dir))
+                         "data.image_size=%d" % image_size] + list(overrides)).save(str(model_dir))
     bundle.write_labels(os.path.join(str(model_dir), bundle.LABELS),
                         labels or [bundle.BACKGROUND] + ["class_%d" % i for i in range(1, num_classes)])
     return prefix

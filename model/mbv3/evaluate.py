@@ -22,7 +22,7 @@ def evaluate(checkpoint_path, data_dir, use_ema=None, split="validation", batch_
     if not expected:
         raise MbV3Error("no %s examples in %s" % (split, data_dir))
     size = runinfo.image_size(reader.prefix, image_size)
-    model = net.MobileNetV3(arch.variant, arch.multiplier, arch.num_classes)
+    model = net.MobileNetV3(arch.variant, arch.multiplier, arch.num_classes, runinfo.numerics(reader.prefix))
     report = checkpoint.load_into(model.variables, model.specs, reader.prefix, use_ema=use_ema, reader=reader)
     log(report.summary())
 

@@ -161,7 +161,8 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
         log(report.summary())
         log(chosen.describe(prep, "EMA" if report.used_ema else "raw"))
         log("freezing the graph (%s, input %dx%d)" % (arch.describe(), input_size, input_size))
-        graph_def = frozen_graph(resolved, values, arch.num_classes, input_size)
+        numerics = chosen.run.numerics if chosen.run is not None else None   # the run's batch-norm epsilon
+        graph_def = frozen_graph(resolved, values, arch.num_classes, input_size, numerics)
         log("converting to ONNX (opset %d)" % ONNX_OPSET)
         onnx_bytes = to_onnx(graph_def).SerializeToString()
         parity = verify(graph_def, onnx_bytes, input_size)

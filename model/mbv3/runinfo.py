@@ -41,6 +41,14 @@ class Run:
         """The configured classifier size, or None when the run took it from its data set."""
         return self.config.model.num_classes
 
+    @property
+    def numerics(self):
+        """The batch-norm epsilon (and the rest of net.Numerics) the run trained with: inference
+        normalises with the same epsilon, so eval and export must not assume the default."""
+        from . import net
+        m = self.config.model
+        return net.Numerics(bn_decay=m.bn_decay, bn_epsilon=m.bn_epsilon, dropout_keep=m.dropout_keep)
+
 
 def find(prefix):
     """The run a checkpoint belongs to (config.yaml in its folder), or None for a bare checkpoint."""
@@ -50,6 +58,12 @@ def find(prefix):
         return None
     labels = os.path.join(folder, bundle.LABELS)
     return Run(folder, cfg, labels if os.path.exists(labels) else None)
+
+
+def numerics(prefix):
+    """net.Numerics of the checkpoint's run, or None (net's defaults, TF-slim's) for a bare checkpoint."""
+    run = find(prefix)
+    return run.numerics if run is not None else None
 
 
 def image_size(prefix, given=None):

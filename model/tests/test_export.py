@@ -23,8 +23,8 @@ def large_bundle(tmp_path_factory):
     return root, prefix, values, meta
 
 
-def _tf_model(values, variant="large", multiplier=1.0, num_classes=1001):
-    model = net.MobileNetV3(variant, multiplier, num_classes)
+def _tf_model(values, variant="large", multiplier=1.0, num_classes=1001, numerics=None):
+    model = net.MobileNetV3(variant, multiplier, num_classes, numerics)
     for name, value in values.items():
         model.variables[name].assign(value)
     return model
@@ -112,6 +112,21 @@ def test_ema_weights_are_exported(tmp_path):
     got = onnx_classifier.OnnxClassifier(str(tmp_path / "ema")).logits(images)
     np.testing.assert_allclose(got, halved, atol=1e-4 * np.abs(halved).max())
     assert len(bundle.load(str(tmp_path / "ema")).labels) == 11
+
+
+def test_the_runs_batch_norm_epsilon_is_exported(tmp_path):
+    """A run trained with another bn_epsilon is frozen with it: inference normalises with it too."""
+    prefix = random_run(tmp_path / "run", variant="small", multiplier=0.35, num_classes=11, image_size=32,
+                        overrides=["model.bn_epsilon=0.5"])
+    export.export(prefix, str(tmp_path / "b"), log=lambda *_: None)
+    values, _ = checkpoint.read_values(prefix, net.variable_specs(net.resolve("small", 0.35), 11))
+    images = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
+    run_eps = _tf_model(values, "small", 0.35, 11, net.Numerics(bn_epsilon=0.5))(images).numpy()
+    default_eps = _tf_model(values, "small", 0.35, 11)(images).numpy()
+    got = onnx_classifier.OnnxClassifier(str(tmp_path / "b")).logits(images)
+    scale = np.abs(run_eps).max()
+    np.testing.assert_allclose(got, run_eps, atol=1e-4 * scale)
+    assert np.abs(run_eps - default_eps).max() > 1e-2 * scale   # the epsilon matters at this size
 
 
 def test_reexport_replaces_an_earlier_bundle(tmp_path):

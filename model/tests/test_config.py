@@ -73,7 +73,7 @@ def test_keys_nothing_reads_are_gone():
     with pytest.raises(MbV3Error, match="unknown config key data.eval_split"):
         config.load("smoke", ["data.eval_split=validation"])
     with pytest.raises(MbV3Error, match=r"unknown config key target.mixed_precision \(renamed target.precision: "
-                                        "float32, mixed_float16, mixed_bfloat16, float16_matmul\)"):
+                                        r"float32, mixed_float16, mixed_bfloat16, float16_matmul\)"):
         config.load("smoke", ["target.mixed_precision=float16"])
 
 

@@ -1,7 +1,7 @@
 """Ascend NPU through CANN's TensorFlow 2.x adapter (`npu_device`, TF 2.6.5).
 
-Written against the adapter's published source, Ascend/tensorflow and its successor hicann/tensorflow,
-`tf_adapter_2.x/python/npu_device/` (docs/ascend.md and docs/verified.md say what was compared):
+Written against the adapter's published source, `tf_adapter_2.x/python/npu_device/` in Ascend/tensorflow
+(the TF 2.6 era) and hicann/tensorflow (current CANN); docs/verified.md says what was compared:
 - `global_options()` is read when the device opens (npu_device.py `open()`), so precision_mode is set
   first; `open().as_default()` must come before any other TensorFlow state is built: setup() runs
   before the model, the optimizer state or any dataset exists.

@@ -133,7 +133,8 @@ class _Distribute(object):
 
 
 class _FloatStatusOps(object):
-    """gen_npu_ops' float-status ops, with their op signatures (tf_adapter/ops/aicore/npu_mixed_precesion_ops.cc):
+    """gen_npu_ops' float-status ops, with their op signatures (Ascend/tensorflow
+    tf_adapter/ops/aicore/npu_mixed_precesion_ops.cc, the same in hicann/tensorflow):
     NpuAllocFloatStatus() -> float[1]; NpuGetFloatStatus(input_float) -> float; NpuClearFloatStatus(float_status)
     -> float; and in the current adapter NpuGetFloatStatusV2() -> int32[8], NpuClearFloatStatusV2() with no output.
 

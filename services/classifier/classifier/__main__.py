@@ -24,6 +24,9 @@ def main(argv=None):
     except MbV3Error as e:
         print("classifier: error: MODEL_DIR=%s: %s" % (settings.MODEL_DIR, e), file=sys.stderr)
         return 2
+    except settings_mod.SettingsError as e:   # a setting only start-up can check (DEVICE_IDS=all)
+        print("classifier: error: %s" % e, file=sys.stderr)
+        return 2
     import uvicorn
 
     from .transport import JsonErrorsH11Protocol

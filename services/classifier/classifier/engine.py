@@ -1,27 +1,38 @@
-"""The inference engine: one worker thread owns the backend; an asyncio micro-batcher feeds it.
+"""The inference engine: an asyncio micro-batcher in front of a pool of device workers (workers.py).
 
-The engine runs arrays and returns logits; it knows nothing of requests, image decoding or the
-service's settings. Callers put (image, future) items on a bounded queue (full: 503 with
-Retry-After), all of a caller's images at once. The batcher takes what is waiting and, while the
-batch is short of the largest batch and callers have said more images are on their way
-(expecting()), waits up to the batching delay for them, then hands the batch to the worker thread;
-while the device works, new items queue up and form the next batch. A lone image that finds the
-engine idle can skip all that (infer_alone). A failed run fails that batch only (503); a fatal
-failure (device lost) also reloads the backend on the worker thread before the next batch.
+The engine runs arrays and returns logits; it knows nothing of requests, image decoding, kinds of
+backend or the service's settings. Callers put (image, future) items on a bounded queue (full: 503
+with Retry-After), all of a caller's images at once. Whenever a device is idle, the batcher takes
+what is waiting and, while the batch is short of the largest batch and callers have said more
+images are on their way (expecting()), waits up to the batching delay for them, then hands the
+batch to that device and goes on: four devices run four batches at once, and while they run, new
+items queue up and form the next batches. Of several idle devices the batch goes to the one idle
+longest, so work spreads over all of them. A lone image that finds a device idle can skip all that
+(infer_alone).
+
+Failures stay with their device. A failed run fails its batch only (503). A fatal one (device lost)
+also takes the device out of the pool and reloads it on its own thread, again after a growing pause
+while that fails, as the other devices keep serving. Queued images wait while some device serves or
+is being (re)loaded; when none is, they are refused at once (503 not_ready) rather than held.
 """
 from __future__ import annotations
 
 import asyncio
 import collections
-import concurrent.futures
 import contextlib
-import threading
 import time
 
 import numpy as np
 
 from .backends.base import BackendError
 from .errors import unavailable
+
+# Pauses between reload attempts of a device whose reload failed: the first, doubling up to the last.
+RELOAD_PAUSES = (0.5, 30.0)
+
+
+class EngineError(RuntimeError):
+    """A device could not be loaded at start-up."""
 
 
 class Item:
@@ -32,77 +43,122 @@ class Item:
 
 
 class Engine:
-    def __init__(self, load_backend, *, max_batch, max_delay_ms, max_queue, metrics, log, thread_name="device0"):
-        """load_backend: called with no arguments on the worker thread, returns a Backend (again
-        after a fatal error); max_batch caps a run below the backend's own limit; max_delay_ms is
-        the longest wait for expected images; max_queue bounds the images waiting."""
-        self.load_backend = load_backend
+    def __init__(self, workers, *, max_batch, max_delay_ms, max_queue, metrics, log, reload_pauses=RELOAD_PAUSES):
+        """workers: the devices (workers.Worker), each loading its backend on its own thread;
+        max_batch caps a run below the backends' own limit; max_delay_ms is the longest wait for
+        expected images; max_queue bounds the images waiting."""
+        self.workers = list(workers)
         self.max_delay_ms, self.max_queue, self._max_batch = max_delay_ms, max_queue, max_batch
         self.metrics, self.log = metrics, log
-        self.backend = None
-        self._worker = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self.reload_pauses = reload_pauses
         self._queue = collections.deque()
         self._wakeup = None
         self._batcher = None
         self._stopping = False
-        self._in_flight = 0
         self._expected = 0   # images callers are preparing and will queue shortly (expecting())
-        self.worker_thread = None
+        self._tasks = set()  # batches on devices and reloads: kept until done
+        self._model = None   # (max batch, input dtype) of the loaded backends: the same file on every device
 
-    # --- worker-thread side ------------------------------------------------------------------
-    def _load(self):
-        self.worker_thread = threading.current_thread().name
-        self.backend = self.load_backend()
-        return self.backend
-
-    def _warm_up(self):
-        for n in sorted({1, self.backend.max_batch}):
-            self.backend.run(np.zeros((n,) + tuple(self.backend.image_shape), self.backend.input_dtype))
-
-    def _run(self, batch):
-        if self.backend is None:  # the reload after a fatal error failed: try again first
-            self._reload()
-        return self.backend.run(batch)
-
-    def _reload(self):
-        self._close()
-        self._load()
-        self._warm_up()
-
-    def _close(self):
-        try:
-            if self.backend is not None:
-                self.backend.close()
-        finally:
-            self.backend = None
-
-    # --- event-loop side ---------------------------------------------------------------------
+    # --- lifecycle ---------------------------------------------------------------------------
     async def start(self):
+        """Load every device at once, each on its own thread; EngineError naming each device that
+        failed (the loaded ones stay loaded until stop())."""
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._worker, self._load)
-        await loop.run_in_executor(self._worker, self._warm_up)
+        for worker in self.workers:
+            self._account_state(worker)
+        results = await asyncio.gather(*[loop.run_in_executor(w.executor, w.load) for w in self.workers],
+                                       return_exceptions=True)
+        failed = []
+        for worker, result in zip(self.workers, results):
+            if isinstance(result, Exception):
+                self._set_state(worker, "failed", str(result))
+                failed.append("device %s: %s" % (worker.label, result))
+            else:
+                self._set_state(worker, "ready")
+        if failed:
+            raise EngineError("; ".join(failed))
+        backends = [w.backend for w in self.workers]
+        self._model = (min(b.max_batch for b in backends), backends[0].input_dtype)
         self._wakeup = asyncio.Event()
         self._batcher = asyncio.ensure_future(self._batch_loop())
-        self.log("backend %s on worker thread %s, max batch %d, max delay %g ms"
-                 % (self.backend.describe(), self.worker_thread, self.max_batch, self.max_delay_ms))
+        for worker in self.workers:
+            self.log("device %s: %s on thread %s" % (worker.label, worker.backend.describe(), worker.thread))
+        self.log("%d device(s), max batch %d, max delay %g ms" % (len(self.workers), self.max_batch, self.max_delay_ms))
 
+    async def stop(self, drain_seconds=30.0):
+        """Stop taking work, finish what is queued or running, stop reloading, then close every
+        device's backend on its own thread (all at once) and end the threads."""
+        self._stopping = True
+        deadline = time.perf_counter() + drain_seconds
+        while (self._queue or self._busy()) and time.perf_counter() < deadline:
+            await asyncio.sleep(0.01)
+        if self._batcher is not None:
+            self._batcher.cancel()
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*([self._batcher] if self._batcher else []), *self._tasks, return_exceptions=True)
+        for item in list(self._queue):
+            if not item.future.done():
+                item.future.set_exception(unavailable("shutting_down", "the server is shutting down"))
+        self._queue.clear()
+        loop = asyncio.get_running_loop()
+        # a close queues behind whatever still runs on that thread (a run past the drain, a reload)
+        await asyncio.gather(*[loop.run_in_executor(w.executor, w.close) for w in self.workers],
+                             return_exceptions=True)
+        for worker in self.workers:
+            self._set_state(worker, "stopped")
+            worker.executor.shutdown(wait=True)
+
+    # --- what callers read -------------------------------------------------------------------
     @property
     def max_batch(self):
-        return min(self._max_batch, self.backend.max_batch) if self.backend else self._max_batch
+        return min(self._max_batch, self._model[0]) if self._model else self._max_batch
 
     @property
     def input_dtype(self):
-        return self.backend.input_dtype if self.backend else np.float32
+        return self._model[1] if self._model else np.float32
+
+    @property
+    def serving(self):
+        """Whether some device takes batches now."""
+        return any(w.state == "ready" for w in self.workers)
+
+    @property
+    def backend(self):
+        """A loaded backend (a serving one first), for what all devices share: its kind, the model."""
+        loaded = [w for w in self.workers if w.backend is not None]
+        loaded.sort(key=lambda w: w.state != "ready")
+        return loaded[0].backend if loaded else None
 
     @property
     def idle(self):
-        """Nothing queued, expected or on the device."""
-        return not self._queue and not self._in_flight and not self._expected
+        """Nothing queued or expected, and a device idle."""
+        return not self._queue and not self._expected and any(w.idle for w in self.workers)
 
     @property
     def depth(self):
         return len(self._queue)
 
+    def devices(self):
+        return [w.status() for w in self.workers]
+
+    def _busy(self):
+        return any(w.in_flight for w in self.workers)
+
+    def _coming(self):
+        """Whether a device that does not serve now is being loaded, so queued images may wait for it."""
+        return any(w.state in ("loading", "reloading") for w in self.workers)
+
+    def _not_serving(self):
+        why = "; ".join("device %s %s%s" % (w.label, w.state, ": %s" % w.error if w.error else "")
+                        for w in self.workers)
+        return unavailable("not_ready", "no device is serving (%s); retrying" % why, retry_after=2)
+
+    def _idle_worker(self):
+        idle = [w for w in self.workers if w.idle]
+        return min(idle, key=lambda w: w.finished) if idle else None
+
+    # --- the callers' side -------------------------------------------------------------------
     @contextlib.contextmanager
     def expecting(self, images):
         """Wrap the preparation of `images` images a caller will queue next: while any are expected,
@@ -116,11 +172,16 @@ class Engine:
             if self._wakeup is not None:
                 self._wakeup.set()
 
+    def _check_open(self):
+        if self._stopping or self._batcher is None:
+            raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
+        if not self.serving and not self._coming():
+            raise self._not_serving()
+
     async def infer_many(self, images):
         """[(logits row or ApiError, timings)] for preprocessed images, queued together: a caller's
         images are admitted whole or refused whole (503 queue_full), never half queued."""
-        if self._stopping or self._batcher is None:
-            raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
+        self._check_open()
         if len(self._queue) + len(images) > self.max_queue:
             raise unavailable("queue_full", "%d images already waiting; retry shortly" % len(self._queue))
         loop = asyncio.get_running_loop()
@@ -132,8 +193,8 @@ class Engine:
         return [(outcome, item.timings) for outcome, item in zip(outcomes, items)]
 
     async def infer_alone(self, prepare, *args):
-        """For a caller that found the engine idle: one image, made by `prepare(*args)` and run at
-        batch 1 in one hop on the device thread, two thread hand-offs and the batcher fewer (the
+        """For a caller that found a device idle: one image, made by `prepare(*args)` and run at
+        batch 1 in one hop on that device's thread, two thread hand-offs and the batcher fewer (the
         lone-image path; docs/api.md has the measurement).
 
         `prepare` is data to the engine, as an image array is: a pure function of its arguments
@@ -142,47 +203,41 @@ class Engine:
         bounds its cost, since anything arriving meanwhile waits behind it. What `prepare` raises
         reaches the caller unchanged, and the model does not run.
         Returns (logits row, {"preprocess", "queue", "inference"} in seconds)."""
-        if self._stopping or self._batcher is None:
-            raise unavailable("not_ready", "the model is not serving (starting or shutting down)")
+        self._check_open()
+        loop = asyncio.get_running_loop()
+        worker = self._idle_worker()
+        if worker is None:  # the caller checked `idle` in the same step, so only a misuse gets here
+            image = await loop.run_in_executor(None, prepare, *args)
+            (row, timings), = await self.infer_many([image])
+            if isinstance(row, Exception):
+                raise row
+            return row, timings
 
         def run():
             start = time.perf_counter()
             image = prepare(*args)
             ran = time.perf_counter()
-            row = self._run(image[np.newaxis])[0]
+            row = worker.run(image[np.newaxis])[0]
             return row, {"preprocess": ran - start, "queue": 0.0, "inference": time.perf_counter() - ran}
-        self._in_flight += 1
-        loop = asyncio.get_running_loop()
+        worker.in_flight += 1
+        start = time.perf_counter()
         try:
-            row, timings = await loop.run_in_executor(self._worker, run)
+            row, timings = await loop.run_in_executor(worker.executor, run)
         except BackendError as e:
-            raise self._failed(loop, e, 1)
+            raise self._failed(worker, e, 1)
         finally:
-            self._in_flight -= 1
-        self.metrics.batch_size.observe(1)
-        self.metrics.images.inc()
+            self._done(worker, 1, start)
+        self._succeeded(worker, 1, timings["inference"])
         return row, timings
 
-    def _failed(self, loop, error, images):
-        """Account for a failed backend run; after a fatal one, queue a reload on the device thread
-        (ahead of any later batch: the executor has one thread). Returns the error to answer with."""
-        self.metrics.backend_errors.labels(fatal=str(error.fatal).lower()).inc()
-        self.log("backend error on a batch of %d: %s" % (images, error))
-        if error.fatal:
-            self.log("reloading the backend after a fatal error")
-            loop.run_in_executor(self._worker, self._reload).add_done_callback(self._reloaded)
-        return unavailable("backend_error", "inference failed: %s" % error)
-
-    def _reloaded(self, future):
-        error = future.exception()
-        self.log("backend reloaded" if error is None else
-                 "backend reload failed: %s; the next batch will fail and reload again" % error)
-
+    # --- the batcher -------------------------------------------------------------------------
     async def _batch_loop(self):
-        loop = asyncio.get_running_loop()
         delay = self.max_delay_ms / 1000.0
         while True:
-            if not self._queue:
+            worker = self._idle_worker() if self._queue else None
+            if worker is None:
+                if self._queue and not self.serving and not self._coming():
+                    self._fail_queued(self._not_serving())
                 self._wakeup.clear()
                 await self._wakeup.wait()
                 continue
@@ -197,56 +252,122 @@ class Engine:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except asyncio.TimeoutError:
                         break
+                worker = self._idle_worker()   # the one chosen may have been taken (infer_alone) or lost
+                if worker is None or not self._queue:
+                    continue
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self.metrics.queue_depth.set(len(self._queue))
-            await self._process(loop, batch)
+            worker.in_flight += len(batch)   # taken now, so the next turn picks another device
+            self._spawn(self._process(worker, batch))
 
-    async def _process(self, loop, batch):
+    def _spawn(self, coroutine):
+        task = asyncio.ensure_future(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _fail_queued(self, error):
+        while self._queue:
+            item = self._queue.popleft()
+            if not item.future.done():
+                item.future.set_exception(error)
+        self.metrics.queue_depth.set(0)
+
+    async def _process(self, worker, batch):
+        loop = asyncio.get_running_loop()
         start = time.perf_counter()
         for item in batch:
             item.timings["queue"] = start - item.enqueued
-        stacked = np.stack([item.image for item in batch])
-        self._in_flight += len(batch)
         try:
-            logits = await loop.run_in_executor(self._worker, self._run, stacked)
+            stacked = np.stack([item.image for item in batch])
+            logits = await loop.run_in_executor(worker.executor, worker.run, stacked)
         except BackendError as e:
-            error = self._failed(loop, e, len(batch))
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(error)
+            error = self._failed(worker, e, len(batch))
+            self._settle(batch, error=error)
             return
+        except asyncio.CancelledError:   # stop() after the drain: the batch is answered as shut down
+            self._settle(batch, error=unavailable("shutting_down", "the server is shutting down"))
+            raise
         except Exception as e:  # a bug, not bad input: fail the batch, keep serving
-            self.metrics.backend_errors.labels(fatal="false").inc()
-            self.log("unexpected error running a batch: %r" % e)
-            for item in batch:
-                if not item.future.done():
-                    item.future.set_exception(unavailable("backend_error", "inference failed"))
+            self._count_failure(worker, fatal=False)
+            self.log("device %s: unexpected error running a batch: %r" % (worker.label, e))
+            self._settle(batch, error=unavailable("backend_error", "inference failed"))
             return
         finally:
-            self._in_flight -= len(batch)
+            self._done(worker, len(batch), start)
         seconds = time.perf_counter() - start
-        self.metrics.batch_size.observe(len(batch))
-        self.metrics.images.inc(len(batch))
-        for item, row in zip(batch, logits):
+        self._succeeded(worker, len(batch), seconds)
+        for item in batch:
             item.timings["inference"] = seconds
-            if not item.future.done():
-                item.future.set_result(row)
+        self._settle(batch, rows=logits)
 
-    async def stop(self, drain_seconds=30.0):
-        """Stop taking work, finish what is queued or running, then close the backend on its thread."""
-        self._stopping = True
-        deadline = time.perf_counter() + drain_seconds
-        while (self._queue or self._in_flight) and time.perf_counter() < deadline:
-            await asyncio.sleep(0.01)
-        if self._batcher is not None:
-            self._batcher.cancel()
-            try:
-                await self._batcher
-            except (asyncio.CancelledError, Exception):
-                pass
-        for item in list(self._queue):
+    @staticmethod
+    def _settle(batch, rows=None, error=None):
+        for i, item in enumerate(batch):
             if not item.future.done():
-                item.future.set_exception(unavailable("shutting_down", "the server is shutting down"))
-        self._queue.clear()
-        await asyncio.get_running_loop().run_in_executor(self._worker, self._close)
-        self._worker.shutdown(wait=True)
+                if error is not None:
+                    item.future.set_exception(error)
+                else:
+                    item.future.set_result(rows[i])
+
+    # --- accounting --------------------------------------------------------------------------
+    def _done(self, worker, images, start):
+        """A run ended, well or not: the device is free again (unless it failed fatally)."""
+        worker.in_flight -= images
+        worker.finished = time.perf_counter()
+        seconds = worker.finished - start
+        worker.busy_seconds += seconds
+        self.metrics.device_busy.labels(worker.label).inc(seconds)
+        if self._wakeup is not None:
+            self._wakeup.set()
+
+    def _succeeded(self, worker, images, seconds):
+        worker.batches += 1
+        worker.images += images
+        self.metrics.batch_size.observe(images)
+        self.metrics.images.inc(images)
+        self.metrics.device_batches.labels(worker.label).inc()
+        self.metrics.device_images.labels(worker.label).inc(images)
+
+    def _count_failure(self, worker, fatal):
+        worker.failures += 1
+        self.metrics.backend_errors.labels(fatal=str(fatal).lower()).inc()
+        self.metrics.device_failures.labels(worker.label, str(fatal).lower()).inc()
+
+    def _failed(self, worker, error, images):
+        """Account for a failed run on `worker`; after a fatal one, take the device out of the pool
+        and reload it on its own thread. Returns the error to answer that run's images with."""
+        self._count_failure(worker, error.fatal)
+        self.log("device %s: backend error on a batch of %d: %s" % (worker.label, images, error))
+        if error.fatal and worker.state == "ready" and not self._stopping:
+            self._set_state(worker, "reloading", str(error))
+            self._spawn(self._reload(worker))
+        return unavailable("backend_error", "inference failed: %s" % error)
+
+    async def _reload(self, worker):
+        loop = asyncio.get_running_loop()
+        pause, longest = self.reload_pauses
+        while True:
+            self.log("device %s: reloading the backend after: %s" % (worker.label, worker.error))
+            try:
+                await loop.run_in_executor(worker.executor, worker.reload)
+            except Exception as e:
+                self._set_state(worker, "failed", "reload failed: %s" % e)
+                self.log("device %s: reload failed: %s; next attempt in %g s" % (worker.label, e, pause))
+                await asyncio.sleep(pause)
+                pause = min(pause * 2, longest)
+                self._set_state(worker, "reloading", worker.error)
+                continue
+            worker.reloads += 1
+            self._set_state(worker, "ready")
+            self.log("device %s: reloaded, serving again" % worker.label)
+            return
+
+    def _set_state(self, worker, state, error=None):
+        worker.state, worker.error = state, error
+        self._account_state(worker)
+        if self._wakeup is not None:
+            self._wakeup.set()   # the batcher may now use this device, or must refuse what waits
+
+    def _account_state(self, worker):
+        self.metrics.device_ready.labels(worker.label).set(1 if worker.state == "ready" else 0)

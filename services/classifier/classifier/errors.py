@@ -38,7 +38,7 @@ CODES = {   # code: (HTTP status, when)
     "invalid_top_k": (422, "top_k not an integer from 1 to the number of classes"),
     "invalid_request": (422, "a request FastAPI's own validation refuses"),
     "internal": (500, "a server fault (logged with the request id)"),
-    "not_ready": (503, "the model is loading or failed to load (Retry-After)"),
+    "not_ready": (503, "the model is loading or failed to load, or no device is serving (Retry-After)"),
     "queue_full": (503, "MAX_QUEUE images already waiting (Retry-After)"),
     "too_many_requests": (503, "MAX_CONCURRENT_REQUESTS requests in flight (Retry-After)"),
     "busy": (503, "the preprocessing memory budget stayed full for MAX_WAIT_SECONDS (Retry-After)"),

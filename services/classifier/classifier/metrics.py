@@ -31,6 +31,18 @@ class Metrics:
         self.budget_timeouts = Counter("classifier_preprocess_memory_timeouts_total",
                                        "Requests refused (503) after waiting MAX_WAIT_SECONDS for the budget", registry=r)
         self.ready = Gauge("classifier_ready", "1 once the model is loaded and warmed up", registry=r)
+        # per device: the `device` label is one of the configured devices (DEVICE_IDS, or cpu0.. for
+        # ONNX Runtime workers), fixed at start-up
+        self.device_batches = Counter("classifier_device_batches_total", "Backend runs that succeeded, by device",
+                                      ["device"], registry=r)
+        self.device_images = Counter("classifier_device_images_total", "Images classified, by device", ["device"],
+                                     registry=r)
+        self.device_busy = Counter("classifier_device_busy_seconds_total",
+                                   "Seconds a device spent on runs (failed ones too)", ["device"], registry=r)
+        self.device_failures = Counter("classifier_device_failures_total", "Failed backend runs, by device",
+                                       ["device", "fatal"], registry=r)
+        self.device_ready = Gauge("classifier_device_ready", "1 while the device takes batches (0: loading, "
+                                  "reloading after a fatal error, or stopped)", ["device"], registry=r)
 
     def observe_request(self, scope, status, seconds):
         """Count a request under labels from closed sets, so no client can grow /metrics: a method

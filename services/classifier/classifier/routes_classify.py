@@ -82,10 +82,10 @@ def router(service):
     async def healthz():
         return {"status": "ok"}
 
-    @api.get("/readyz", summary="Readiness: model loaded and warmed up", responses=errors_mod.responses("not_ready"))
+    @api.get("/readyz", summary="Readiness: every device loaded and warmed up, and one or more of them serving",
+             responses=errors_mod.responses("not_ready"))
     async def readyz():
-        service.require_ready()
-        return {"status": "ready", "model": bundle.name, "backend": service.backend_description}
+        return service.readiness()
 
     @api.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse,
              responses={200: {"description": "Prometheus text exposition format",

@@ -44,7 +44,7 @@ def router(service):
 
     @api.get("/v2/health/ready", responses=errors_mod.responses("not_ready", v2=True))
     async def v2_ready():
-        service.require_ready()
+        service.readiness()
         return {"ready": True}
 
     @api.get("/v2/models/{name}", responses=errors_mod.responses("unknown_model", "invalid_request", v2=True))
@@ -61,7 +61,7 @@ def router(service):
                                                                           v2=True))
     async def v2_model_ready(name: str):
         model_or_404(name)
-        service.require_ready()
+        service.readiness()
         return {"name": name, "ready": True}
 
     @api.post("/v2/models/{name}/infer", summary="KServe v2 inference: JSON, or Triton's binary tensor extension",

@@ -19,6 +19,8 @@ from .errors import unavailable
 from .images import Preprocessor
 from .metrics import Metrics
 from .pipeline import Pipeline
+from .settings import ALL_DEVICES, SettingsError
+from .workers import Worker
 
 log = logging.getLogger("classifier")
 
@@ -29,10 +31,8 @@ class Service:
         s = self.settings = settings
         self.metrics = Metrics()
         self.bundle = bundle.load(s.MODEL_DIR, verify=True)  # schema, sha256s, labels; shapes at load
-        load_backend = functools.partial(backend_factory or backends.create, self.bundle, backend=s.BACKEND,
-                                         device_id=s.DEVICE_ID, threads=s.threads, max_batch=s.MAX_BATCH, log=log.info)
-        self.engine = Engine(load_backend, max_batch=s.MAX_BATCH, max_delay_ms=s.MAX_DELAY_MS, max_queue=s.MAX_QUEUE,
-                             metrics=self.metrics, log=log.info, thread_name="device%d" % s.DEVICE_ID)
+        self.engine = Engine(self._workers(backend_factory or backends.create), max_batch=s.MAX_BATCH,
+                             max_delay_ms=s.MAX_DELAY_MS, max_queue=s.MAX_QUEUE, metrics=self.metrics, log=log.info)
         self.pool = concurrent.futures.ThreadPoolExecutor(s.preprocess_workers, thread_name_prefix="preprocess")
         self.budget = MemoryBudget(s.PREPROCESS_MEMORY_MB * 1024 * 1024, s.MAX_WAIT_SECONDS, self.metrics)
         self.images = Preprocessor(self.bundle.preprocessing, self.pool, s.MAX_IMAGES_PER_REQUEST, s.MAX_IMAGE_PIXELS,
@@ -41,9 +41,50 @@ class Service:
         self.ready = False
         self.failure = None
 
+    def _workers(self, create):
+        """One worker per Ascend device (DEVICE_IDS), or CPU_WORKERS ONNX Runtime workers; each builds
+        its backend from explicit arguments on its own thread."""
+        s = self.settings
+        if backends.runs_on_devices(s.BACKEND):
+            ids = self._device_ids()
+        else:
+            ids = None
+        count = len(ids) if ids else s.CPU_WORKERS
+        load = functools.partial(create, self.bundle, backend=s.BACKEND, threads=s.threads(count),
+                                 max_batch=s.MAX_BATCH, log=log.info)
+        if ids:
+            return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d) for d in ids]
+        first = s.device_ids[0] if s.device_ids != ALL_DEVICES else 0   # what BACKEND=auto probes, if pyACL appears
+        return [Worker("cpu%d" % i, functools.partial(load, device_id=first), "cpu%d" % i) for i in range(count)]
+
+    def _device_ids(self):
+        """DEVICE_IDS, with `all` counted by pyACL; None when BACKEND=auto finds no device to count."""
+        s = self.settings
+        if s.device_ids != ALL_DEVICES:
+            return s.device_ids
+        try:
+            count = backends.count_devices()
+        except backends.BackendError as e:
+            if s.BACKEND == "auto":
+                log.info("DEVICE_IDS=all: pyACL counts no device (%s); BACKEND=auto serves on the CPU", e)
+                return None
+            raise SettingsError("DEVICE_IDS=all: pyACL cannot count the devices: %s" % e)
+        if not count:
+            if s.BACKEND == "auto":
+                log.info("DEVICE_IDS=all: pyACL sees no device; BACKEND=auto serves on the CPU")
+                return None
+            raise SettingsError("DEVICE_IDS=all: pyACL sees no Ascend device")
+        return tuple(range(count))
+
     async def start(self):
         try:
             await self.engine.start()
+            kinds = {w.backend.name for w in self.engine.workers}
+            if len(kinds) > 1:
+                raise RuntimeError("the devices loaded different backends (%s): with BACKEND=auto a device that does "
+                                   "not answer falls back to the CPU; fix DEVICE_IDS, or set BACKEND=acl to require "
+                                   "every device" % ", ".join("%s: %s" % (w.label, w.backend.name)
+                                                             for w in self.engine.workers))
         except Exception as e:
             self.failure = "model failed to load: %s" % e
             log.error(self.failure)
@@ -54,6 +95,7 @@ class Service:
         log.info("ready: %s v%s (%d classes)", self.bundle.name, self.bundle.version, self.bundle.num_classes)
 
     async def stop(self):
+        """Drain, close every device's backend on its own thread, then end pyACL once for the process."""
         self.ready = False
         self.metrics.ready.set(0)
         await self.engine.stop()
@@ -61,19 +103,36 @@ class Service:
         backends.release_process_resources()
 
     def require_ready(self):
+        """For requests: the model was loaded and the service is not shutting down (the engine then
+        answers for its devices: images wait while one is reloading)."""
         if not self.ready:
             raise unavailable("not_ready", self.failure or "the model is loading; retry shortly", retry_after=2)
 
+    def readiness(self):
+        """For /readyz: ready once every device loaded, and while at least one of them serves."""
+        self.require_ready()
+        if not self.engine.serving:
+            raise unavailable("not_ready", "no device is serving: %s" % "; ".join(
+                "device %s %s" % (d["device"], d["state"]) for d in self.engine.devices()), retry_after=2)
+        devices = self.engine.devices()
+        degraded = any(d["state"] != "ready" for d in devices)
+        return {"status": "degraded" if degraded else "ready", "model": self.bundle.name,
+                "backend": self.backend_description,
+                "devices": {d["device"]: d["state"] for d in devices}}
+
     @property
     def backend_description(self):
-        return self.engine.backend.describe() if self.engine.backend else None
+        backend = self.engine.backend
+        return backend.describe() if backend else None
 
     def serving(self):
         """How the model is served (the `serving` object of /v1/model)."""
         s = self.settings
+        backend = self.engine.backend
         return {"backend": self.backend_description, "max_batch": self.engine.max_batch,
-                "max_delay_ms": s.MAX_DELAY_MS, "ready": self.ready, "threads": s.threads,
-                "preprocess_workers": s.preprocess_workers, "limits": self.limits()}
+                "max_delay_ms": s.MAX_DELAY_MS, "ready": self.ready,
+                "threads": getattr(backend, "threads", None), "preprocess_workers": s.preprocess_workers,
+                "devices": self.engine.devices(), "limits": self.limits()}
 
     def limits(self):
         s = self.settings

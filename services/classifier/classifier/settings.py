@@ -21,7 +21,10 @@ class SettingsError(ValueError):
 class Settings:
     MODEL_DIR: str = "bundles/mbv3"
     BACKEND: str = "auto"
-    DEVICE_ID: int = 0
+    # Ascend devices, one worker each: "0,1,2,3", or "all" (every device pyACL counts; inside a
+    # container, the chips handed to it, numbered from 0). DEVICE_ID=N is read as DEVICE_IDS=N.
+    DEVICE_IDS: str = "0"
+    CPU_WORKERS: int = 1                      # ONNX Runtime workers (each its own session and thread)
     MAX_BATCH: int = 8
     MAX_DELAY_MS: float = 5.0
     MAX_QUEUE: int = 256
@@ -37,7 +40,7 @@ class Settings:
     ONE_HOP_MAX_PIXELS: int = 1_000_000
     HOST: str = "127.0.0.1"
     PORT: int = 8000
-    THREADS: int = 0                          # ONNX Runtime intra-op threads; 0: one per CPU this process may use
+    THREADS: int = 0                          # ONNX Runtime intra-op threads a worker; 0: the CPUs split among workers
     PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
     LOG_LEVEL: str = "info"
 
@@ -46,8 +49,31 @@ class Settings:
         return self.PREPROCESS_WORKERS or available_cpus()
 
     @property
-    def threads(self):
-        return self.THREADS or available_cpus()
+    def device_ids(self):
+        """DEVICE_IDS as a tuple of device numbers, or ALL_DEVICES."""
+        return parse_device_ids(self.DEVICE_IDS)
+
+    def threads(self, workers):
+        """ONNX Runtime intra-op threads for each of `workers` workers."""
+        return self.THREADS or max(1, available_cpus() // workers)
+
+
+ALL_DEVICES = "all"
+# An older single-device name, read as the list setting it is now part of.
+ALIASES = {"DEVICE_ID": "DEVICE_IDS"}
+
+
+def parse_device_ids(text):
+    """"0,1,2,3" -> (0, 1, 2, 3); "all" -> ALL_DEVICES. ValueError saying what is wrong otherwise."""
+    if text.strip().lower() == ALL_DEVICES:
+        return ALL_DEVICES
+    items = [item.strip() for item in text.split(",")]
+    if not all(item.isdigit() for item in items):
+        raise ValueError("a comma-separated list of device numbers (0,1,2,3) or %s" % ALL_DEVICES)
+    ids = tuple(int(item) for item in items)
+    if len(set(ids)) != len(ids):
+        raise ValueError("a device is listed twice")
+    return ids
 
 
 def available_cpus():
@@ -99,9 +125,11 @@ def _read_dotenv(path):
 def load(environ=None, dotenv=".env", **overrides) -> Settings:
     """Defaults <- .env <- environment <- keyword overrides (tests); an empty value is no value."""
     environ = os.environ if environ is None else environ
-    raw = _given(_read_dotenv(dotenv))
-    raw.update(_given({f.name: environ[f.name] for f in fields(Settings) if f.name in environ}))
-    raw.update(_given({k: str(v) for k, v in overrides.items()}))
+    names = [f.name for f in fields(Settings)] + list(ALIASES)
+    raw = {}
+    for layer in (_read_dotenv(dotenv), {n: environ[n] for n in names if n in environ},
+                  {k: str(v) for k, v in overrides.items()}):
+        raw.update(_aliased(_given(layer)))
     values = {}
     for f in fields(Settings):
         if f.name not in raw:
@@ -122,6 +150,20 @@ def _given(values):
     return {name: text for name, text in values.items() if text != ""}
 
 
+def _aliased(layer):
+    """One layer (.env, environment, overrides) with each alias read as its setting: the alias holds one
+    value of it (DEVICE_ID=2 is DEVICE_IDS=2), and a layer that sets both is refused."""
+    for alias, name in ALIASES.items():
+        if alias in layer:
+            if name in layer:
+                raise SettingsError("set %s or %s, not both" % (name, alias))
+            text = layer.pop(alias)
+            if not text.strip().isdigit():
+                raise SettingsError("%s=%r is not a device number (%s takes a list)" % (alias, text, name))
+            layer[name] = text.strip()
+    return layer
+
+
 def _convert(default, text):
     if isinstance(default, bool):
         return text.lower() in ("1", "true", "yes", "on")
@@ -136,7 +178,7 @@ def _validate(s: Settings):
     if s.BACKEND not in CHOICES:
         raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(CHOICES)))
     for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST",
-                 "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS"):
+                 "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS", "CPU_WORKERS"):
         if getattr(s, name) < 1:
             raise SettingsError("%s must be at least 1, got %s" % (name, getattr(s, name)))
     if s.MAX_IMAGES_PER_REQUEST > s.MAX_QUEUE:
@@ -146,5 +188,9 @@ def _validate(s: Settings):
         raise SettingsError("MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS and ONE_HOP_MAX_PIXELS must not be negative")
     if not 0 < s.PORT < 65536:
         raise SettingsError("PORT must be 1-65535, got %s" % s.PORT)
-    if s.THREADS < 0 or s.DEVICE_ID < 0:
-        raise SettingsError("THREADS and DEVICE_ID must not be negative")
+    if s.THREADS < 0:
+        raise SettingsError("THREADS must not be negative")
+    try:
+        parse_device_ids(s.DEVICE_IDS)
+    except ValueError as e:
+        raise SettingsError("DEVICE_IDS=%r: %s" % (s.DEVICE_IDS, e))

@@ -89,7 +89,7 @@ def test_fatal_failure_reloads_the_backend_on_its_thread(bundle_dir, flaky):  # 
         assert classify(s.url, jpeg_bytes()).status_code == 503
         assert classify(s.url, jpeg_bytes()).status_code == 200
         assert flaky.created == 2
-        assert len(flaky.threads) == 1 and next(iter(flaky.threads)).startswith("device0")  # one owner thread
+        assert len(flaky.threads) == 1 and next(iter(flaky.threads)).startswith("cpu0")  # one owner thread
         metrics = requests.get(s.url + "/metrics").text
         assert 'classifier_backend_errors_total{fatal="true"} 1.0' in metrics
 

@@ -43,9 +43,13 @@ def test_available_cpus_takes_the_quota_rounded_up(monkeypatch):
     assert settings_mod.available_cpus() == affinity
     monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: 1.5)
     s = settings_mod.load(environ={}, dotenv=None)
-    assert s.threads == s.preprocess_workers == min(affinity, math.ceil(1.5))
+    assert s.threads(1) == s.preprocess_workers == min(affinity, math.ceil(1.5))
     s = settings_mod.load(environ={"THREADS": "3", "PREPROCESS_WORKERS": "5"}, dotenv=None)
-    assert (s.threads, s.preprocess_workers) == (3, 5)
+    assert (s.threads(1), s.threads(4), s.preprocess_workers) == (3, 3, 5)
+    monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: 4)
+    if affinity >= 4:   # ONNX Runtime workers split the CPUs between them
+        assert settings_mod.load(environ={}, dotenv=None).threads(2) == 2
+    assert settings_mod.load(environ={}, dotenv=None).threads(64) == 1
 
 
 def test_an_empty_value_means_the_default_or_the_layer_below(tmp_path):
@@ -59,3 +63,35 @@ def test_an_empty_value_means_the_default_or_the_layer_below(tmp_path):
     assert s.MAX_IMAGES_PER_REQUEST == 32   # its default still follows a smaller MAX_QUEUE
     with pytest.raises(settings_mod.SettingsError, match="MAX_BATCH=' ' is not a valid int"):
         settings_mod.load(environ={"MAX_BATCH": " "}, dotenv=None)   # only the empty string means unset
+
+
+@pytest.mark.parametrize("environ,ids", [
+    ({}, (0,)),
+    ({"DEVICE_IDS": "0,1,2,3"}, (0, 1, 2, 3)),
+    ({"DEVICE_IDS": " 3, 1 "}, (3, 1)),
+    ({"DEVICE_IDS": "ALL"}, settings_mod.ALL_DEVICES),
+    ({"DEVICE_ID": "2"}, (2,)),                         # the single-device name is a one-item list
+    ({"DEVICE_ID": "2", "DEVICE_IDS": ""}, (2,)),       # compose passes an unset DEVICE_IDS as empty
+])
+def test_device_ids(environ, ids):
+    assert settings_mod.load(environ=environ, dotenv=None).device_ids == ids
+
+
+def test_device_id_in_the_environment_overrides_device_ids_in_dotenv(tmp_path):
+    dotenv = tmp_path / ".env"
+    dotenv.write_text("DEVICE_IDS=0,1\n")
+    assert settings_mod.load(environ={"DEVICE_ID": "3"}, dotenv=str(dotenv)).device_ids == (3,)
+
+
+@pytest.mark.parametrize("environ,message", [
+    ({"DEVICE_IDS": "0,,1"}, "DEVICE_IDS='0,,1': a comma-separated list of device numbers (0,1,2,3) or all"),
+    ({"DEVICE_IDS": "0,-1"}, "DEVICE_IDS='0,-1': a comma-separated list of device numbers (0,1,2,3) or all"),
+    ({"DEVICE_IDS": "1,1"}, "DEVICE_IDS='1,1': a device is listed twice"),
+    ({"DEVICE_ID": "0,1"}, "DEVICE_ID='0,1' is not a device number (DEVICE_IDS takes a list)"),
+    ({"DEVICE_ID": "1", "DEVICE_IDS": "0,1"}, "set DEVICE_IDS or DEVICE_ID, not both"),
+    ({"CPU_WORKERS": "0"}, "CPU_WORKERS must be at least 1, got 0"),
+])
+def test_bad_device_settings(environ, message):
+    with pytest.raises(settings_mod.SettingsError) as e:
+        settings_mod.load(environ=environ, dotenv=None)
+    assert str(e.value) == message

@@ -3,6 +3,7 @@ few explicit choices. `auto` takes the Ascend backend when pyACL imports and a d
 otherwise ONNX Runtime, and says which and why."""
 from __future__ import annotations
 
+import importlib.util
 import sys
 
 from mbv3.bundle import OM, ONNX
@@ -22,6 +23,25 @@ def acl_available(device_id):
         return False, "pyACL not importable (%s)" % e
     from .acl_runtime import probe_device
     return probe_device(device_id)
+
+
+def runs_on_devices(backend):
+    """Whether `backend` serves with one worker per Ascend device (acl; auto where pyACL is
+    installed) rather than with CPU workers. Looks for pyACL without importing it: no device is
+    touched here."""
+    if backend == "acl":
+        return True
+    return backend == "auto" and importlib.util.find_spec("acl") is not None
+
+
+def count_devices():
+    """How many Ascend devices pyACL sees (inside a container: the chips handed to it, which pyACL
+    numbers from 0); BackendError when it cannot say."""
+    try:
+        from .acl_runtime import device_count
+        return device_count()
+    except ImportError as e:
+        raise BackendError("pyACL not importable (%s)" % e)
 
 
 def create(bundle, *, backend, device_id, threads, max_batch, log=print):

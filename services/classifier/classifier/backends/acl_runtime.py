@@ -191,3 +191,15 @@ def probe_device(device_id):
         return False, "pyACL device probe failed: %s" % e
     finally:
         runtime.release()
+
+
+def device_count():
+    """acl.rt.get_device_count(), with pyACL initialised by the process-wide runtime owner. Sets no device."""
+    acl = RUNTIME.acquire()
+    try:
+        count, ret = acl.rt.get_device_count()
+        if ret != ACL_SUCCESS:
+            raise error(acl, "acl.rt.get_device_count", ret)
+        return count
+    finally:
+        RUNTIME.release()

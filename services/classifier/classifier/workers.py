@@ -1,0 +1,69 @@
+"""One worker per device: its own thread, and on that thread its backend (pyACL binds a context, and
+with it the loaded model and its buffers, to the thread that made it). The engine decides what a
+worker runs and when; a worker only loads, runs and closes its backend, always on its own thread,
+and keeps the counts the service reports per device.
+"""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+
+import numpy as np
+
+# What a worker is doing: `loading` (first load and warm-up), `ready` (takes batches), `reloading`
+# (after a fatal error, on its thread), `failed` (a reload failed; the engine retries it), `stopped`.
+STATES = ("loading", "ready", "reloading", "failed", "stopped")
+
+
+class Worker:
+    def __init__(self, label, load_backend, thread_name):
+        """label: the device as metrics and /v1/model name it ("0", or "cpu0" for an ONNX Runtime
+        worker); load_backend: called with no arguments on the worker's thread, returns a Backend
+        (again after a fatal error); thread_name: the prefix of that thread's name."""
+        self.label = label
+        self.load_backend = load_backend
+        self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
+        self.thread = None
+        self.backend = None
+        self.state = "loading"
+        self.error = None          # why the worker is not ready (the fatal error, the failed reload)
+        self.in_flight = 0         # images on the device now
+        self.finished = 0.0        # when its last run ended (perf_counter), to spread work over idle devices
+        self.batches = self.images = self.failures = self.reloads = 0
+        self.busy_seconds = 0.0
+
+    @property
+    def idle(self):
+        return self.state == "ready" and not self.in_flight
+
+    def status(self):
+        """This device for /v1/model and /readyz."""
+        return {"device": self.label, "state": self.state, "backend": self.backend.describe() if self.backend else None,
+                "in_flight": self.in_flight, "batches": self.batches, "images": self.images,
+                "busy_seconds": round(self.busy_seconds, 3), "failures": self.failures, "reloads": self.reloads,
+                "error": self.error}
+
+    # --- on the worker's thread (the engine submits these to self.executor) ------------------------
+    def load(self):
+        """Load the backend and run it once at every batch size the engine will use (1 and the largest),
+        so the first requests pay no first-run costs."""
+        self.thread = threading.current_thread().name
+        self.backend = self.load_backend()
+        for n in sorted({1, self.backend.max_batch}):
+            self.backend.run(np.zeros((n,) + tuple(self.backend.image_shape), self.backend.input_dtype))
+        return self.backend
+
+    def run(self, batch):
+        return self.backend.run(batch)
+
+    def reload(self):
+        self.close()
+        return self.load()
+
+    def close(self):
+        """Release the backend (a backend's close never raises; it logs what failed)."""
+        try:
+            if self.backend is not None:
+                self.backend.close()
+        finally:
+            self.backend = None

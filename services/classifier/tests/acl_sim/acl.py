@@ -71,6 +71,13 @@ the bytes in the input device buffer. Batch profiles (ATC --dynamic_batch_size) 
 `ascend_mbatch_shape_data` input; AIPP makes the input uint8 NHWC RGB and normalises
 (x - 127.5) * (1/127.5) before the float model, as an AIPP config with min_chn 127.5 does.
 
+Devices work in parallel: a model run happens outside the simulator's lock, one run at a time per
+device, and takes at least the simulated device time (sim_reset(device_ms=...); 0 by default, so
+a run takes what ONNX Runtime takes), like a card whose chips each run one batch at a time.
+Every recorded call notes the device of the calling thread's current context (SimCall.device).
+A process that imports the simulator takes its device count and device time from ACL_SIM_DEVICES
+and ACL_SIM_DEVICE_MS (for tests and benchmarks that run the service in a subprocess).
+
 Test-facing control API (everything named sim_*): sim_reset(), sim_state(), sim_leaks(),
 sim_calls, sim_errors, sim_last_finalize_leaks, sim_fail_next(call, code), sim_fail_next_execute(code),
 sim_lose_device(), sim_restore_device(), sim_calls_named(name), sim_write_om().
@@ -83,6 +90,7 @@ import json
 import os
 import struct
 import threading
+import time
 import types
 
 import numpy as np
@@ -149,7 +157,7 @@ _PAGE = 4096
 
 _RET, _TUPLE, _BARE = "ret", "tuple", "bare"
 
-SimCall = collections.namedtuple("SimCall", "name thread ret args")
+SimCall = collections.namedtuple("SimCall", "name thread ret args device")
 SimError = collections.namedtuple("SimError", "name thread code reason")
 
 
@@ -231,9 +239,11 @@ class _Desc(object):
 
 
 class _State(object):
-    def __init__(self, devices=1, allow_reinit=False):
+    def __init__(self, devices=1, allow_reinit=False, device_ms=0.0):
         self.device_count = devices
         self.allow_reinit = allow_reinit
+        self.device_seconds = device_ms / 1000.0   # the shortest model run (the simulated device time)
+        self.device_locks = collections.defaultdict(threading.Lock)   # device id -> one run at a time
         self.initialised = False
         self.finalized = False
         self.devices = {}          # id -> set_device count
@@ -266,8 +276,13 @@ class _State(object):
         return base
 
 
+def _env_config():
+    return {"devices": int(os.environ.get("ACL_SIM_DEVICES") or 1),
+            "device_ms": float(os.environ.get("ACL_SIM_DEVICE_MS") or 0)}
+
+
 _LOCK = threading.RLock()
-_S = _State()
+_S = _State(**_env_config())
 _SESSIONS = {}
 sim_calls = []
 sim_errors = []
@@ -306,7 +321,9 @@ def _api(name, conv):
                         _record_error(name, r.code, r.reason)
                         result = r.code if conv == _RET else (r.value, r.code)
                 ret = result if conv == _RET else (result[1] if conv == _TUPLE else None)
-                sim_calls.append(SimCall(name, _thread_name(), ret, tuple(_summarise(a) for a in args)))
+                ctx = _S.current.get(threading.current_thread())
+                sim_calls.append(SimCall(name, _thread_name(), ret, tuple(_summarise(a) for a in args),
+                                         ctx.device if ctx is not None else None))
                 return result
         wrapper.sim_name = name
         return wrapper
@@ -1068,9 +1085,9 @@ def _run(model, in_ds, out_ds):
         var_reci = np.float32(aipp.get("var_reci_chn", AIPP_VAR_RECI_CHN))
         images = (np.frombuffer(raw, np.uint8).reshape(shape).astype(np.float32) - mean - minimum) * var_reci
     else:
-        images = np.frombuffer(raw, np.float32).reshape(shape)
-    logits = model.session.run(None, {model.session.get_inputs()[0].name: images})[0]
-    logits = np.ascontiguousarray(logits, np.float32)
+        images = np.frombuffer(raw, np.float32).reshape(shape).copy()   # the device's own copy: the lock is let go
+    logits = _device_run(model, images)
+    _check_device(model.device)   # lost while it ran
     _view(out_alloc, out_buf.ptr, out_need)[:] = logits.tobytes()
     model.cur_batch = batch
     for obj in (in_ds, out_ds):
@@ -1078,6 +1095,24 @@ def _run(model, in_ds, out_ds):
         for b in obj.buffers:
             _S.buffers[b].used_with.add(model.id)
     return ACL_SUCCESS
+
+
+def _device_run(model, images):
+    """The device at work: outside the simulator's lock, so devices run in parallel, but one run at
+    a time on each device, taking at least the simulated device time."""
+    device_lock = _S.device_locks[model.device]
+    seconds = _S.device_seconds
+    _LOCK.release()
+    try:
+        with device_lock:
+            start = time.perf_counter()
+            logits = model.session.run(None, {model.session.get_inputs()[0].name: images})[0]
+            left = seconds - (time.perf_counter() - start)
+            if left > 0:
+                time.sleep(left)
+    finally:
+        _LOCK.acquire()
+    return np.ascontiguousarray(logits, np.float32)
 
 
 @_api("acl.mdl.execute", _RET)
@@ -1120,12 +1155,13 @@ _UTIL_FULL = dict(vars(util))
 
 # --- test-facing control API ---------------------------------------------------------------------
 
-def sim_reset(devices=1, allow_reinit=False, legacy_util=False):
+def sim_reset(devices=1, allow_reinit=False, legacy_util=False, device_ms=0.0):
     """A fresh "process": nothing initialised, no resources, empty logs. legacy_util drops
-    util.bytes_to_ptr/ptr_to_bytes (older pyACL) so callers must use numpy_to_ptr/ptr_to_numpy."""
+    util.bytes_to_ptr/ptr_to_bytes (older pyACL) so callers must use numpy_to_ptr/ptr_to_numpy;
+    device_ms is the shortest model run (the simulated device time)."""
     global _S
     with _LOCK:
-        _S = _State(devices, allow_reinit)
+        _S = _State(devices, allow_reinit, device_ms)
         del sim_calls[:]
         del sim_errors[:]
         del sim_last_finalize_leaks[:]
@@ -1200,6 +1236,16 @@ def sim_calls_named(name):
     return [c for c in sim_calls if c.name == name]
 
 
+def sim_devices_by_thread():
+    """{thread name: the devices its calls ran on}: each device's calls belong on one thread."""
+    out = {}
+    for c in sim_calls:
+        devices = out.setdefault(c.thread, set())
+        if c.device is not None:
+            devices.add(c.device)
+    return {t: sorted(d) for t, d in out.items()}
+
+
 def sim_write_om(bundle_dir, batch_profiles=None, aipp=False, static_batch=1, filename="model.om",
                  update_metadata=True):
     """Write a simulated .om into a bundle directory (what `atc` would produce), pointing at the
@@ -1256,7 +1302,8 @@ def _exit_report():
         json.dump({"finalized": _S.finalized, "leaks": sim_leaks(), "errors": [str(e) for e in sim_errors],
                    "executes": len(sim_calls_named("acl.mdl.execute")),
                    "calls_by_thread": {t: sorted({c.name for c in sim_calls if c.thread == t})
-                                       for t in {c.thread for c in sim_calls}}}, f)
+                                       for t in {c.thread for c in sim_calls}},
+                   "devices_by_thread": sim_devices_by_thread()}, f)
 
 
 import atexit  # noqa: E402

@@ -43,7 +43,7 @@ PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve clean
+.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve bench-devices clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -96,7 +96,7 @@ serve: venv ## the classifier on HOST:PORT: MODEL (bundle or checkpoint), else t
 serve-container: venv ## the same model as `make serve`, in the infer-cpu container (docker compose up infer-cpu) on 127.0.0.1:PORT
 	BUNDLE="$$($(MBV3) default-bundle --model "$(MODEL)")" PORT=$(PORT) $(COMPOSE) up $(UP_FLAGS) infer-cpu
 
-bench: bench-onnx bench-train bench-serve ## every benchmark
+bench: bench-onnx bench-train bench-serve bench-devices ## every benchmark
 
 bench-onnx: venv ## ONNX Runtime latency of V3_LARGE at batch 1 and 8, next to TensorFlow on the same graph
 	@test -f $(BENCH_DIR)/bundle/model.json || { set -x; rm -rf $(BENCH_DIR)/ckpt && \
@@ -110,6 +110,9 @@ bench-train: venv ## training images/s of V3_LARGE 224 batch 32 vs keras MobileN
 bench-serve: venv ## HTTP service latency and throughput at concurrency 1, 8, 32 vs in-process ONNX Runtime (real JPEGs)
 	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle \
 	  --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png
+
+bench-devices: venv ## service throughput on 1, 2, 4 simulated Ascend devices (pyACL simulator), 32 clients, as ratios
+	$(PY) services/classifier/benchmarks/device_scaling.py --json $(BENCH_DIR)/devices.json --plot $(BENCH_DIR)/devices.png
 
 images: ## build the four images (infer-cpu, infer-ascend, train-gpu, train-npu) with docker compose
 	$(COMPOSE) --profile ascend --profile train build

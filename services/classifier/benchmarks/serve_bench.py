@@ -201,7 +201,8 @@ class Service:
         self.port = free_port()
         self.log_path = log_path
         env = dict(os.environ, MODEL_DIR=os.path.abspath(bundle_dir), HOST="127.0.0.1", PORT=str(self.port),
-                   BACKEND="onnxruntime", THREADS=str(threads), **(extra_env or {}))
+                   BACKEND="onnxruntime", THREADS=str(threads))
+        env.update(extra_env or {})
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "classifier"], env=env, stdout=self._log,
                                      stderr=subprocess.STDOUT)

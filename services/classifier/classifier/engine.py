@@ -243,7 +243,7 @@ class Engine:
                 continue
             if len(self._queue) < self.max_batch and delay > 0:
                 deadline = self._queue[0].enqueued + delay
-                while len(self._queue) < self.max_batch and self._expected > 0:
+                while len(self._queue) < self.max_batch and (self._expected > 0 or self._busy()):
                     remaining = deadline - time.perf_counter()
                     if remaining <= 0:
                         break

@@ -3,10 +3,12 @@
 The engine runs arrays and returns logits; it knows nothing of requests, image decoding, kinds of
 backend or the service's settings. Callers put (image, future) items on a bounded queue (full: 503
 with Retry-After), all of a caller's images at once. Whenever a device is idle, the batcher takes
-what is waiting and, while the batch is short of the largest batch and callers have said more
-images are on their way (expecting()), waits up to the batching delay for them, then hands the
-batch to that device and goes on: four devices run four batches at once, and while they run, new
-items queue up and form the next batches. Of several idle devices the batch goes to the one idle
+what is waiting and, while the batch is short of the largest batch and either callers have said
+more images are on their way (expecting()) or another device is busy (the pool is under load, and
+a device that takes one image of a burst is a device lost for a whole run), waits up to the
+batching delay for more; then it hands the batch to that device and goes on: four devices run four
+batches at once, and while they run, new items queue up and form the next batches. An idle pool
+never holds an image back. Of several idle devices the batch goes to the one idle
 longest, so work spreads over all of them. A lone image that finds a device idle can skip all that
 (infer_alone).
 

@@ -20,6 +20,10 @@ PROFILES   ?=
 # the host's Ascend card, /dev/davinci$(DEVICE), that `make infer` and `make finetune-npu` mount
 # (empty = compose.yaml's default); inside the container it is the only card, so CANN numbers it 0
 DEVICE     ?=
+# several host chips for `make infer` (e.g. 0,1,2,3): one service, one worker per chip
+DEVICES    ?=
+# `make infer ASCEND_RUNTIME=1`: the chips through the Ascend Docker Runtime (docker/compose.ascend-runtime.yaml)
+ASCEND_RUNTIME ?=
 RUNS       ?= runs
 GPU_RECIPE ?= gpu-4p
 NPU_RECIPE ?= npu-finetune
@@ -136,8 +140,17 @@ finetune-npu: ## NPU_RECIPE from INIT_FROM on an Ascend 910 in the train-npu con
 	  train --config $(NPU_RECIPE) --data /data --model-dir /runs/npu $(if $(INIT_FROM),--set train.init_from=$(INIT_FROM)) \
 	  $(foreach s,$(SET),--set $(s))
 
-infer: ## the Ascend 310 service on 127.0.0.1:PORT for BUNDLE (with model.om from `make om`) on card DEVICE
+infer: ## the Ascend 310 service on 127.0.0.1:PORT for BUNDLE (with model.om from `make om`) on card DEVICE, or chips DEVICES=0,1,..
+ifneq ($(ASCEND_RUNTIME),)
+	BUNDLE=$(abspath $(BUNDLE)) DEVICES=$(DEVICES) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) \
+	  COMPOSE_FILE=compose.yaml:docker/compose.ascend-runtime.yaml $(COMPOSE) up infer
+else ifneq ($(DEVICES),)
+	mkdir -p build && $(PYTHON) docker/infer_devices.py "$(DEVICES)" > build/compose.infer-devices.yaml
+	BUNDLE=$(abspath $(BUNDLE)) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) \
+	  COMPOSE_FILE=compose.yaml:build/compose.infer-devices.yaml $(COMPOSE) up infer
+else
 	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) $(COMPOSE) up infer
+endif
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)
 	rm -rf build .pytest_cache

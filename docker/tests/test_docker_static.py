@@ -170,7 +170,7 @@ def test_the_host_card_is_device_and_card_0_inside_both_ascend_containers():
     for name in ("infer", "finetune-npu"):
         devices = {d["source"] if isinstance(d, dict) else d.split(":")[0] for d in services[name]["devices"]}
         assert "/dev/davinci3" in devices and "/dev/davinci0" not in devices, name
-    assert services["infer"]["environment"]["DEVICE_ID"] == "0"            # the service's name for it
+    assert services["infer"]["environment"]["DEVICE_IDS"] == "0"           # the service's name for it
     assert services["finetune-npu"]["environment"]["ASCEND_DEVICE_ID"] == "0"   # CANN's name for it
 
 
@@ -250,7 +250,7 @@ def test_cpu_threads_follow_the_cpu_limit_and_the_ascend_gid_reaches_both_ascend
 
 # what the service containers fix, whatever the environment says
 FIXED = {"infer-cpu": {"MODEL_DIR": "/models/bundle", "BACKEND": "onnxruntime"},
-         "infer": {"MODEL_DIR": "/models/bundle", "BACKEND": "acl", "DEVICE_ID": 0}}
+         "infer": {"MODEL_DIR": "/models/bundle", "BACKEND": "acl", "DEVICE_IDS": "0"}}
 
 
 def test_the_service_settings_defaults_live_in_the_service():
@@ -261,7 +261,7 @@ def test_the_service_settings_defaults_live_in_the_service():
     names = [f.name for f in settings_mod.fields(settings_mod.Settings)]
     passed = {"MAX_BATCH": "32", "MAX_DELAY_MS": "2.5", "MAX_QUEUE": "64", "LOG_LEVEL": "debug",
               "MAX_BODY_BYTES": "1000", "MAX_CONCURRENT_REQUESTS": "3", "PREPROCESS_MEMORY_MB": "99",
-              "PREPROCESS_WORKERS": "2", "THREADS": "3"}
+              "PREPROCESS_WORKERS": "2", "THREADS": "3", "CPU_WORKERS": "2"}
     changed = _config(env=passed)
     for name, service in _config().items():
         if name not in FIXED:

@@ -64,7 +64,7 @@ test: venv ## run the test suite (what CI runs)
 
 lint: venv ## Python 3.7 syntax check of mbv3 (vermin) and ruff
 	$(VENV)/bin/vermin -t=3.7- --violations --no-tips --eval-annotations model/mbv3
-	$(VENV)/bin/ruff check model services docker testsupport
+	$(VENV)/bin/ruff check model services docker deploy testsupport
 
 init: venv ## write a randomly initialised step-0 checkpoint into CHECKPOINT
 	$(MBV3) init --model-dir $(CHECKPOINT)

@@ -160,3 +160,21 @@ def test_cpu_workers_share_the_load(bundle_dir):  # noqa: F811
         assert [d["device"] for d in devices] == ["cpu0", "cpu1"] and all(d["batches"] > 0 for d in devices), devices
         assert serving["threads"] == 1
         assert requests.get(s.url + "/readyz").json()["devices"] == {"cpu0": "ready", "cpu1": "ready"}
+
+
+@pytest.mark.parametrize("backend,message", [
+    ("acl", "model failed to load: device 5: acl.rt.set_device(5) returned 107001 (ACL_ERROR_RT_INVALID_DEVICEID)"),
+    ("auto", "model failed to load: the devices loaded different backends (0: acl, 5: onnxruntime)"),
+])
+def test_a_device_that_cannot_load_stops_startup_naming_it(om_bundle, backend, message):
+    """Ready means every configured device loaded: one that cannot (no device 5 among four) stops the
+    service, rather than serving on part of its devices unnoticed; under BACKEND=auto it would fall
+    back to the CPU alone, which is refused as well."""
+    path = os.pathsep.join([SIM_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    server = Server(om_bundle, BACKEND=backend, DEVICE_IDS="0,5", PYTHONPATH=path, ACL_SIM_DEVICES=4)
+    try:
+        code = server.proc.wait(120)
+    finally:
+        server.stop()
+    err = server.stderr()
+    assert code == 1 and message in err, err[-3000:]

@@ -68,11 +68,13 @@ def small_photos(side=160):
     return out
 
 
-def device_images(port):
+def device_counts(port):
+    """{device: (images, batches)} so far, from the service's per-device metrics."""
     with urllib.request.urlopen("http://127.0.0.1:%d/metrics" % port, timeout=10) as r:
         text = r.read().decode()
-    return {m.group(1): int(float(m.group(2)))
-            for m in re.finditer(r'classifier_device_images_total\{device="([^"]+)"\} (\S+)', text)}
+    series = {name: {m.group(1): int(float(m.group(2))) for m in re.finditer(
+        r'classifier_device_%s_total\{device="([^"]+)"\} (\S+)' % name, text)} for name in ("images", "batches")}
+    return {d: (series["images"][d], series["batches"][d]) for d in series["images"]}
 
 
 def run_devices(bundle, devices, args, photos, log_dir):
@@ -86,23 +88,27 @@ def run_devices(bundle, devices, args, photos, log_dir):
         warm = serve_bench.run_level(service.port, photos, args.clients, 2 * args.clients, args.seconds)
         if warm["errors"]:
             raise BenchError("warm-up requests failed: %s" % warm["error_samples"])
-        before = device_images(service.port)
+        before = device_counts(service.port)
         level = serve_bench.run_level(service.port, photos, args.clients, args.requests, args.seconds,
                                       service_pid=service.proc.pid)
-        after = device_images(service.port)
+        after = device_counts(service.port)
     finally:
         stopped = service.stop()
     level.update(devices=devices, exit_status=stopped[0], killed=stopped[2],
-                 images_per_device={d: after[d] - before.get(d, 0) for d in sorted(after)},
+                 images_per_device={d: after[d][0] - before.get(d, (0, 0))[0] for d in sorted(after)},
+                 mean_batch=(sum(a[0] for a in after.values()) - sum(b[0] for b in before.values()))
+                 / max(1, sum(a[1] for a in after.values()) - sum(b[1] for b in before.values())),
                  ideal_rps=devices * args.max_batch * 1000.0 / args.device_ms)
     return level
 
 
 def table(result):
-    rows = ["%-8s %10s %10s %9s %9s   %s" % ("devices", "images/s", "ideal", "p50 ms", "p99 ms", "images per device")]
+    rows = ["%-8s %10s %10s %9s %9s %11s   %s" % ("devices", "images/s", "ideal", "p50 ms", "p99 ms", "mean batch",
+                                                  "images per device")]
     for lvl in result["levels"]:
-        rows.append("%-8d %10.1f %10.1f %9.1f %9.1f   %s%s" % (
+        rows.append("%-8d %10.1f %10.1f %9.1f %9.1f %11.1f   %s%s" % (
             lvl["devices"], lvl["throughput_rps"], lvl["ideal_rps"], lvl["latency"]["p50_ms"], lvl["latency"]["p99_ms"],
+            lvl["mean_batch"],
             " ".join("%s:%d" % kv for kv in lvl["images_per_device"].items()),
             "   (%d errors)" % lvl["errors"] if lvl["errors"] else ""))
     rows.append("")
@@ -120,9 +126,9 @@ def plot(result, path):
     fig, ax = plt.subplots(figsize=(5.5, 4))
     ax.plot(n, [lvl["throughput_rps"] for lvl in levels], "o-", label="service, %d clients" % result["clients"])
     ax.plot(n, [lvl["ideal_rps"] for lvl in levels], "k--", lw=1, label="ideal: N x MAX_BATCH / device time")
-    ax.set(xlabel="simulated Ascend devices (DEVICE_IDS)", ylabel="images / s", xticks=n,
-           title="%d ms a batch on each device, MAX_BATCH %d, MAX_DELAY_MS %d" % (
-               result["device_ms"], result["max_batch"], result["max_delay_ms"]))
+    ax.set(xlabel="simulated Ascend devices (DEVICE_IDS)", ylabel="images / s", xticks=n)
+    ax.set_title("%d ms a batch on each device, MAX_BATCH %d, MAX_DELAY_MS %d" % (
+        result["device_ms"], result["max_batch"], result["max_delay_ms"]), fontsize=9)
     ax.set_ylim(0, 1.1 * max(lvl["ideal_rps"] for lvl in levels))
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

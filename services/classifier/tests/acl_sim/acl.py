@@ -80,7 +80,7 @@ and ACL_SIM_DEVICE_MS (for tests and benchmarks that run the service in a subpro
 
 Test-facing control API (everything named sim_*): sim_reset(), sim_state(), sim_leaks(),
 sim_calls, sim_errors, sim_last_finalize_leaks, sim_fail_next(call, code), sim_fail_next_execute(code),
-sim_lose_device(), sim_restore_device(), sim_calls_named(name), sim_write_om().
+sim_lose_device(), sim_restore_device(), sim_calls_named(name), sim_devices_by_thread(), sim_write_om().
 """
 from __future__ import annotations
 

@@ -11,7 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 def dry_run(target, **variables):
     env = {k: v for k, v in os.environ.items()
-           if k not in ("SOC_VERSION", "PROFILES", "DEVICE", "INIT_FROM", "HOST", "PORT", "MAKEFLAGS")}
+           if k not in ("SOC_VERSION", "PROFILES", "DEVICE", "DEVICES", "ASCEND_RUNTIME", "INIT_FROM", "HOST", "PORT",
+                         "MAKEFLAGS")}
     result = subprocess.run(["make", "-n", "-C", ROOT, target, "COMPOSE=docker-compose"]
                             + ["%s=%s" % kv for kv in sorted(variables.items())],
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, env=env)

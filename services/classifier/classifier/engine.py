@@ -9,7 +9,7 @@ a device that takes one image of a burst is a device lost for a whole run), wait
 batching delay for more; then it hands the batch to that device and goes on: four devices run four
 batches at once, and while they run, new items queue up and form the next batches. An idle pool
 never holds an image back. Of several idle devices the batch goes to the one idle
-longest, so work spreads over all of them. A lone image that finds a device idle can skip all that
+longest, so work spreads over all of them. A lone image that finds the engine idle can skip all that
 (infer_alone).
 
 Failures stay with their device. A failed run fails its batch only (503). A fatal one (device lost)
@@ -134,8 +134,10 @@ class Engine:
 
     @property
     def idle(self):
-        """Nothing queued or expected, and a device idle."""
-        return not self._queue and not self._expected and any(w.idle for w in self.workers)
+        """Nothing queued, expected or running, and a device ready: the lone-image path's condition. A
+        lone image while other devices are busy goes through the batcher instead, which may add it to
+        a batch rather than spend a whole device run on it."""
+        return not self._queue and not self._expected and not self._busy() and any(w.idle for w in self.workers)
 
     @property
     def depth(self):
@@ -195,7 +197,7 @@ class Engine:
         return [(outcome, item.timings) for outcome, item in zip(outcomes, items)]
 
     async def infer_alone(self, prepare, *args):
-        """For a caller that found a device idle: one image, made by `prepare(*args)` and run at
+        """For a caller that found the engine idle: one image, made by `prepare(*args)` and run at
         batch 1 in one hop on that device's thread, two thread hand-offs and the batcher fewer (the
         lone-image path; docs/api.md has the measurement).
 

@@ -165,12 +165,19 @@ def test_a_text_file_shows_the_apis_415(browser, server, tmp_path):
     assert not card.find_elements("css selector", ".prediction")
 
 
+def a_digit(path):
+    """A handwritten 7 from scikit-learn's digits as a 64x64 grey PNG: what the digits demo knows."""
+    from sklearn.datasets import load_digits
+    digit = load_digits().images[7] * (255.0 / 16.0)
+    Image.fromarray(digit.astype(np.uint8), "L").resize((64, 64), Image.BILINEAR).save(str(path))
+    return str(path)
+
+
 def test_several_files_are_answered_part_by_part(browser, server, tmp_path):
-    png = tmp_path / "grey.png"
-    Image.fromarray(np.full((50, 70), 128, np.uint8)).save(str(png))
+    png = a_digit(tmp_path / "digit-7.png")
     broken = tmp_path / "broken.jpg"
     broken.write_bytes(b"\xff\xd8\xff not really a JPEG")
-    photo, png_card, broken_card = choose(browser, sample_photo(), str(png), str(broken))
+    photo, png_card, broken_card = choose(browser, sample_photo(), png, str(broken))
     assert [r[0] for r in rows(photo)] == [p["label"] for p in api_answer(server, sample_photo())]
     assert len(rows(png_card)) == 5
     error = broken_card.find_element("css selector", ".error").text

@@ -152,9 +152,10 @@
     var thumb = card.querySelector(".thumb");
     thumb.src = URL.createObjectURL(file);
     thumb.alt = file.name || "pasted image";
-    thumb.onerror = function () {   // not an image this browser shows
-      thumb.removeAttribute("src");
+    thumb.onerror = function () {   // not an image this browser shows: an empty (transparent) one instead
+      thumb.onerror = null;
       thumb.alt = "";
+      thumb.src = "data:image/gif;base64,R0lGODlhAQABAIAAAAAAAP///yH5BAEAAAAALAAAAAABAAEAAAIBRAA7";
     };
     el("results").insertBefore(card, el("results").firstChild);
     return card;

@@ -1,7 +1,7 @@
 """The model `make serve` falls back to: a named bundle or checkpoint, else the official ImageNet
 checkpoint (a file:// tarball of random weights stands in for Google's, through the mirror setting),
 else the digits demo (its training replaced here by a fake trainer that writes a tiny checkpoint in a
-second instead of training for two minutes)."""
+second instead of training for half a minute)."""
 import io
 import json
 import os

@@ -22,7 +22,7 @@ NOTICE = ("THIS IS THE DEMO DIGITS MODEL, NOT AN IMAGENET CLASSIFIER.\n"
 
 
 def train_digits(data_dir, model_dir, log):
-    """The digits-cpu recipe on the demo's TFRecords (resumes an interrupted run)."""
+    """The demo's recipe (RECIPE) on its TFRecords (resumes an interrupted run)."""
     from .. import train
     summary = train.train(RECIPE, data_dir, model_dir, log=log)
     if summary["stopped_by_signal"]:

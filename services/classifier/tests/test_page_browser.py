@@ -165,6 +165,35 @@ def test_a_text_file_shows_the_apis_415(browser, server, tmp_path):
     assert not card.find_elements("css selector", ".prediction")
 
 
+DROP_AND_PASTE = """
+const done = arguments[arguments.length - 1];
+const canvas = document.createElement("canvas");
+canvas.width = 80; canvas.height = 60;
+const ctx = canvas.getContext("2d");
+ctx.fillStyle = "#c33"; ctx.fillRect(0, 0, 80, 60); ctx.fillStyle = "#fff"; ctx.fillRect(20, 15, 40, 30);
+canvas.toBlob(function (blob) {
+  const dropped = new DataTransfer();
+  dropped.items.add(new File([blob], "dropped.png", {type: "image/png"}));
+  document.getElementById("drop").dispatchEvent(new DragEvent("drop", {dataTransfer: dropped, bubbles: true,
+                                                                       cancelable: true}));
+  const pasted = new DataTransfer();
+  pasted.items.add(new File([blob], "pasted.png", {type: "image/png"}));
+  document.dispatchEvent(new ClipboardEvent("paste", {clipboardData: pasted, bubbles: true, cancelable: true}));
+  done();
+}, "image/png");
+"""
+
+
+def test_a_dropped_and_a_pasted_image_are_classified(browser, server):
+    before = len(browser.find_elements("css selector", "#results .card"))
+    browser.execute_async_script(DROP_AND_PASTE)
+    wait(browser, lambda d: len(d.find_elements("css selector", "#results .card.done")) >= 2 and
+         len(d.find_elements("css selector", "#results .card")) == before + 2, "two answers")
+    cards = browser.find_elements("css selector", "#results .card")[:2]
+    assert [c.find_element("css selector", ".filename").text for c in cards] == ["pasted.png", "dropped.png"]
+    assert all(len(rows(c)) == 5 and "done" in c.get_attribute("class") for c in cards)
+
+
 def a_digit(path):
     """A handwritten 7 from scikit-learn's digits as a 64x64 grey PNG: what the digits demo knows."""
     from sklearn.datasets import load_digits

@@ -1,6 +1,7 @@
 """The FastAPI app, assembled: settings -> the Service (bundle, engine, pipeline) -> one app with the
 middleware, every error in errors.py's shapes, a lifespan that loads the model after the port opens,
-one router per protocol (routes_classify.py, routes_kserve.py) and the pages (routes_page.py). Nothing here handles a request."""
+one router per protocol (routes_classify.py, routes_kserve.py) and the pages (routes_page.py).
+Nothing here handles a request."""
 from __future__ import annotations
 
 import asyncio
@@ -38,7 +39,8 @@ def create_app(settings, backend_factory=None):
     add_error_handlers(app)
     app.include_router(routes_classify.router(service))
     app.include_router(routes_kserve.router(service))
-    app.include_router(routes_page.router(app.title))   # `/` and `/docs`, served from the package (no CDN)
+    # `/`, `/docs` and `/redoc`, every file from this package or fastapi-offline's (no CDN)
+    app.include_router(routes_page.router(app.title, app.openapi_url, app.swagger_ui_oauth2_redirect_url))
     return app
 
 

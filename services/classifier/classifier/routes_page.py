@@ -27,8 +27,9 @@ def _read(folder, name):
         return f.read()
 
 
-def router(title, openapi_url="/openapi.json", oauth2_redirect_url="/docs/oauth2-redirect"):
-    """The page, its two files, and the docs pages; every file is read once, here."""
+def router(title, openapi_url, oauth2_redirect_url):
+    """The page, its two files, and the docs pages (the app's title, OpenAPI and OAuth2 redirect
+    URLs); every file is read once, here."""
     page = {name: _read(STATIC, name) for name in PAGE_FILES}
     index = _read(STATIC, "index.html")
     docs = {name: _read(DOCS_STATIC, name) for name in DOCS_FILES}

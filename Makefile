@@ -13,7 +13,8 @@ RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
-# `make om`: empty = mbv3 om's defaults (atc.py's DEFAULT_SOC_VERSION and DEFAULT_PROFILES)
+# `make om`: empty = mbv3 om's defaults (soc_version: this machine's chip from npu-smi, else atc.py's
+# DEFAULT_SOC_VERSION; profiles: DEFAULT_PROFILES)
 SOC_VERSION ?=
 PROFILES   ?=
 # the host's Ascend card, /dev/davinci$(DEVICE), that `make infer` and `make finetune-npu` mount

@@ -234,10 +234,11 @@ def test_infer_cpu_runs_read_only_within_its_limits_and_takes_a_3mb_multipart_pa
     assert hc["ReadonlyRootfs"] and hc["CapDrop"] == ["ALL"] and "no-new-privileges:true" in hc["SecurityOpt"]
     assert (hc["Memory"], hc["NanoCpus"], hc["PidsLimit"]) == (3 * 1024 ** 3, 2 * 10 ** 9, 256)
     env = json.loads(run([DOCKER, "inspect", "--format", "{{json .Config.Env}}", container]).stdout)
-    assert {"THREADS=0", "PREPROCESS_WORKERS=0"} <= set(env)   # 0: sized by the service from its CPU quota
+    assert {"THREADS=", "PREPROCESS_WORKERS="} <= set(env)   # unset: the service sizes both from its CPU quota
     serving = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=10).json()["serving"]
     assert serving["threads"] == serving["preprocess_workers"] == 2   # the limit's 2 CPUs
-    assert not [e for e in env if e.startswith("PREPROCESS_MEMORY_MB=")]   # unset: the service's default
+    assert "PREPROCESS_MEMORY_MB=" in env   # empty is unset: the service's own default applies
+    assert serving["limits"]["preprocess_memory_mb"] == 1024
     denied = run([DOCKER, "exec", container, "sh", "-c", "touch /tmp/x"], check=False)
     assert denied.returncode != 0 and "Read-only file system" in denied.stdout, denied.stdout
     buf = io.BytesIO()

@@ -6,17 +6,29 @@ profiles so the service can micro-batch on the card, and optionally an AIPP stag
 records how the .om was built (the record the service's ACL backend reads). ATC itself exists only
 where the CANN toolkit is installed (the train-npu image); elsewhere `mbv3 om --print` shows the
 command.
+
+--soc_version is "Ascend" plus the chip name `npu-smi info` reports for the card that will run the
+model (its Name column: 310, 310P3, 910A, 910B3, ... -> Ascend310, Ascend310P3, ...), as Huawei's
+ATC samples build it (Ascend/ModelZoo-PyTorch's ACL_PyTorch READMEs: `--soc_version=Ascend${chip_name}`
+after `npu-smi info`). The user gives it, or npu-smi on this machine does; only its form is checked
+here: ATC knows which chips the installed toolkit supports.
 """
 import io
 import os
+import re
 import shutil
 import subprocess
 
 from . import bundle
 from .errors import MbV3Error
 
-SOC_VERSIONS = ("Ascend310", "Ascend310P3", "Ascend910", "Ascend910B")
-DEFAULT_SOC_VERSION = "Ascend310"
+SOC_VERSION_FORM = re.compile(r"^Ascend[0-9]{3}[A-Za-z0-9_]*$")
+SOC_VERSION_EXAMPLES = "Ascend310, Ascend310P3, Ascend910A, Ascend910B3"
+DEFAULT_SOC_VERSION = "Ascend310"   # without --soc-version and npu-smi: the Atlas 300I the infer image serves on
+NPU_SMI = "npu-smi"
+# `npu-smi info`'s device rows read `| <NPU> <Name> | <Health> | ...`, the chip rows under them
+# `| <Chip> <Device> | <Bus-Id> | ...`; Health is one of these (the Atlas 300I Pro manual's npu-smi info page)
+NPU_SMI_HEALTH = ("OK", "WARNING", "ALARM", "CRITICAL", "UNKNOWN")
 DEFAULT_PROFILES = (1, 2, 4, 8, 16, 32)   # `mbv3 om` and `make om` use these unless given others
 AIPP_FILE = bundle.AIPP_FILE
 
@@ -34,11 +46,60 @@ def aipp_config(info):
     return "\n".join(lines + ["}", ""])
 
 
+def check_soc_version(soc_version):
+    if not SOC_VERSION_FORM.match(soc_version or ""):
+        raise MbV3Error("soc_version %r: it is \"Ascend\" plus the chip name `npu-smi info` reports on the card that "
+                        "will run the model (%s, ...)" % (soc_version, SOC_VERSION_EXAMPLES))
+    return soc_version
+
+
+def npu_smi_chips(text):
+    """The chip names in `npu-smi info` output, one per device row."""
+    chips = []
+    for line in text.splitlines():
+        cells = [c.split() for c in line.strip().strip("|").split("|")]
+        if len(cells) >= 2 and len(cells[0]) == 2 and cells[0][0].isdigit() and cells[1] \
+                and cells[1][0].upper() in NPU_SMI_HEALTH:
+            chips.append(cells[0][1])
+    return chips
+
+
+def local_chip(npu_smi=NPU_SMI):
+    """The chip `npu-smi info` reports on this machine, or None where there is no npu-smi."""
+    if shutil.which(npu_smi) is None:
+        return None
+    try:
+        result = subprocess.run([npu_smi, "info"], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                universal_newlines=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        raise MbV3Error("`%s info` failed: %s; give --soc-version" % (npu_smi, e))
+    chips = sorted(set(npu_smi_chips(result.stdout)))
+    if result.returncode != 0 or not chips:
+        tail = " ".join(result.stdout.strip().splitlines()[-2:])
+        raise MbV3Error("`%s info` (exit %d) named no chip: %s; give --soc-version" % (npu_smi, result.returncode,
+                                                                                      tail or "no output"))
+    if len(chips) > 1:
+        raise MbV3Error("`%s info` lists several chips (%s); give --soc-version for the one that will run the model"
+                        % (npu_smi, ", ".join(chips)))
+    return chips[0]
+
+
+def resolve_soc_version(given=None, npu_smi=NPU_SMI):
+    """(soc_version, where it came from): the user's, else "Ascend" + the chip npu-smi reports here, else
+    DEFAULT_SOC_VERSION."""
+    if given:
+        return check_soc_version(given), "given"
+    chip = local_chip(npu_smi)
+    if chip is not None:
+        return check_soc_version("Ascend" + chip), "the chip `npu-smi info` reports on this machine; the .om runs " \
+                                                   "on that chip only, --soc-version builds for another"
+    return DEFAULT_SOC_VERSION, "no --soc-version and no npu-smi here: the infer image's Atlas 300I"
+
+
 def command(bundle_dir, info, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DEFAULT_PROFILES, aipp=False,
             atc="atc", precision_mode=None):
     """The ATC argument list (writes <bundle>/model.om); the input size is the bundle's."""
-    if soc_version not in SOC_VERSIONS:
-        raise MbV3Error("soc_version %r: choose one of %s" % (soc_version, ", ".join(SOC_VERSIONS)))
+    check_soc_version(soc_version)
     inp = info.input
     _, height, width, channels = inp.shape
     profiles = sorted(set(int(b) for b in batch_profiles or ()))

@@ -174,14 +174,17 @@ def cmd_default_bundle(args):
 def cmd_om(args):
     from . import atc, bundle
     profiles = [] if args.static else args.batch_profiles
+    soc_version, source = atc.resolve_soc_version(args.soc_version)
+    if source != "given":
+        say("soc_version %s (%s)" % (soc_version, source))
     if args.print:
         loaded = bundle.load(args.bundle)
-        print(" ".join(atc.command(loaded.path, loaded.info, args.soc_version, profiles, args.aipp, args.atc,
+        print(" ".join(atc.command(loaded.path, loaded.info, soc_version, profiles, args.aipp, args.atc,
                                    args.precision_mode)))
         if args.aipp:
             print("# %s:\n%s" % (atc.AIPP_FILE, atc.aipp_config(loaded.info)))
         return 0
-    atc.build(args.bundle, args.soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=say)
+    atc.build(args.bundle, soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=say)
     return 0
 
 
@@ -270,9 +273,10 @@ def parser():
 
     s = sub.add_parser("om", help="convert a bundle to an Ascend .om with ATC (CANN toolkit) and record it in model.json")
     s.add_argument("--bundle", required=True)
-    s.add_argument("--soc-version", default=atc.DEFAULT_SOC_VERSION,
-                   help="%s (default), %s" % (atc.DEFAULT_SOC_VERSION, ", ".join(
-                       v for v in atc.SOC_VERSIONS if v != atc.DEFAULT_SOC_VERSION)))
+    s.add_argument("--soc-version",
+                   help="\"Ascend\" + the chip name `npu-smi info` reports on the card that will run the model (%s, "
+                   "...); default: this machine's chip when npu-smi is here, else %s"
+                   % (atc.SOC_VERSION_EXAMPLES, atc.DEFAULT_SOC_VERSION))
     s.add_argument("--batch-profiles", type=_positive, nargs="+", default=list(atc.DEFAULT_PROFILES),
                    help="dynamic batch profiles (ATC --dynamic_batch_size), so the service can micro-batch "
                    "(default: %s)" % " ".join(str(b) for b in atc.DEFAULT_PROFILES))

@@ -4,14 +4,15 @@
 base.yaml holds every key with its default and the dataclasses give each key its type, so a key
 base.yaml lacks is an error with a suggestion and a value of the wrong type is an error naming
 the key. A few keys apply only with one choice of another (APPLIES_ONLY: the schedule's own
-keys, the CPU's replica count, float16's loss scale); a recipe or --set that gives one with
+keys, the CPU's replica count, mixed_float16's loss scale); a recipe or --set that gives one with
 another choice is an error, and it holds None. So every key a recipe states is one the run
 honours. The resolved config is saved next to the checkpoints it produced (config.yaml in the
 model dir) with the keys that applied.
 
 A saved config.yaml is read more leniently, because runs saved by older versions of mbv3 stay
-on disk and are exported later: a key this version does not have is dropped with a one-line
-warning, and a key that did not apply is dropped silently.
+on disk and are exported later: a renamed key is read under its new name and a key this version
+does not have is dropped, both said in one warning line, and a key that did not apply is dropped
+silently.
 No TensorFlow here: export reads run configs (mbv3.runinfo) without it.
 """
 import copy
@@ -27,7 +28,7 @@ import yaml
 from . import fileio
 from .console import say
 from .errors import MbV3Error, first_line
-from .targets import NAMES as TARGET_NAMES
+from .targets import NAMES as TARGET_NAMES, PRECISIONS
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), "configs")
 BASE = "base.yaml"
@@ -86,10 +87,10 @@ class TrainSection:
 class TargetSection:
     name: str                       # targets.NAMES
     xla: bool
-    mixed_precision: str            # checked by the target
+    precision: str                  # PRECISIONS; the target checks it offers it
     steps_per_loop: int
     cpu_replicas: Optional[int]     # cpu only
-    loss_scale: Union[float, str, None]   # float16 only: "dynamic" or a fixed scale
+    loss_scale: Union[float, str, None]   # mixed_float16 only: "dynamic" or a fixed scale
 
     def to_dict(self):
         """The section as the targets take it (targets.get)."""
@@ -142,9 +143,9 @@ APPLIES_ONLY = {
     ("train", "lr_decay_factor"): (("train", "lr_schedule"), ("exponential",)),
     ("train", "epochs_per_decay"): (("train", "lr_schedule"), ("exponential",)),
     ("target", "cpu_replicas"): (("target", "name"), ("cpu",)),
-    ("target", "loss_scale"): (("target", "mixed_precision"), ("float16",)),
+    ("target", "loss_scale"): (("target", "precision"), ("mixed_float16",)),
 }
-CHOICES = {("train", "lr_schedule"): SCHEDULES, ("target", "name"): TARGET_NAMES}
+CHOICES = {("train", "lr_schedule"): SCHEDULES, ("target", "name"): TARGET_NAMES, ("target", "precision"): PRECISIONS}
 
 
 def _section_fields():
@@ -279,7 +280,36 @@ def _recipe_path(recipe):
 NOT_SETTINGS = {
     "train.optimizer": "the update is always momentum's, set by train.momentum",
     "data.eval_split": "`mbv3 eval --split` chooses the split it scores",
+    "target.mixed_precision": "renamed target.precision: %s" % ", ".join(PRECISIONS),
 }
+
+
+def _old_mixed_precision(value, target):
+    """target.mixed_precision (none | float16 | bfloat16) as a target.precision; `none` on the NPU ran
+    its precision_mode allow_fp32_to_fp16, which is float16_matmul."""
+    old = str(value).lower()
+    if old == "none":
+        return "float16_matmul" if str(target.get("name")).lower() == "npu" else "float32"
+    return {"float16": "mixed_float16", "bfloat16": "mixed_bfloat16"}.get(old, value)
+
+
+# keys older versions saved under another name: (section, old) -> (new, the old value as a new one)
+RENAMED = {("target", "mixed_precision"): ("precision", _old_mixed_precision)}
+
+
+def _read_renamed(data):
+    """Move renamed keys of a saved file to their new names in place; one note per key moved."""
+    notes = []
+    for (section, old), (new, convert) in RENAMED.items():
+        values = data.get(section)
+        if isinstance(values, dict) and old in values:
+            value = values.pop(old)
+            if new in values:
+                notes.append("ignoring %s.%s, %s.%s is set" % (section, old, section, new))
+                continue
+            values[new] = convert(value, values)
+            notes.append("read %s.%s %s as %s.%s %s (renamed)" % (section, old, value, section, new, values[new]))
+    return notes
 
 
 def _unknown(key, known):
@@ -345,7 +375,11 @@ def load_saved(directory, log=say):
     if not os.path.exists(path):
         return None
     values, given, unknown = _base(), {}, []
-    _merge(values, _read_yaml(path), path, given, unknown=unknown)
+    saved = _read_yaml(path)
+    notes = _read_renamed(saved)
+    _merge(values, saved, path, given, unknown=unknown)
     if unknown:
-        log("warning: %s: ignoring %s, not settings of this mbv3 version" % (path, ", ".join(unknown)))
+        notes.insert(0, "ignoring %s, not settings of this mbv3 version" % ", ".join(unknown))
+    if notes:
+        log("warning: %s: %s" % (path, "; ".join(notes)))
     return _resolve(values, given, os.path.abspath(path), strict=False)

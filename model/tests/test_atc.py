@@ -2,7 +2,9 @@
 import dataclasses
 import json
 import os
+import re
 import stat
+import sys
 
 import pytest
 
@@ -49,8 +51,12 @@ def test_variants_of_the_command(bundle_dir):
     with_aipp = atc.command(bundle_dir, meta, aipp=True, batch_profiles=[4, 1, 2], precision_mode="allow_fp32_to_fp16")
     assert "--insert_op_conf=%s/aipp.cfg" % bundle_dir in with_aipp and "--dynamic_batch_size=1,2,4" in with_aipp
     assert "--precision_mode=allow_fp32_to_fp16" in with_aipp
-    with pytest.raises(MbV3Error, match="soc_version 'Ascend999'"):
-        atc.command(bundle_dir, meta, "Ascend999")
+    for bad in ("Ascend", "ascend310", "310P3", "Ascend 310P3", "Ascend310P3;reboot", "Ascend91"):
+        with pytest.raises(MbV3Error, match="soc_version '%s': it is \"Ascend\" plus the chip name `npu-smi info` "
+                                            "reports" % re.escape(bad)):
+            atc.command(bundle_dir, meta, bad)
+    for good in ("Ascend310", "Ascend310P3", "Ascend910A", "Ascend910ProB", "Ascend910B3", "Ascend910_9391"):
+        assert "--soc_version=" + good in atc.command(bundle_dir, meta, good)
     with pytest.raises(MbV3Error, match="2 to 100 positive batch profiles"):
         atc.command(bundle_dir, meta, batch_profiles=[8])
 
@@ -98,3 +104,57 @@ def test_a_run_trained_at_64_yields_an_om_for_64(tmp_path):
     atc.build(str(tmp_path / "bundle"), "Ascend310", [1, 2, 4], aipp=True, atc=fake, log=lambda *_: None)
     assert "--input_shape=input:-1,64,64,3" in (tmp_path / "atc-args").read_text().split()
     assert "src_image_size_h: 64" in (tmp_path / "bundle" / "aipp.cfg").read_text()
+
+
+# `npu-smi info` as Huawei documents it (Ascend/ModelZoo-PyTorch's ACL_PyTorch READMEs: two 310P3 cards)
+NPU_SMI_310P3 = """\
++--------------------------------------------------------------------------------------------------------+
+| npu-smi 22.0.0                       Version: 22.0.2                                                   |
++-------------------+-----------------+------------------------------------------------------+
+| NPU     Name      | Health          | Power(W)     Temp(C)           Hugepages-Usage(page) |
+| Chip    Device    | Bus-Id          | AICore(%)    Memory-Usage(MB)                        |
++===================+=================+======================================================+
+| 0       310P3     | OK              | 15.8         42                0    / 0              |
+| 0       0         | 0000:82:00.0    | 0            1074 / 21534                            |
++===================+=================+======================================================+
+| 1       310P3     | OK              | 15.4         43                0    / 0              |
+| 0       1         | 0000:89:00.0    | 0            1070 / 21534                            |
++===================+=================+======================================================+
+"""
+
+
+def _fake_npu_smi(tmp_path, output, exit_code=0):
+    """An `npu-smi` on PATH that prints `output` for `npu-smi info`."""
+    folder = tmp_path / "npu-smi-bin"
+    folder.mkdir(parents=True)
+    (folder / "out.txt").write_text(output)
+    path = folder / "npu-smi"
+    path.write_text("#!/bin/sh\n[ \"$1\" = info ] && cat %s\nexit %d\n" % (folder / "out.txt", exit_code))
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return dict(os.environ, PATH="%s:%s" % (folder, os.environ.get("PATH", "")))
+
+
+def test_soc_version_comes_from_the_user_then_npu_smi_then_the_default(bundle_dir, tmp_path, monkeypatch):
+    assert atc.npu_smi_chips(NPU_SMI_310P3) == ["310P3", "310P3"]
+    assert atc.npu_smi_chips(NPU_SMI_310P3.replace("310P3", "910B3").replace("| OK ", "| Warning ")) == ["910B3"] * 2
+    assert atc.npu_smi_chips(NPU_SMI_310P3.replace("310P3", "310")) == ["310", "310"]   # Atlas 300I: Ascend310
+    env = _fake_npu_smi(tmp_path, NPU_SMI_310P3)
+    monkeypatch.setenv("PATH", env["PATH"])
+    assert atc.resolve_soc_version("Ascend910B3") == ("Ascend910B3", "given")
+    assert atc.resolve_soc_version()[0] == "Ascend310P3"
+    shown = run_cli("om", "--bundle", bundle_dir, "--print", env=env)
+    assert shown.returncode == 0 and "--soc_version=Ascend310P3" in shown.stdout.split(), shown.stderr
+    assert "soc_version Ascend310P3 (the chip `npu-smi info` reports on this machine" in shown.stderr
+    mixed = NPU_SMI_310P3.replace("| 1       310P3", "| 1       310  ")
+    monkeypatch.setenv("PATH", _fake_npu_smi(tmp_path / "mixed", mixed)["PATH"])
+    with pytest.raises(MbV3Error, match="lists several chips \\(310, 310P3\\); give --soc-version"):
+        atc.resolve_soc_version()
+    broken = _fake_npu_smi(tmp_path / "broken", "dcmi module initialize failed. ret is -8005\n", exit_code=8)
+    assert_one_line_error(run_cli("om", "--bundle", bundle_dir, "--print", env=broken),
+                          "`npu-smi info` (exit 8) named no chip: dcmi module initialize failed", "--soc-version")
+    bare = dict(os.environ, PATH=os.path.dirname(sys.executable))   # no npu-smi
+    shown = run_cli("om", "--bundle", bundle_dir, "--print", env=bare)
+    assert shown.returncode == 0 and "--soc_version=Ascend310" in shown.stdout.split(), shown.stderr
+    assert "no --soc-version and no npu-smi here" in shown.stderr
+    assert_one_line_error(run_cli("om", "--bundle", bundle_dir, "--print", "--soc-version", "Ascend-910B", env=bare),
+                          "soc_version 'Ascend-910B'")

@@ -12,7 +12,7 @@ def test_gpu_recipe_is_the_published_one():
     assert (t.batch_size, t.epochs, t.learning_rate, t.lr_schedule, t.warmup_epochs) == (1280, 1200, 0.3, "cosine", 4)
     assert (t.momentum, t.weight_decay, t.label_smoothing, t.ema_decay) == (0.9, 4e-5, 0.1, 0.9999)
     assert cfg.model.num_classes == 1001 and cfg.model.variant == "large"
-    assert cfg.target.name == "gpu" and cfg.target.xla and cfg.target.mixed_precision == "float16"
+    assert cfg.target.name == "gpu" and cfg.target.xla and cfg.target.precision == "mixed_float16"
     total, warmup, _ = training_math.schedule_steps(t, 1281167 // 1280)
     assert total == 1200 * 1000 and warmup == 4000  # ~1,200,000 steps, as the published run took
 
@@ -22,7 +22,7 @@ def test_npu_recipe_continues_the_gpu_schedule():
     t = cfg.train
     assert (t.batch_size, t.learning_rate, t.lr_schedule) == (640, 0.15, "cosine")
     assert t.epochs_per_decay is None and t.lr_decay_factor is None  # the exponential schedule's keys
-    assert cfg.target.name == "npu" and cfg.target.steps_per_loop == 50 and cfg.target.mixed_precision == "float16"
+    assert cfg.target.name == "npu" and cfg.target.steps_per_loop == 50 and cfg.target.precision == "mixed_float16"
     assert t.init_from.endswith("model.ckpt-1080000") and t.init_keep_step
     total, _, _ = training_math.schedule_steps(t, 1281167 // 640)
     assert total == 600 * 2001  # 1,200,600: within 0.1% of the GPU run's end, so the cosine position carries over
@@ -61,7 +61,9 @@ def test_values_are_typed_and_choices_checked():
             ("train.lr_schedule=cosin", "train.lr_schedule must be one of cosine, exponential, constant, got 'cosin'"),
             ("target.name=tpu", "target.name must be one of cpu, gpu, npu, got 'tpu'"),
             ("data.crop_area_min=0", "data.crop_area_min must be in (0, 1], got 0.0"),
-            ("data.crop_area_min=1.5", "data.crop_area_min must be in (0, 1], got 1.5")]:
+            ("data.crop_area_min=1.5", "data.crop_area_min must be in (0, 1], got 1.5"),
+            ("target.precision=float16", "target.precision must be one of float32, mixed_float16, mixed_bfloat16, "
+                                         "float16_matmul, got 'float16'")]:
         with pytest.raises(MbV3Error) as caught:
             config.load("smoke", [override])
         assert message in str(caught.value), (override, str(caught.value))
@@ -72,6 +74,9 @@ def test_keys_nothing_reads_are_gone():
         config.load("smoke", ["train.optimizer=momentum"])
     with pytest.raises(MbV3Error, match="unknown config key data.eval_split"):
         config.load("smoke", ["data.eval_split=validation"])
+    with pytest.raises(MbV3Error, match=r"unknown config key target.mixed_precision \(renamed target.precision: "
+                                        r"float32, mixed_float16, mixed_bfloat16, float16_matmul\)"):
+        config.load("smoke", ["target.mixed_precision=float16"])
 
 
 def test_schedule_and_target_keys_apply_only_with_their_choice(tmp_path):
@@ -94,16 +99,17 @@ def test_schedule_and_target_keys_apply_only_with_their_choice(tmp_path):
         config.load(str(recipe))
     with pytest.raises(MbV3Error, match="target.cpu_replicas applies only with target.name cpu, and target.name is npu"):
         config.load("smoke", ["target.name=npu", "target.cpu_replicas=2"])
-    with pytest.raises(MbV3Error, match="target.loss_scale applies only with target.mixed_precision float16"):
+    with pytest.raises(MbV3Error, match="target.loss_scale applies only with target.precision mixed_float16"):
         config.load("smoke", ["target.loss_scale=128"])
-    assert config.load("smoke", ["target.mixed_precision=float16", "target.loss_scale=128"]).target.loss_scale == 128.0
-    assert config.load("smoke", ["target.mixed_precision=float16"]).target.loss_scale == "dynamic"
+    assert config.load("smoke", ["target.precision=mixed_float16", "target.loss_scale=128"]).target.loss_scale == 128.0
+    assert config.load("smoke", ["target.precision=mixed_float16"]).target.loss_scale == "dynamic"
     with pytest.raises(MbV3Error, match="target.loss_scale must be dynamic or a number, got 'static'"):
-        config.load("smoke", ["target.mixed_precision=float16", "target.loss_scale=static"])
+        config.load("smoke", ["target.precision=mixed_float16", "target.loss_scale=static"])
 
 
 # config.yaml as older versions of mbv3 saved it: with train.optimizer and data.eval_split, which are not
-# settings now, and with every schedule's keys whichever schedule ran
+# settings now, target.mixed_precision, renamed target.precision, and every schedule's keys whichever
+# schedule ran
 OLDER_SAVED = """# resolved from /src/model/mbv3/configs/smoke.yaml
 model: {variant: small, multiplier: 0.35, num_classes: null, bn_decay: 0.9, bn_epsilon: 0.001, dropout_keep: 0.8}
 data: {image_size: 48, train_split: train, eval_split: validation, train_examples: null, shuffle_buffer: 100,
@@ -122,8 +128,9 @@ def test_a_run_saved_by_an_older_version_still_loads_with_one_warning(tmp_path, 
     (tmp_path / "config.yaml").write_text(OLDER_SAVED)
     lines = []
     cfg = config.load_saved(str(tmp_path), log=lines.append)
-    assert lines == ["warning: %s: ignoring data.eval_split, train.optimizer, not settings of this mbv3 version"
-                     % (tmp_path / "config.yaml")]
+    assert lines == ["warning: %s: ignoring data.eval_split, train.optimizer, not settings of this mbv3 version; "
+                     "read target.mixed_precision none as target.precision float32 (renamed)" % (tmp_path / "config.yaml")]
+    assert cfg.target.precision == "float32"
     assert cfg.data.image_size == 48 and cfg.model.multiplier == 0.35 and cfg.train.lr_decay_factor is None
     assert cfg.train.min_learning_rate == 0.0 and cfg.target.loss_scale is None
     assert runinfo.image_size(str(tmp_path / "model.ckpt-20")) == 48   # what export and eval read
@@ -131,3 +138,18 @@ def test_a_run_saved_by_an_older_version_still_loads_with_one_warning(tmp_path, 
     # a recipe is held to the current keys
     with pytest.raises(MbV3Error, match=r"unknown config key data.eval_split \(`mbv3 eval --split` chooses"):
         config.load(str(tmp_path / "config.yaml"))
+
+
+@pytest.mark.parametrize("name, old, new", [
+    ("cpu", "none", "float32"), ("gpu", "float16", "mixed_float16"), ("cpu", "bfloat16", "mixed_bfloat16"),
+    ("npu", "none", "float16_matmul"),   # what `none` ran on the NPU: precision_mode allow_fp32_to_fp16
+    ("npu", "float16", "mixed_float16")])
+def test_a_saved_mixed_precision_is_read_as_the_precision_that_ran(tmp_path, name, old, new):
+    saved = OLDER_SAVED.replace("name: cpu, xla: false, mixed_precision: none, steps_per_loop: 1, cpu_replicas: 1",
+                                "name: %s, xla: false, mixed_precision: %s, steps_per_loop: 1" % (name, old))
+    (tmp_path / "config.yaml").write_text(saved)
+    lines = []
+    cfg = config.load_saved(str(tmp_path), log=lines.append)
+    assert (cfg.target.name, cfg.target.precision) == (name, new)
+    assert cfg.target.loss_scale == ("dynamic" if new == "mixed_float16" else None)
+    assert len(lines) == 1 and "read target.mixed_precision %s as target.precision %s (renamed)" % (old, new) in lines[0]

@@ -67,8 +67,8 @@ def test_two_multi_worker_processes_train_in_step(tmp_path):
 
 
 @pytest.mark.parametrize("overrides", [
-    ["target.mixed_precision=float16", "target.xla=true", "target.steps_per_loop=3"],
-    ["target.mixed_precision=bfloat16"],
+    ["target.precision=mixed_float16", "target.xla=true", "target.steps_per_loop=3"],
+    ["target.precision=mixed_bfloat16"],
 ])
 def test_precision_and_xla_options_train(tmp_path, overrides):
     result = _result(_run(tmp_path / "run", "train.steps=6", *overrides))
@@ -76,7 +76,7 @@ def test_precision_and_xla_options_train(tmp_path, overrides):
     assert len(losses) == 6 and all(np.isfinite(losses))
     reader = checkpoint.Reader(str(tmp_path / "run"))
     assert reader.step == 6
-    if "target.mixed_precision=float16" in overrides:
+    if "target.precision=mixed_float16" in overrides:
         assert "train/loss_scale" in reader.shapes
     # weights stay float32 whatever the compute precision
     assert reader._reader.get_variable_to_dtype_map()["MobilenetV3/Conv/weights"].name == "float32"

@@ -7,6 +7,8 @@ few collective operations the training loop needs. The loop itself never branche
 from ..errors import MbV3Error
 
 NAMES = ("cpu", "gpu", "npu")
+# target.precision, named for what runs (docs/training.md); each target says which it offers
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16", "float16_matmul")
 
 
 def get(name, cfg):

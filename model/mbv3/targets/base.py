@@ -5,8 +5,10 @@ import os
 import tensorflow as tf
 
 from ..errors import MbV3Error
+from . import PRECISIONS
 
-PRECISIONS = ("none", "float16", "bfloat16")
+# the dtype the layers compute in on CPU and GPU, per target.precision (Keras' mixed-precision policies)
+COMPUTE_DTYPES = {"float32": "float32", "mixed_float16": "float16", "mixed_bfloat16": "bfloat16"}
 
 
 def multi_worker_cluster():
@@ -23,12 +25,18 @@ def multi_worker_cluster():
 
 class Target(object):
     name = "base"
+    # target.precision values this target offers, and why it refuses the others
+    precisions = ("float32", "mixed_float16", "mixed_bfloat16")
+    not_offered = {"float16_matmul": "it is the Ascend NPU's precision_mode allow_fp32_to_fp16; use target npu"}
 
     def __init__(self, cfg):
         self.cfg = cfg
-        self.precision = str(cfg.get("mixed_precision") or "none").lower()
+        self.precision = str(cfg.get("precision") or "float32").lower()
         if self.precision not in PRECISIONS:
-            raise MbV3Error("target.mixed_precision must be one of %s, got %r" % (", ".join(PRECISIONS), self.precision))
+            raise MbV3Error("target.precision must be one of %s, got %r" % (", ".join(PRECISIONS), self.precision))
+        if self.precision not in self.precisions:
+            raise MbV3Error("target %s: target.precision %s is not offered: %s (choose %s)" % (
+                self.name, self.precision, self.not_offered[self.precision], ", ".join(self.precisions)))
         self.jit_compile = bool(cfg.get("xla"))
         self.steps_per_loop = max(1, int(cfg.get("steps_per_loop") or 1))
         self.strategy = None
@@ -47,11 +55,11 @@ class Target(object):
     # --- facts the loop needs -------------------------------------------------------------
     @property
     def compute_dtype(self):
-        return "float32" if self.precision == "none" else self.precision
+        return COMPUTE_DTYPES[self.precision]
 
     @property
     def uses_loss_scale(self):
-        return self.precision == "float16"
+        return self.precision == "mixed_float16"
 
     @property
     def num_replicas(self):

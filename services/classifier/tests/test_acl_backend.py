@@ -480,6 +480,25 @@ def test_sim_memcpy_checks_bounds_and_direction(sim):
     assert sim.rt.free(dev) == 0 and sim.rt.free_host(host) == 0
 
 
+def test_sim_follows_pyacl_where_its_sources_say(sim):
+    """ACL_MEMCPY_DEFAULT (4) copies in the direction the pointers give (aclrtMemcpyKind, CANN 8.1+);
+    bytes_to_ptr takes bytes only (pyACL's bytes_convert.cpp: PyBytes_Check, else ValueError)."""
+    assert sim.init() == 0 and sim.rt.set_device(0) == 0
+    dev, _ = sim.rt.malloc(64, sim.ACL_MEM_MALLOC_HUGE_FIRST)
+    host, _ = sim.rt.malloc_host(64)
+    data = bytes(range(64))
+    assert sim.ACL_MEMCPY_DEFAULT == 4
+    assert sim.rt.memcpy(dev, 64, sim.util.bytes_to_ptr(data), 64, 4) == 0          # host to device
+    assert sim.rt.memcpy(host, 64, dev, 64, 4) == 0                                 # device to host
+    assert sim.util.ptr_to_bytes(host, 64) == data
+    assert sim.rt.memcpy(dev, 64, host, 65, 4) == 107000                            # bounds still hold
+    assert sim.rt.memcpy(dev, 64, host, 64, 8) == 107000 and "unknown memcpy kind 8" in last_reason(sim)
+    for not_bytes in (bytearray(data), memoryview(data), "text"):
+        with pytest.raises(ValueError, match="needs an byte as argument"):
+            sim.util.bytes_to_ptr(not_bytes)
+    assert sim.rt.free(dev) == 0 and sim.rt.free_host(host) == 0
+
+
 def test_sim_double_free_and_use_after_free(sim):
     assert sim.init() == 0 and sim.rt.set_device(0) == 0
     dev, _ = sim.rt.malloc(256, 0)
@@ -500,7 +519,7 @@ def test_sim_execute_checks_datasets_and_their_memory(sim, bundles):
     ctx, model_id, desc = open_model(sim, bundles["dynamic"])
     in_ds, out_ds, ptrs, bufs = make_io(sim, desc, 2)
     assert sim.mdl.execute(model_id, in_ds, out_ds) == 100000 and "set_dynamic_batch_size" in last_reason(sim)
-    assert sim.mdl.set_dynamic_batch_size(model_id, in_ds, 1, 3) == 100000 and "profiles" in last_reason(sim)
+    assert sim.mdl.set_dynamic_batch_size(model_id, in_ds, 1, 3) == 145013 and "profiles" in last_reason(sim)
     assert sim.mdl.set_dynamic_batch_size(model_id, in_ds, 1, 4) == 0
     assert sim.mdl.execute(model_id, in_ds, out_ds) == 107000 and "needs" in last_reason(sim)  # buffers for 2, not 4
     assert sim.mdl.set_dynamic_batch_size(model_id, in_ds, 1, 2) == 0

@@ -13,7 +13,7 @@ It ENFORCES the rules and answers a broken one with the error code the real runt
 class of mistake (numbers from CANN's acl_base.h / rt_error_codes.h); `get_recent_err_msg()` and
 `sim_errors` say why:
 
-    100000 ACL_ERROR_INVALID_PARAM        unknown/destroyed handle, bad profile, wrong buffer count
+    100000 ACL_ERROR_INVALID_PARAM        unknown/destroyed handle, wrong batch input index, wrong buffer count
     100001 ACL_ERROR_UNINITIALIZE         any runtime call before acl.init() (or after finalize)
     100002 ACL_ERROR_REPEAT_INITIALIZE    acl.init() twice -- also after finalize: pyACL documents one
                                           init per process (sim_reset(allow_reinit=True) relaxes it)
@@ -24,6 +24,11 @@ class of mistake (numbers from CANN's acl_base.h / rt_error_codes.h); `get_recen
     100017 ACL_ERROR_MODEL_INPUT_NOT_MATCH   input dataset does not match the model's inputs
     100018 ACL_ERROR_MODEL_OUTPUT_NOT_MATCH  output dataset does not match the model's outputs
     100019 ACL_ERROR_MODEL_NOT_DYNAMIC    set_dynamic_batch_size on a model without batch profiles
+    145013 ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID
+                                          set_dynamic_batch_size with a batch that is not a profile
+                                          (GraphEngine's GeExecutor::SetDynamicBatchSize, mindspore-ai/
+                                          graphengine ge/executor/ge_executor.cc; the number is in
+                                          inc/external/ge/ge_error_codes.h)
     100037 ACL_ERROR_REPEAT_FINALIZE      finalize twice
     148051 ACL_ERROR_RELATIVE_RESOURCE_NOT_CLEARED
                                           unload with live datasets/buffers used with the model;
@@ -35,22 +40,30 @@ class of mistake (numbers from CANN's acl_base.h / rt_error_codes.h); `get_recen
     107002 ACL_ERROR_RT_CONTEXT_NULL      no current context on the calling thread (contexts are bound
                                           to the thread that made them; rt.set_context binds another)
     107004 ACL_ERROR_RT_MODEL_CONTEXT     model executed/unloaded from a context it was not loaded in
-    107016 ACL_ERROR_RT_INVALID_MEMORY_TYPE  memcpy kind does not match the pointers (host/device)
+    107016 ACL_ERROR_RT_INVALID_MEMORY_TYPE  memcpy kind 0-3 does not match the pointers (host/device);
+                                          kind 4, ACL_MEMCPY_DEFAULT, takes the direction from the
+                                          pointers (aclrtMemcpyKind in the CANN 8.1+ API reference);
+                                          kinds 5-7 (CANN 8.2+) are not simulated: 107000
     207002 ACL_ERROR_RT_MEMORY_FREE       double free, freeing an unknown or interior pointer, or
                                           freeing host memory with rt.free (or device with free_host)
     507011 ACL_ERROR_RT_MODEL_EXECUTE     what sim_fail_next_execute() injects by default
     507899 ACL_ERROR_RT_DRV_INTERNAL_ERROR   what every device call returns after sim_lose_device()
 
 Deliberately stricter than the hardware (so bugs show up here rather than on the card): memcpy
-bounds are checked against the size asked of rt.malloc, not the rounded-up capacity; teardown order
-(buffers/datasets before unload, everything before destroy_context/reset_device/finalize) is
-enforced. Where real pyACL would crash the process (reading device memory from Python, an unknown
-pointer in ptr_to_bytes), the simulator raises SimFault instead.
+bounds are checked against the size asked of rt.malloc, not the rounded-up capacity; a memcpy kind
+0-3 must match the pointers, which the backend's explicit kinds rely on (CANN 8.0's aclrtMemcpy page
+calls kind a reserved parameter, the direction taken from the pointers; whether later runtimes refuse
+a mismatch is not documented); teardown order (buffers/datasets before unload, everything before
+destroy_context/reset_device/finalize) is enforced. Where real pyACL would crash the process
+(reading device memory from Python, an unknown pointer in ptr_to_bytes), the simulator raises
+SimFault instead.
 
 Memory is simulated: "pointers" are integers into bytearrays the simulator owns, device and host
 allocations in separate address ranges, never reused (so a stale pointer is always recognised).
 rt.malloc rounds the size up to a multiple of 32 and adds 32. util.bytes_to_ptr/numpy_to_ptr
-register the Python object's memory (the last EXTERNAL_LIMIT registrations stay valid).
+register the Python object's memory (the last EXTERNAL_LIMIT registrations stay valid);
+bytes_to_ptr takes bytes only and raises ValueError("needs an byte as argument") for anything else,
+a bytearray included, as pyACL's PyBytes_Check does (hicann/runtime python/pyACL/util/bytes_convert.cpp).
 
 Models: mdl.load_from_file reads a simulated `.om` -- a small JSON file written by sim_write_om()
 that points at the bundle's model.onnx -- and mdl.execute runs that ONNX model with ONNX Runtime on
@@ -84,6 +97,7 @@ ACL_MEMCPY_HOST_TO_HOST = 0
 ACL_MEMCPY_HOST_TO_DEVICE = 1
 ACL_MEMCPY_DEVICE_TO_HOST = 2
 ACL_MEMCPY_DEVICE_TO_DEVICE = 3
+ACL_MEMCPY_DEFAULT = 4
 ACL_DEVICE = 0
 ACL_HOST = 1
 ACL_FLOAT = 0
@@ -106,6 +120,7 @@ ACL_ERROR_READ_MODEL_FAILURE = 100014
 ACL_ERROR_MODEL_INPUT_NOT_MATCH = 100017
 ACL_ERROR_MODEL_OUTPUT_NOT_MATCH = 100018
 ACL_ERROR_MODEL_NOT_DYNAMIC = 100019
+ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID = 145013
 ACL_ERROR_REPEAT_FINALIZE = 100037
 ACL_ERROR_RELATIVE_RESOURCE_NOT_CLEARED = 148051
 ACL_ERROR_RT_PARAM_INVALID = 107000
@@ -664,7 +679,7 @@ def _side(alloc):
 def _rt_memcpy(dst, dst_max, src, count, kind):
     _need_init()
     _need_ctx()
-    if kind not in _KINDS:
+    if kind not in _KINDS and kind != ACL_MEMCPY_DEFAULT:
         raise _Reject(ACL_ERROR_RT_PARAM_INVALID, "unknown memcpy kind %r" % (kind,))
     if count < 0 or dst_max < 0:
         raise _Reject(ACL_ERROR_RT_PARAM_INVALID, "negative size")
@@ -672,7 +687,7 @@ def _rt_memcpy(dst, dst_max, src, count, kind):
         raise _Reject(ACL_ERROR_RT_PARAM_INVALID, "count %d is larger than dst_max %d" % (count, dst_max))
     d = _region(dst, dst_max, "destination")
     s = _region(src, count, "source")
-    want_src, want_dst = _KINDS[kind]
+    want_src, want_dst = (_side(s), _side(d)) if kind == ACL_MEMCPY_DEFAULT else _KINDS[kind]
     if _side(s) != want_src or _side(d) != want_dst:
         raise _Reject(ACL_ERROR_RT_INVALID_MEMORY_TYPE, "%s copy from %s memory to %s memory" % (
             _KIND_NAMES[kind], _side(s), _side(d)))
@@ -698,9 +713,9 @@ def _register_external(data, owner, writable):
 
 @_api("acl.util.bytes_to_ptr", _BARE)
 def _util_bytes_to_ptr(data):
-    if not isinstance(data, (bytes, bytearray)):
-        raise TypeError("bytes_to_ptr expects bytes, got %s" % type(data).__name__)
-    return _register_external(data, data, isinstance(data, bytearray))
+    if not isinstance(data, bytes):
+        raise ValueError("needs an byte as argument")
+    return _register_external(data, data, False)
 
 
 @_api("acl.util.numpy_to_ptr", _BARE)
@@ -1009,7 +1024,8 @@ def _mdl_set_dynamic_batch_size(model_id, dataset, index, batch):
     if index != mbatch_index:
         raise _Reject(ACL_ERROR_INVALID_PARAM, "index %r is not the %s input (%d)" % (index, MBATCH_INPUT, mbatch_index))
     if batch not in model.profiles:
-        raise _Reject(ACL_ERROR_INVALID_PARAM, "batch %r is not one of the model's profiles %s" % (batch, model.profiles))
+        raise _Reject(ACL_ERROR_GE_DYNAMIC_BATCH_SIZE_INVALID, "batch %r is not one of the model's profiles %s"
+                      % (batch, model.profiles))
     if len(ds.buffers) <= index:
         raise _Reject(ACL_ERROR_INVALID_PARAM, "the input dataset has no buffer at index %d for %s"
                       % (index, MBATCH_INPUT))

@@ -75,10 +75,10 @@ train: venv ## train RECIPE on DATA into RUN (resumes; override with SET="train.
 eval: venv ## top-1/top-5 of RUN's latest checkpoint on DATA's validation split
 	$(MBV3) eval --checkpoint $(RUN) --data $(DATA)
 
-demo: venv ## the whole path on scikit-learn's digits: images -> TFRecords -> train -> eval -> bundles/digits -> its eval
-	$(PY) -c "from mbv3 import digits; digits.write_digits_folder('$(DEMO_DIR)/images', size=64)"
+demo: venv ## the whole path on scikit-learn's digits (about a minute): images -> TFRecords -> train -> eval -> bundles/digits -> its eval
+	$(PY) -c "from mbv3 import digits; digits.write_digits_folder('$(DEMO_DIR)/images', size=32)"
 	$(MBV3) data build --images $(DEMO_DIR)/images --output $(DEMO_DIR)/data --val-split 0.2
-	$(MBV3) train --config digits-cpu --data $(DEMO_DIR)/data --model-dir $(DEMO_DIR)/run
+	$(MBV3) train --config digits-demo --data $(DEMO_DIR)/data --model-dir $(DEMO_DIR)/run
 	$(MBV3) eval --checkpoint $(DEMO_DIR)/run --data $(DEMO_DIR)/data
 	$(MBV3) export --checkpoint $(DEMO_DIR)/run --output bundles/digits
 	$(MBV3) eval --bundle bundles/digits --data $(DEMO_DIR)/data

@@ -211,6 +211,15 @@ def test_make_serve_container_compose_up_healthy_non_root_and_classifies(cpu_ser
     assert bad.status_code == 400 and requests.get("http://127.0.0.1:%d/readyz" % port, timeout=5).ok
     served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
     assert served["name"] == "container_test" and "onnxruntime" in str(served["serving"]["backend"]).lower()
+    assert_pages_installed(port)
+
+
+def assert_pages_installed(port):
+    """The page and the offline docs' files are in the image (package data, fastapi-offline)."""
+    for path, marker in [("/", b"ui/page.js"), ("/ui/page.js", b"v1/model"), ("/docs", b"docs/files/swagger-ui-bundle.js"),
+                         ("/docs/files/swagger-ui-bundle.js", b"SwaggerUIBundle")]:
+        r = requests.get("http://127.0.0.1:%d%s" % (port, path), timeout=10)
+        assert r.status_code == 200 and marker in r.content, (path, r.status_code)
 
 
 def host_config(container):
@@ -286,6 +295,7 @@ def test_infer_ascend_serves_through_the_acl_backend_on_an_om_made_in_the_train_
         assert run([DOCKER, "exec", container, "touch", "/app/x"], check=False).returncode != 0
         served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
         assert "acl" in str(served["serving"]["backend"]).lower(), served["serving"]
+        assert_pages_installed(port)
         for seed in range(3):
             data = image_bytes(seed)
             # AIPP: the device gets uint8 and normalises itself; the answer matches float ONNX closely.

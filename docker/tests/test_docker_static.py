@@ -106,7 +106,8 @@ def _resolve(requirements, python, arch):
 def test_image_requirements_resolve_on_the_base_images_python(requirements, python, arch):
     resolved = _resolve(requirements, python, arch)
     if requirements == "service-ascend.txt":
-        assert {"fastapi", "uvicorn", "numpy", "pillow", "python-multipart", "prometheus-client"} <= set(resolved)
+        assert {"fastapi", "uvicorn", "numpy", "pillow", "python-multipart", "prometheus-client",
+                "fastapi-offline"} <= set(resolved)
         assert int(resolved["numpy"].split(".")[0]) == 1   # CANN's extensions are built against numpy 1.x
 
 

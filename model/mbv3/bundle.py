@@ -165,6 +165,7 @@ class ModelInfo:
     onnx: Optional[Dict[str, Any]] = None
     verification: Optional[Dict[str, Any]] = None
     om: Optional[OmInfo] = None
+    notice: Optional[str] = None   # what a person must read before trusting the answers (the digits demo's)
 
     @property
     def num_classes(self):

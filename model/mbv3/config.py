@@ -56,6 +56,8 @@ class DataSection:
     train_split: str
     train_examples: Optional[int]   # None: counted by `mbv3 data build`
     shuffle_buffer: int
+    crop_area_min: Optional[float]  # None: tf_preprocess.AREA_RANGE's
+    flip: bool
     deterministic: bool
     seed: Optional[int]
 
@@ -227,6 +229,8 @@ def _checked(section, field, value, where):
     choices = CHOICES.get((section, field.name))
     if choices and value not in choices:
         raise ConfigError("%s: %s must be one of %s, got %r" % (where, name, ", ".join(choices), value))
+    if name == "data.crop_area_min" and value is not None and not 0.0 < value <= 1.0:
+        raise ConfigError("%s: data.crop_area_min must be in (0, 1], got %r" % (where, value))
     if name == "target.loss_scale" and isinstance(value, str) and value != "dynamic":
         try:
             value = float(value)

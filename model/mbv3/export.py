@@ -136,8 +136,8 @@ def _install(tmp, output):
 
 
 def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None, input_size=None,
-           labels_file=None, name=None, version=None, override_run=False, log=print):
-    """Write a model bundle for a checkpoint; returns its metadata.
+           labels_file=None, name=None, version=None, override_run=False, notice=None, log=print):
+    """Write a model bundle for a checkpoint; returns its metadata. notice: model.json's `notice`.
 
     The input size, preprocessing, weights and labels are the checkpoint's training run's (its
     config.yaml and labels.txt, see mbv3.runinfo); a flag that contradicts the run is an error unless
@@ -193,6 +193,7 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
             frozen_graph={"file": bundle.FROZEN, "ops": sorted(set(n.op for n in graph_def.node))},
             onnx={"file": bundle.ONNX, "opset": ONNX_OPSET},
             verification={"onnx_vs_frozen_graph": parity},
+            notice=notice,
         )
         for fname in sorted(os.listdir(tmp)):
             info.files[fname] = bundle.file_info(os.path.join(tmp, fname))

@@ -208,7 +208,8 @@ class Trainer(object):
         d = self.cfg.data
         return data.dataset(self.data_dir, d.train_split, context.get_per_replica_batch_size(self.global_batch),
                             d.image_size, training=True, shuffle_buffer=d.shuffle_buffer,
-                            deterministic=d.deterministic, seed=d.seed, input_context=context)
+                            deterministic=d.deterministic, seed=d.seed, input_context=context,
+                            crop_area_min=d.crop_area_min, flip=d.flip)
 
     # --- checkpoints -------------------------------------------------------------------------
     def save(self):

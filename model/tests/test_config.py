@@ -60,6 +60,8 @@ def test_values_are_typed_and_choices_checked():
             ("train.steps=2.5", "train.steps must be an integer or null, got 2.5"),
             ("train.lr_schedule=cosin", "train.lr_schedule must be one of cosine, exponential, constant, got 'cosin'"),
             ("target.name=tpu", "target.name must be one of cpu, gpu, npu, got 'tpu'"),
+            ("data.crop_area_min=0", "data.crop_area_min must be in (0, 1], got 0.0"),
+            ("data.crop_area_min=1.5", "data.crop_area_min must be in (0, 1], got 1.5"),
             ("target.precision=float16", "target.precision must be one of float32, mixed_float16, mixed_bfloat16, "
                                          "float16_matmul, got 'float16'")]:
         with pytest.raises(MbV3Error) as caught:

@@ -1,7 +1,7 @@
 """The model `make serve` falls back to: a named bundle or checkpoint, else the official ImageNet
 checkpoint (a file:// tarball of random weights stands in for Google's, through the mirror setting),
 else the digits demo (its training replaced here by a fake trainer that writes a tiny checkpoint in a
-second instead of training for two minutes)."""
+second instead of training for half a minute)."""
 import io
 import json
 import os
@@ -53,7 +53,7 @@ def offline(tmp_path_factory):
 def seeded_cache(offline, tmp_path):
     """A fresh cache that already holds the module's demo bundle, so a fallback need not export again."""
     cache = tmp_path / "cache"
-    shutil.copytree(offline["path"], str(cache / "bundles" / "demo-digits"))
+    shutil.copytree(offline["path"], str(cache / "bundles" / os.path.basename(offline["path"])))
     return str(cache)
 
 
@@ -80,8 +80,10 @@ def checkpoint_tarball(tmp_path, **arch):
 
 def test_offline_falls_back_to_the_demo_loudly(offline):
     meta = bundle.load(offline["path"]).metadata
-    assert meta["name"] == demo.NAME and meta["input"]["shape"] == [-1, 64, 64, 3]
-    assert meta["source"]["run"] == os.path.join(offline["cache"], "demo", "run")   # 64 is the run's, not passed
+    size = config.load(demo.RECIPE).data.image_size
+    assert meta["name"] == demo.NAME and meta["input"]["shape"] == [-1, size, size, 3]
+    assert meta["source"]["run"] == os.path.join(offline["cache"], "demo", demo.key(), "run")   # the size is the run's
+    assert meta["notice"] == demo.NOTICE and meta["notice"].startswith("THIS IS THE DEMO DIGITS MODEL")   # for the page
     assert bundle.load(offline["path"]).labels[1:] == [str(d) for d in range(10)]
     assert len(offline["calls"]) == 1
     logs = offline["logs"]
@@ -97,6 +99,27 @@ def test_demo_bundle_is_reused(offline):
     path = quickstart.resolve(cache_dir=offline["cache"], official_url=UNREACHABLE, log=logs.append)
     assert path == offline["path"]
     assert any("THIS IS THE DEMO DIGITS MODEL" in line for line in logs)  # announced every time
+
+
+def test_a_changed_recipe_trains_again(offline, monkeypatch):
+    """The cached bundle is keyed by the resolved recipe: another recipe (or an edited one) is
+    trained anew beside it, not mistaken for it."""
+    calls = []
+    monkeypatch.setattr(demo, "RECIPE", "smoke")
+    monkeypatch.setattr(demo, "train_digits", fake_trainer(calls))
+    path = quickstart.resolve(cache_dir=offline["cache"], official_url=UNREACHABLE, log=lambda m: None)
+    assert path != offline["path"] and len(calls) == 1 and os.path.basename(path).startswith("demo-digits-")
+    assert quickstart.resolve(cache_dir=offline["cache"], official_url=UNREACHABLE, log=lambda m: None) == path
+    assert len(calls) == 1 and bundle.load(offline["path"]).name == demo.NAME   # both kept
+
+
+def test_make_demo_trains_what_the_fallback_trains():
+    """`make demo` and the fallback are one demo: the same recipe and image files."""
+    makefile = open(os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                                 "Makefile")).read()
+    target = makefile.split("\ndemo:")[1].split("\n\n")[0]
+    assert "--config %s " % demo.RECIPE in target and "size=%d)" % demo.IMAGE_SIZE in target
+    assert "--val-split %s" % demo.VAL_SPLIT in target
 
 
 def test_a_second_process_waits_for_the_first(offline):
@@ -174,7 +197,7 @@ def test_other_archives_are_rejected(case, reason, offline, tmp_path):
         url = "file://%s" % (tmp_path / "x.tgz")
     cache, logs = seeded_cache(offline, tmp_path), []
     path = quickstart.resolve(cache_dir=cache, official_url=url, log=logs.append)
-    assert path == os.path.join(cache, "bundles", "demo-digits")
+    assert path == os.path.join(cache, "bundles", "demo-digits-" + demo.key())
     assert any(line.startswith("no ImageNet checkpoint: ") and reason in line for line in logs), logs
     assert any("Why: " in line for line in logs)
     assert not os.path.exists(os.path.join(cache, "downloads", NAME + ".tgz"))  # the next run downloads again
@@ -215,7 +238,7 @@ def test_cli_takes_the_official_url_and_prints_only_the_path(offline, tmp_path):
     cache = seeded_cache(offline, tmp_path)
     result = run_cli("default-bundle", "--cache", cache, "--official-url", "file://%s" % (tmp_path / "x.tgz"))
     assert result.returncode == 0, result.stderr
-    assert result.stdout == os.path.join(cache, "bundles", "demo-digits") + "\n"
+    assert result.stdout == os.path.join(cache, "bundles", "demo-digits-" + demo.key()) + "\n"
     assert "is not a readable .tgz archive" in result.stderr and "THIS IS THE DEMO DIGITS MODEL" in result.stderr
 
 

@@ -54,9 +54,9 @@ def test_eval_transform_in_a_dataset_map():
         assert np.abs(got - numpy_preprocess.eval_transform(numpy_preprocess.decode(payload), 32)).max() < 1e-4
 
 
-def _train(payload, size=32, bbox=None, seed=None):
+def _train(payload, size=32, bbox=None, seed=None, **kwargs):
     seed = None if seed is None else tf.constant(seed, tf.int64)
-    return tf_preprocess.train_transform(tf.constant(payload), size, bbox=bbox, seed=seed).numpy()
+    return tf_preprocess.train_transform(tf.constant(payload), size, bbox=bbox, seed=seed, **kwargs).numpy()
 
 
 def test_train_transform_shape_range_and_seeds():
@@ -81,6 +81,22 @@ def test_train_transform_flips_about_half_the_time():
         out = _train(payload, size=16, seed=[3, i])[..., 0]
         flipped += int(out[:, :8].mean() > out[:, 8:].mean())
     assert 8 <= flipped <= 32
+
+
+def test_a_recipe_can_narrow_the_crop_and_drop_the_flip():
+    """data.crop_area_min=1 and data.flip=false: every seed gives the whole image, unflipped (the
+    bilinear resize of it); the narrower crop keeps a digit whole where slim's 5% would cut it."""
+    ramp = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (64, 1))
+    payload = encoded(Image.fromarray(ramp), "PNG")
+    whole = tf.image.resize(tf.image.convert_image_dtype(tf_preprocess.decode(tf.constant(payload)), tf.float32),
+                            [16, 16]).numpy() * 2 - 1
+    for i in range(10):
+        np.testing.assert_allclose(_train(payload, size=16, seed=[5, i], crop_area_min=1.0, flip=False), whole,
+                                   atol=1e-6)
+    half = [_train(payload, size=16, seed=[5, i], crop_area_min=0.5) for i in range(30)]
+    narrow = min(float((x.max() - x.min()) / 2) for x in half)        # contrast a crop keeps of the ramp
+    wide = min(float((x.max() - x.min()) / 2) for x in (_train(payload, size=16, seed=[5, i]) for i in range(30)))
+    assert narrow >= 0.5 > wide
 
 
 def test_train_crop_follows_the_bounding_box():

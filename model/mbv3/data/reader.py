@@ -75,7 +75,8 @@ def _passes(repeat, training):
 
 
 def dataset(data_dir, split, batch_size, image_size, training, repeat=None, shuffle_buffer=10000,
-            deterministic=False, seed=None, drop_remainder=None, input_context=None, stats=None):
+            deterministic=False, seed=None, drop_remainder=None, input_context=None, stats=None, crop_area_min=None,
+            flip=True):
     """tf.data.Dataset of (images float32 [B, S, S, 3] in [-1, 1], labels int32 [B]) from a split.
 
     Pipeline: shard files (shuffled when training; split between input pipelines by input_context,
@@ -83,7 +84,8 @@ def dataset(data_dir, split, batch_size, image_size, training, repeat=None, shuf
     -> shuffle -> repeat (default: forever when training, once for eval) -> parse, decode,
     preprocess (tf_preprocess.train_transform with the record's boxes, or eval_transform) ->
     skip failures -> batch (drop_remainder default: True when training) -> prefetch.
-    Repeat comes before the map so every pass gets fresh crops and flips.
+    Repeat comes before the map so every pass gets fresh crops and flips; crop_area_min and flip are
+    train_transform's.
 
     Randomness: crops and flips use stateless ops seeded by [seed, position in the stream], so
     deterministic=True (which also fixes the order, and makes seed default to 0) gives the same
@@ -141,7 +143,8 @@ def dataset(data_dir, split, batch_size, image_size, training, repeat=None, shuf
     def train_map(position, serialized):
         encoded, label, bbox = schema.parse(serialized)
         seeds = tf.stack([tf.constant(element_seed, tf.int64), position])
-        return tf_preprocess.train_transform(encoded, image_size, bbox=bbox, seed=seeds), label
+        return tf_preprocess.train_transform(encoded, image_size, bbox=bbox, seed=seeds, crop_area_min=crop_area_min,
+                                             flip=flip), label
 
     @count
     def eval_map(serialized):

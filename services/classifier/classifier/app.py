@@ -1,6 +1,7 @@
 """The FastAPI app, assembled: settings -> the Service (bundle, engine, pipeline) -> one app with the
 middleware, every error in errors.py's shapes, a lifespan that loads the model after the port opens,
-and one router per protocol (routes_classify.py, routes_kserve.py). Nothing here handles a request."""
+one router per protocol (routes_classify.py, routes_kserve.py) and the pages (routes_page.py).
+Nothing here handles a request."""
 from __future__ import annotations
 
 import asyncio
@@ -10,7 +11,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException
 
-from . import __version__, kserve, routes_classify, routes_kserve
+from . import __version__, kserve, routes_classify, routes_kserve, routes_page
 from . import errors as errors_mod
 from .budget import ConcurrencyLimit
 from .errors import ApiError, error_response
@@ -30,7 +31,7 @@ def create_app(settings, backend_factory=None):
             task.cancel()
         await service.stop()
 
-    app = FastAPI(title="classifier", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="classifier", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="MobileNetV3 image classifier (%s v%s)" % (service.bundle.name, service.bundle.version))
     app.state.service = service
     app.add_middleware(ConcurrencyLimit, limit=settings.MAX_CONCURRENT_REQUESTS)
@@ -38,6 +39,8 @@ def create_app(settings, backend_factory=None):
     add_error_handlers(app)
     app.include_router(routes_classify.router(service))
     app.include_router(routes_kserve.router(service))
+    # `/`, `/docs` and `/redoc`, every file from this package or fastapi-offline's (no CDN)
+    app.include_router(routes_page.router(app.title, app.openapi_url, app.swagger_ui_oauth2_redirect_url))
     return app
 
 

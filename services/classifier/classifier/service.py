@@ -93,6 +93,8 @@ class Service:
         self.ready = True
         self.metrics.ready.set(1)
         log.info("ready: %s v%s (%d classes)", self.bundle.name, self.bundle.version, self.bundle.num_classes)
+        if self.bundle.metadata.get("notice"):
+            log.warning("model.json's notice: %s", " ".join(self.bundle.metadata["notice"].split()))
 
     async def stop(self):
         """Drain, close every device's backend on its own thread, then end pyACL once for the process."""

@@ -20,10 +20,10 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SIZE = 96
 
 
-def make_bundle(path, variant="small", multiplier=0.5, num_classes=11, size=SIZE, seed=0):
+def make_bundle(path, variant="small", multiplier=0.5, num_classes=11, size=SIZE, seed=0, notice=None):
     """A real bundle from random weights (TensorFlow is available to tests, never to the service)."""
     from random_models import random_bundle
-    return random_bundle(path, variant, multiplier, num_classes, size, seed, name="digits_test")
+    return random_bundle(path, variant, multiplier, num_classes, size, seed, name="digits_test", notice=notice)
 
 
 @pytest.fixture(scope="session")

@@ -60,13 +60,18 @@ def decode(data, max_pixels=None):
 def probe(data):
     """(width, height, mode) from the image's header, nothing decoded: what a server needs to know
     what decoding will cost before it decides to."""
+    return header(data)[:3]
+
+
+def header(data):
+    """(width, height, mode, format) from the image's header (Pillow's names), nothing decoded."""
     from PIL import Image, UnidentifiedImageError
     if not data:
         raise ImageError("empty image")
     try:
         with Image.open(io.BytesIO(data)) as img:
             width, height = img.size
-            mode = img.mode
+            mode, fmt = img.mode, img.format
     except UnidentifiedImageError:
         raise ImageError("not an image in a format Pillow recognises")
     except Image.DecompressionBombError as e:
@@ -75,7 +80,7 @@ def probe(data):
         raise ImageError("cannot read the image header: %s" % (str(e).strip() or type(e).__name__))
     if width < 1 or height < 1:
         raise ImageError("image is %dx%d pixels: nothing to classify" % (width, height))
-    return width, height, mode
+    return width, height, mode, fmt
 
 
 def to_rgb(img):

@@ -202,7 +202,7 @@ class Engine:
         lone-image path; docs/api.md has the measurement).
 
         `prepare` is data to the engine, as an image array is: a pure function of its arguments
-        (the decoder in images.model_input, say), never a method of the caller's objects, so the
+        (the Preprocessor's transform, say), never a method of the caller's objects, so the
         engine depends on no caller and the device thread touches no request state. The caller
         bounds its cost, since anything arriving meanwhile waits behind it. What `prepare` raises
         reaches the caller unchanged, and the model does not run.

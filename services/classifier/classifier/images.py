@@ -14,16 +14,20 @@ from typing import Optional
 
 import numpy as np
 
-from mbv3 import numpy_preprocess
+from mbv3 import fast_preprocess, numpy_preprocess
 
 from .errors import ApiError, bad_request
 
-# Peak bytes per decoded pixel of mbv3.numpy_preprocess.decode + eval_transform, by Pillow mode, measured
-# with VmHWM on 4000x3000 images (JPEG RGB 10, with EXIF rotation 14, WebP 17.5, RGBA/CMYK 14,
-# P/L 7-10, I;16 18, F 28) and rounded up; ROW_BYTES covers Pillow's per-row bookkeeping, which
+# Peak bytes per decoded pixel of decoding + eval_transform, by Pillow mode, measured with VmHWM on
+# 4000x3000 images and rounded up. Pillow's decode (mbv3.numpy_preprocess; the fast path's fallback
+# for every image but the JPEGs below): JPEG RGB 10, with EXIF rotation 14, WebP 18.3, RGBA/CMYK 14,
+# P/L 6-11, I;16 18, F 28. libjpeg-turbo's (mbv3.fast_preprocess, "JPEG RGB"/"JPEG L"): RGB 3.1
+# baseline, 3.1 EXIF-rotated (only the output is turned), 6.0 progressive 4:2:0, 9.0 progressive
+# 4:4:4; grayscale 1.1, 3.0 progressive. ROW_BYTES covers Pillow's per-row bookkeeping, which
 # dominates for images one pixel wide. test_service_limits.py checks the sum against VmHWM.
 BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 18, "RGBA": 18, "RGBX": 18, "CMYK": 18, "YCbCr": 18, "LA": 18,
-                   "PA": 18, "I;16": 22, "I;16B": 22, "I;16L": 22, "I;16N": 22, "I": 32, "F": 32}
+                   "PA": 18, "I;16": 22, "I;16B": 22, "I;16L": 22, "I;16N": 22, "I": 32, "F": 32,
+                   "JPEG RGB": 12, "JPEG L": 6}
 DEFAULT_BYTES_PER_PIXEL = 32
 ROW_BYTES = 96
 
@@ -50,20 +54,19 @@ def decode_cost(width, height, mode):
     return width * height * BYTES_PER_PIXEL.get(mode, DEFAULT_BYTES_PER_PIXEL) + height * ROW_BYTES
 
 
-def model_input(data, prep, max_pixels, normalize):
-    """Decode + crop + resize (+ normalise) encoded image bytes by the bundle's preprocessing
-    record `prep`: a pure function of its arguments, so it may run on any thread (the engine's
-    one-hop path runs it on the device thread). Raises numpy_preprocess.ImageError."""
-    return numpy_preprocess.eval_transform(numpy_preprocess.decode(data, max_pixels=max_pixels), prep=prep, normalize=normalize)
-
-
 class Preprocessor:
     """Limits, probing and preprocessing for one service: the bundle's preprocessing record, the
-    decoding pool, and the per-request limits (MAX_IMAGES_PER_REQUEST, MAX_IMAGE_PIXELS,
-    MAX_REQUEST_PIXELS)."""
+    decoding pool, the per-request limits (MAX_IMAGES_PER_REQUEST, MAX_IMAGE_PIXELS,
+    MAX_REQUEST_PIXELS) and the transform (PREPROCESSING: mbv3.fast_preprocess.select's choices).
 
-    def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels):
+    `transform(data, prep, max_pixels, normalize)` is a pure function of its arguments, so it may
+    run on any thread (the engine's one-hop path runs it on the device thread); it raises
+    numpy_preprocess.ImageError."""
+
+    def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels, preprocessing="auto"):
         self.prep, self.pool = prep, pool
+        self.transform, self.description = fast_preprocess.select(preprocessing)
+        self._probe = fast_preprocess.probe if self.transform is fast_preprocess.model_input else numpy_preprocess.probe
         self.max_images, self.max_image_pixels, self.max_request_pixels = max_images, max_image_pixels, max_request_pixels
         self.tensor_bytes = prep.height * prep.width * 3 * 4
         # eval_transform's float32 intermediates: four gathered corners, two row blends, the output
@@ -79,7 +82,7 @@ class Preprocessor:
         """Read every image's header on the pool; a bad header or an image over MAX_IMAGE_PIXELS
         marks that upload with its error."""
         headers = await asyncio.get_running_loop().run_in_executor(
-            self.pool, lambda: [_probe(u.data) for u in uploads])
+            self.pool, lambda: [_probe(self._probe, u.data) for u in uploads])
         for upload, found in zip(uploads, headers):
             if isinstance(found, numpy_preprocess.ImageError):
                 upload.error = image_error(found)
@@ -108,7 +111,7 @@ class Preprocessor:
         sets upload.image or upload.error."""
         start = time.perf_counter()
         try:
-            upload.image = model_input(upload.data, self.prep, self.max_image_pixels, not uint8)
+            upload.image = self.transform(upload.data, self.prep, self.max_image_pixels, not uint8)
         except numpy_preprocess.ImageError as e:
             upload.error = image_error(e)
         upload.timings["preprocess"] = time.perf_counter() - start
@@ -119,9 +122,9 @@ class Preprocessor:
         await asyncio.gather(*[loop.run_in_executor(self.pool, self.prepare, u, uint8) for u in uploads])
 
 
-def _probe(data):
+def _probe(probe, data):
     try:
-        return numpy_preprocess.probe(data)
+        return probe(data)
     except numpy_preprocess.ImageError as e:
         return e
 

@@ -14,7 +14,7 @@ from mbv3 import numpy_preprocess
 from mbv3.onnx_classifier import softmax, top_k
 
 from .errors import ApiError, unavailable
-from .images import Upload, image_error, model_input
+from .images import Upload, image_error
 
 STAGES = ("preprocess", "queue", "inference")
 
@@ -70,10 +70,10 @@ class Pipeline:
 
     async def _one_hop(self, upload, uint8):
         """A lone small image on an idle engine: decoded and run in one hop on the device thread.
-        The engine gets model_input (a pure function) and the bytes, never this upload."""
+        The engine gets the transform (a pure function) and the bytes, never this upload."""
         try:
             upload.logits, timings = await self.engine.infer_alone(
-                model_input, upload.data, self.prep, self.images.max_image_pixels, not uint8)
+                self.images.transform, upload.data, self.prep, self.images.max_image_pixels, not uint8)
         except numpy_preprocess.ImageError as e:
             upload.error = image_error(e)
         else:

@@ -35,8 +35,11 @@ class Service:
                              max_delay_ms=s.MAX_DELAY_MS, max_queue=s.MAX_QUEUE, metrics=self.metrics, log=log.info)
         self.pool = concurrent.futures.ThreadPoolExecutor(s.preprocess_workers, thread_name_prefix="preprocess")
         self.budget = MemoryBudget(s.PREPROCESS_MEMORY_MB * 1024 * 1024, s.MAX_WAIT_SECONDS, self.metrics)
-        self.images = Preprocessor(self.bundle.preprocessing, self.pool, s.MAX_IMAGES_PER_REQUEST, s.MAX_IMAGE_PIXELS,
-                                   s.MAX_REQUEST_PIXELS)
+        try:
+            self.images = Preprocessor(self.bundle.preprocessing, self.pool, s.MAX_IMAGES_PER_REQUEST,
+                                       s.MAX_IMAGE_PIXELS, s.MAX_REQUEST_PIXELS, s.PREPROCESSING)
+        except ImportError as e:
+            raise SettingsError("PREPROCESSING=%s: %s" % (s.PREPROCESSING, e))
         self.pipeline = Pipeline(self.bundle, self.engine, self.images, self.budget, self.metrics, s.ONE_HOP_MAX_PIXELS)
         self.ready = False
         self.failure = None
@@ -92,7 +95,8 @@ class Service:
             return
         self.ready = True
         self.metrics.ready.set(1)
-        log.info("ready: %s v%s (%d classes)", self.bundle.name, self.bundle.version, self.bundle.num_classes)
+        log.info("ready: %s v%s (%d classes), preprocessing: %s", self.bundle.name, self.bundle.version,
+                 self.bundle.num_classes, self.images.description)
         if self.bundle.metadata.get("notice"):
             log.warning("model.json's notice: %s", " ".join(self.bundle.metadata["notice"].split()))
 
@@ -134,6 +138,7 @@ class Service:
         return {"backend": self.backend_description, "max_batch": self.engine.max_batch,
                 "max_delay_ms": s.MAX_DELAY_MS, "ready": self.ready,
                 "threads": getattr(backend, "threads", None), "preprocess_workers": s.preprocess_workers,
+                "preprocessing": self.images.description,
                 "devices": self.engine.devices(), "limits": self.limits()}
 
     def limits(self):

@@ -9,8 +9,9 @@ import math
 import os
 from dataclasses import dataclass, fields
 
-from .backends import CHOICES
+from mbv3.fast_preprocess import CHOICES as PREPROCESSING_CHOICES
 
+from .backends import CHOICES
 
 
 class SettingsError(ValueError):
@@ -42,6 +43,8 @@ class Settings:
     PORT: int = 8000
     THREADS: int = 0                          # ONNX Runtime intra-op threads a worker; 0: the CPUs split among workers
     PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
+    # auto: libjpeg-turbo + OpenCV when installed (mbv3.fast_preprocess), else Pillow + NumPy (the reference)
+    PREPROCESSING: str = "auto"
     LOG_LEVEL: str = "info"
 
     @property
@@ -177,6 +180,8 @@ def _convert(default, text):
 def _validate(s: Settings):
     if s.BACKEND not in CHOICES:
         raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(CHOICES)))
+    if s.PREPROCESSING not in PREPROCESSING_CHOICES:
+        raise SettingsError("PREPROCESSING=%r: choose one of %s" % (s.PREPROCESSING, ", ".join(PREPROCESSING_CHOICES)))
     for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST",
                  "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS", "CPU_WORKERS"):
         if getattr(s, name) < 1:

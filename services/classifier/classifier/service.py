@@ -45,7 +45,7 @@ class Service:
         self.failure = None
 
     def _workers(self, create):
-        """One worker per Ascend device (DEVICE_IDS), or CPU_WORKERS ONNX Runtime workers; each builds
+        """One worker per Ascend device (DEVICE_IDS), or CPU_WORKERS CPU workers; each builds
         its backend from explicit arguments on its own thread."""
         s = self.settings
         if backends.runs_on_devices(s.BACKEND):
@@ -54,7 +54,7 @@ class Service:
             ids = None
         count = len(ids) if ids else s.CPU_WORKERS
         load = functools.partial(create, self.bundle, backend=s.BACKEND, threads=s.threads(count),
-                                 max_batch=s.MAX_BATCH, log=log.info)
+                                 max_batch=s.MAX_BATCH, cache_dir=s.OPENVINO_CACHE_DIR, log=log.info)
         if ids:
             return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d) for d in ids]
         first = s.device_ids[0] if s.device_ids != ALL_DEVICES else 0   # what BACKEND=auto probes, if pyACL appears

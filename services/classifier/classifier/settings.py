@@ -25,7 +25,7 @@ class Settings:
     # Ascend devices, one worker each: "0,1,2,3", or "all" (every device pyACL counts; inside a
     # container, the chips handed to it, numbered from 0). DEVICE_ID=N is read as DEVICE_IDS=N.
     DEVICE_IDS: str = "0"
-    CPU_WORKERS: int = 1                      # ONNX Runtime workers (each its own session and thread)
+    CPU_WORKERS: int = 1                      # CPU backend workers (each its own session and thread)
     MAX_BATCH: int = 8
     MAX_DELAY_MS: float = 5.0
     MAX_QUEUE: int = 256
@@ -41,7 +41,10 @@ class Settings:
     ONE_HOP_MAX_PIXELS: int = 1_000_000
     HOST: str = "127.0.0.1"
     PORT: int = 8000
-    THREADS: int = 0                          # ONNX Runtime intra-op threads a worker; 0: the CPUs split among workers
+    THREADS: int = 0                          # CPU backend threads a worker; 0: the CPUs split among workers
+    # OpenVINO's compiled-model cache; empty: none (compiling MobileNetV3 takes 0.1-0.2 s, and the
+    # containers' root file system is read-only)
+    OPENVINO_CACHE_DIR: str = ""
     PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
     # auto: libjpeg-turbo + OpenCV when installed (mbv3.fast_preprocess), else Pillow + NumPy (the reference)
     PREPROCESSING: str = "auto"

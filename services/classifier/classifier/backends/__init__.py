@@ -1,6 +1,6 @@
 """Backend selection: which backend serves a bundle, built from the bundle's files and record and a
 few explicit choices. `auto` takes the Ascend backend when pyACL imports and a device answers,
-otherwise ONNX Runtime, and says which and why."""
+otherwise the first CPU backend of CPU_PREFERENCE that imports, and says which and why."""
 from __future__ import annotations
 
 import importlib.util
@@ -12,7 +12,10 @@ from .base import Backend, BackendError  # noqa: F401
 
 # What BACKEND may say. A new backend is a module here (a Backend subclass), its name in this tuple
 # and its branch in create(): nothing else in the service names backends.
-CHOICES = ("auto", "onnxruntime", "acl")
+CHOICES = ("auto", "onnxruntime", "openvino", "acl")
+# BACKEND=auto's CPU engine, in order of preference: `make bench-serve --backends` at 1 and 32 clients
+# decided it (README, Measured numbers)
+CPU_PREFERENCE = ("openvino", "onnxruntime")
 
 
 def acl_available(device_id):
@@ -44,18 +47,36 @@ def count_devices():
         raise BackendError("pyACL not importable (%s)" % e)
 
 
-def create(bundle, *, backend, device_id, threads, max_batch, log=print):
-    """The backend for `bundle` (mbv3.bundle.Bundle): `backend` is auto, onnxruntime or acl; the
-    Ascend backend runs on `device_id`, ONNX Runtime with `threads` and runs of up to `max_batch`."""
+def cpu_choice():
+    """(name, why) of BACKEND=auto's CPU backend: the first of CPU_PREFERENCE whose package imports."""
+    missing = []
+    for name in CPU_PREFERENCE:
+        if importlib.util.find_spec(name) is not None:
+            return name, "; ".join(missing)
+        missing.append("%s not installed" % name)
+    return CPU_PREFERENCE[-1], "; ".join(missing)
+
+
+def create(bundle, *, backend, device_id, threads, max_batch, cache_dir="", log=print):
+    """The backend for `bundle` (mbv3.bundle.Bundle): `backend` is one of CHOICES; the Ascend backend
+    runs on `device_id`, the CPU backends with `threads` and runs of up to `max_batch`; OpenVINO
+    keeps its compiled models in `cache_dir` when one is given."""
     name = backend
     if name == "auto":
         ok, why = acl_available(device_id)
-        name = "acl" if ok else "onnxruntime"
+        if not ok:
+            name, missing = cpu_choice()
+            why = "; ".join(w for w in (why, missing) if w)
+        else:
+            name = "acl"
         log("BACKEND=auto: using %s%s" % (name, "" if ok else " (%s)" % why))
     if name == "acl":
         from .acl import AclBackend
         om = bundle.info.om
         return AclBackend(bundle.file(om.file if om else OM), bundle.info, device_id)
+    if name == "openvino":
+        from .openvino import OpenVinoBackend
+        return OpenVinoBackend(bundle.file(ONNX), bundle.info, threads, max_batch, cache_dir)
     from .onnxruntime import OnnxRuntimeBackend
     return OnnxRuntimeBackend(bundle.file(ONNX), bundle.info, threads, max_batch)
 

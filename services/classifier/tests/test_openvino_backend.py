@@ -1,0 +1,83 @@
+"""BACKEND=openvino: the bundle's model.onnx in OpenVINO's CPU plugin gives ONNX Runtime's logits,
+refuses a model that contradicts model.json, and serves over HTTP with the same answers; BACKEND=auto
+picks it on a host without Ascend devices."""
+import os
+
+import numpy as np
+import pytest
+import requests
+
+from classifier import backends
+from classifier.backends.base import BackendError
+from classifier.backends.onnxruntime import OnnxRuntimeBackend
+from classifier.backends.openvino import OpenVinoBackend
+from mbv3 import bundle as bundle_mod
+
+from svc_support import SIZE, Server, bundle_dir, classify, real_photo  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def loaded(bundle_dir):  # noqa: F811
+    return bundle_mod.load(str(bundle_dir))
+
+
+def test_logits_match_onnx_runtime(loaded):
+    ov = OpenVinoBackend(loaded.file(bundle_mod.ONNX), loaded.info, threads=2, max_batch=8)
+    ort = OnnxRuntimeBackend(loaded.file(bundle_mod.ONNX), loaded.info, threads=2, max_batch=8)
+    rng = np.random.default_rng(0)
+    for n in (1, 3, 8):   # the static batch-1 model and the dynamic one
+        batch = rng.uniform(-1, 1, (n, SIZE, SIZE, 3)).astype(np.float32)
+        a, b = ov.run(batch), ort.run(batch)
+        assert a.shape == b.shape == (n, loaded.info.num_classes) and a.dtype == np.float32
+        assert np.abs(a - b).max() <= 1e-3 * np.abs(b).max()   # float32 in both (bfloat16 would be ~2e-2)
+        assert (a.argmax(1) == b.argmax(1)).all()
+    first = ov.run(batch[:1])
+    ov.run(batch[1:2])
+    assert np.array_equal(first, ov.run(batch[:1]))   # each answer is its own copy, not the request's buffer
+    assert ov.describe().startswith("openvino 2") and ov.max_batch == 8
+    ov.close()
+    ov.close()
+
+
+def test_a_model_that_contradicts_model_json_is_refused(loaded, tmp_path):
+    info = loaded.info
+    plain = info.to_dict()
+    plain["output"]["num_classes"] = info.num_classes + 1
+    plain["output"]["shape"] = [plain["output"]["shape"][0], info.num_classes + 1]
+    wrong = bundle_mod.ModelInfo.from_dict(plain)
+    assert wrong.num_classes == info.num_classes + 1
+    with pytest.raises(BackendError, match="num_classes") as e:
+        OpenVinoBackend(loaded.file(bundle_mod.ONNX), wrong, threads=1, max_batch=8)
+    assert e.value.fatal
+    bad = tmp_path / "model.onnx"
+    bad.write_bytes(b"not a model")
+    with pytest.raises(BackendError, match="openvino cannot load") as e:
+        OpenVinoBackend(str(bad), info, threads=1, max_batch=8)
+    assert e.value.fatal
+
+
+def test_cache_dir(loaded, tmp_path):
+    cache = tmp_path / "ov-cache"
+    cache.mkdir()
+    OpenVinoBackend(loaded.file(bundle_mod.ONNX), loaded.info, threads=1, max_batch=4, cache_dir=str(cache)).close()
+    assert os.listdir(cache)   # OpenVINO wrote its compiled blobs there, and nowhere else was needed
+
+
+def test_auto_prefers_the_cpu_backend_the_benchmark_chose(loaded):
+    logged = []
+    backend = backends.create(loaded, backend="auto", device_id=0, threads=1, max_batch=4, log=logged.append)
+    assert backend.name == backends.CPU_PREFERENCE[0]
+    assert "BACKEND=auto: using %s" % backend.name in logged[0]
+
+
+def test_serves_over_http_with_onnx_runtimes_answers(bundle_dir):  # noqa: F811
+    photo = real_photo()
+    answers = {}
+    for name in ("openvino", "onnxruntime"):
+        with Server(bundle_dir, BACKEND=name) as s:
+            r = classify(s.url, photo, top_k=3)
+            assert r.status_code == 200, r.text
+            answers[name] = [p["index"] for p in r.json()["results"][0]["predictions"]]
+            serving = requests.get(s.url + "/v1/model", timeout=10).json()["serving"]
+            assert serving["backend"].startswith(name)
+    assert answers["openvino"] == answers["onnxruntime"]

@@ -1,19 +1,22 @@
-"""`make bench-serve`: the HTTP service under load, next to the same bundle run in this process.
+"""`make bench-serve`: the HTTP service under load, next to the same work in this process, the
+engine alone, and the same work behind other Python servers.
 
-The service runs as a subprocess (`python -m classifier`, ONNX Runtime backend) and classifies real
-JPEG photos (matplotlib's sample photos, re-encoded at a few crops and sizes) from 1, 8 and 32
-concurrent keep-alive clients. The in-process reference decodes, preprocesses and runs the same
-images one at a time through ONNX Runtime, so the ratios say what HTTP, the queue and the
-micro-batcher cost at one client and what batching buys at many, on whatever machine this runs.
-No TensorFlow here: a missing bundle is made by the `mbv3` command in a subprocess.
-Exit status is 1 only on errors (failed requests, a service that will not start or stop);
-a missed goal is printed, not failed.
+The service runs as a subprocess (`python -m classifier`) and classifies real 640x427 JPEG photos
+(scikit-learn's sample images, sent as they are) from 1, 8 and 32 concurrent keep-alive clients.
+References, measured in the same run:
+- the engine alone: ONNX Runtime (and OpenVINO) at batch 1, 2 threads, on the same model.onnx;
+- in process: the service's own decode, preprocessing and backend, one image at a time, no HTTP;
+- peers (peer_harness.py): the same preprocessing and engine behind a bare ASGI app, LitServe
+  (batching on at 32 clients) and KServe's ModelServer, at 1 and 32 clients, each in its own venv.
+The ratios say what the service adds to the model at one client and what batching buys at many,
+on whatever machine this runs. No TensorFlow here: a missing bundle is made by the `mbv3` command
+in a subprocess. Exit status is 1 only on errors (failed requests, a server that will not start
+or stop); a missed goal is printed, not failed.
 """
 from __future__ import annotations
 
 import argparse
 import http.client
-import io
 import json
 import os
 import shutil
@@ -27,8 +30,14 @@ import urllib.request
 
 import numpy as np
 
-LATENCY_GOAL = 1.25   # service p50 at concurrency 1 / in-process p50: at most
-SCALING_GOAL = 1.3    # service throughput at the highest concurrency / at concurrency 1: at least
+import peer_harness
+
+GOALS = {   # (ratio, at most / at least, goal)
+    "service_c1_over_engine": ("max", 1.35),      # service p50 at 1 client / ONNX Runtime alone at batch 1
+    "service_c1_over_in_process": ("max", 1.15),  # service p50 at 1 client / the same work in this process
+    "throughput_top_over_c1": ("min", 1.5),       # service req/s at the most clients / at 1
+}
+ENGINE_THREADS = 2   # the engine-alone reference: the issue's "ONNX Runtime alone, batch 1, 2 threads"
 
 
 class BenchError(RuntimeError):
@@ -55,34 +64,14 @@ def ensure_bundle(path):
     return path
 
 
-def sample_photos(quality=90):
-    """[(name, JPEG bytes)]: distinct real photos from matplotlib's sample data, cropped, resized and
-    re-encoded so the service decodes a realistic mix of sizes."""
-    from matplotlib import cbook
-    from PIL import Image
-
-    def load(name):
-        with Image.open(cbook.get_sample_data(name, asfileobj=False)) as img:
-            if img.mode == "RGBA":  # flatten onto white, as a browser would show it
-                bg = Image.new("RGB", img.size, (255, 255, 255))
-                bg.paste(img, mask=img.split()[3])
-                return bg
-            return img.convert("RGB")
-
-    hopper, present = load("grace_hopper.jpg"), load("Minduka_Present_Blue_Pack.png")
-    variants = [
-        ("hopper-512x600", hopper),
-        ("hopper-face-256", hopper.crop((120, 40, 376, 296))),
-        ("hopper-centre-400", hopper.crop((56, 100, 456, 500))),
-        ("hopper-224x262", hopper.resize((224, 262), Image.BILINEAR)),
-        ("hopper-1024x1200", hopper.resize((1024, 1200), Image.BICUBIC)),
-        ("present-256", present.resize((256, 256), Image.BICUBIC)),
-    ]
+def sample_photos():
+    """[(name, JPEG bytes)]: scikit-learn's two sample photos (640x427 JPEGs), as the files are."""
+    import sklearn.datasets
+    folder = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images")
     photos = []
-    for name, img in variants:
-        buf = io.BytesIO()
-        img.save(buf, "JPEG", quality=quality)
-        photos.append((name, buf.getvalue()))
+    for name in ("china.jpg", "flower.jpg"):
+        with open(os.path.join(folder, name), "rb") as f:
+            photos.append((name, f.read()))
     return photos
 
 
@@ -105,18 +94,30 @@ def per_photo(names, samples_ms):
 
 
 def ratios(result):
-    """Service p50 at concurrency 1 over the in-process p50; throughput at the top level over level 1."""
+    """The goals' ratios, and this service / each peer: p50 at 1 client, req/s at the most clients."""
     levels = {lvl["concurrency"]: lvl for lvl in result["levels"]}
-    ref = result["reference"]
     one, top = levels.get(1), levels[max(levels)]
-    latency = one["latency"]["p50_ms"] / ref["latency"]["p50_ms"] if one else None
-    scaling = top["throughput_rps"] / one["throughput_rps"] if one and one["throughput_rps"] else None
-    return {
-        "latency_p50_c1_over_in_process": latency, "latency_goal_max": LATENCY_GOAL,
-        "latency_goal_met": latency is not None and latency <= LATENCY_GOAL,
-        "throughput_c%d_over_c1" % top["concurrency"]: scaling, "throughput_goal_min": SCALING_GOAL,
-        "throughput_goal_met": scaling is not None and scaling >= SCALING_GOAL,
+    engine = result["engine_alone"]["onnxruntime"]["p50_ms"]
+    out = {
+        "service_c1_over_engine": one["latency"]["p50_ms"] / engine if one else None,
+        "service_c1_over_in_process": one["latency"]["p50_ms"] / result["in_process"]["latency"]["p50_ms"] if one else None,
+        "throughput_top_over_c1": top["throughput_rps"] / one["throughput_rps"] if one and one["throughput_rps"] else None,
+        "top_concurrency": top["concurrency"],
     }
+    for key, (kind, goal) in GOALS.items():
+        value = out[key]
+        out[key + "_met"] = value is not None and (value <= goal if kind == "max" else value >= goal)
+    peers = {}
+    for name, peer_levels in result.get("peers", {}).items():
+        by = {lvl["concurrency"]: lvl for lvl in peer_levels}
+        row = {}
+        if one and 1 in by and by[1]["latency"]["p50_ms"]:
+            row["latency_c1"] = one["latency"]["p50_ms"] / by[1]["latency"]["p50_ms"]
+        if top["concurrency"] in by and by[top["concurrency"]]["throughput_rps"]:
+            row["throughput_top"] = top["throughput_rps"] / by[top["concurrency"]]["throughput_rps"]
+        peers[name] = row
+    out["peers"] = peers
+    return out
 
 
 class CpuMeter:
@@ -151,19 +152,56 @@ class CpuMeter:
                 "other_cores": max(0.0, busy - own - service) / wall}
 
 
-# --- the in-process reference ----------------------------------------------------------------
+# --- the references ------------------------------------------------------------------------
 
-def reference(bundle_dir, photos, threads=0, seconds=10.0, max_runs=400, warmup=5):
-    """Per image, in this process: decode + eval preprocessing + ONNX Runtime at batch 1."""
-    from mbv3 import numpy_preprocess, onnx_classifier
-    clf = onnx_classifier.OnnxClassifier(bundle_dir, threads)
-    prep = clf.bundle.metadata["preprocessing"]
+def engine_alone(bundle_dir, photos, threads=ENGINE_THREADS, rounds=5, runs=40):
+    """p50 ms of each CPU engine at batch 1 on a preprocessed photo, `threads` threads, the engines
+    interleaved round by round so both see the same machine: what the model alone costs here."""
+    from mbv3 import bundle, fast_preprocess
+    loaded = bundle.load(bundle_dir)
+    x = fast_preprocess.reference_input(photos[0][1], loaded.preprocessing)[np.newaxis]
+    runners = {}
+    import onnxruntime as ort
+    options = ort.SessionOptions()
+    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+    session = ort.InferenceSession(loaded.file(bundle.ONNX), options, providers=["CPUExecutionProvider"])
+    name = session.get_inputs()[0].name
+    runners["onnxruntime"] = lambda: session.run(None, {name: x})
+    try:
+        from classifier.backends.openvino import OpenVinoBackend
+        ov = OpenVinoBackend(loaded.file(bundle.ONNX), loaded.info, threads, 1)
+        runners["openvino"] = lambda: ov.run(x)
+    except Exception as e:   # openvino not installed: the ONNX Runtime reference is the one that counts
+        log("engine alone: no OpenVINO (%s)" % e)
+    samples = {k: [] for k in runners}
+    for _ in range(rounds):
+        for key, run in runners.items():
+            for _ in range(3):
+                run()
+            for _ in range(runs):
+                t = time.perf_counter()
+                run()
+                samples[key].append((time.perf_counter() - t) * 1000)
+    return {k: dict(percentiles(v), threads=threads) for k, v in samples.items()}
+
+
+def in_process(bundle_dir, photos, backend, threads=0, seconds=10.0, max_runs=400, warmup=5):
+    """Per image, in this process: the service's decode + preprocessing (PREPROCESSING=auto) and its
+    backend (built as the service builds it) at batch 1: the service's work without HTTP or queues."""
+    from mbv3 import bundle, fast_preprocess
+    from classifier import backends
+    from classifier.settings import available_cpus
+    loaded = bundle.load(bundle_dir)
+    prep = loaded.preprocessing
+    transform, described = fast_preprocess.select("auto")
+    engine = backends.create(loaded, backend=backend, device_id=0, threads=threads or available_cpus(), max_batch=8,
+                             log=lambda m: None)
 
     def one(data):
         t0 = time.perf_counter()
-        x = numpy_preprocess.eval_transform(numpy_preprocess.decode(data), prep["size"], prep)[np.newaxis]
+        x = transform(data, prep)[np.newaxis]
         t1 = time.perf_counter()
-        clf.logits(x)
+        engine.run(x)
         t2 = time.perf_counter()
         return t1 - t0, t2 - t1
 
@@ -180,8 +218,9 @@ def reference(bundle_dir, photos, threads=0, seconds=10.0, max_runs=400, warmup=
         total.append((p + n) * 1000)
         names.append(name)
     wall = time.perf_counter() - start
-    return {"what": "decode + preprocess + ONNX Runtime batch 1, in this process", "threads": threads or "ort-default",
-            "latency": percentiles(total), "throughput_rps": len(total) / wall, "wall_s": wall,
+    engine.close()
+    return {"what": "decode + preprocess (%s) + %s batch 1, in this process" % (described, engine.describe()),
+            "backend": engine.name, "latency": percentiles(total), "throughput_rps": len(total) / wall, "wall_s": wall,
             "parts_p50_ms": {"decode_preprocess": percentiles(pre)["p50_ms"], "inference": percentiles(inf)["p50_ms"]},
             "per_photo_p50_ms": per_photo(names, total), "cpu": meter.stop()}
 
@@ -197,11 +236,11 @@ def free_port():
 class Service:
     """`python -m classifier` in a subprocess, its output in a log file."""
 
-    def __init__(self, bundle_dir, log_path, threads=0, extra_env=None):
+    def __init__(self, bundle_dir, log_path, backend, threads=0, extra_env=None):
         self.port = free_port()
         self.log_path = log_path
         env = dict(os.environ, MODEL_DIR=os.path.abspath(bundle_dir), HOST="127.0.0.1", PORT=str(self.port),
-                   BACKEND="onnxruntime", THREADS=str(threads))
+                   BACKEND=backend, THREADS=str(threads))
         env.update(extra_env or {})
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "classifier"], env=env, stdout=self._log,
@@ -251,26 +290,13 @@ class Service:
 
 # --- load ------------------------------------------------------------------------------------
 
-def check_answer(status, body):
-    """(None, server timings) for a well-formed 200 answer to one image, else (what is wrong, None)."""
-    if status != 200:
-        return "HTTP %s: %s" % (status, body[:200].decode("utf-8", "replace")), None
-    try:
-        doc = json.loads(body)
-        result = doc["results"][0]
-        result["predictions"][0]["label"], doc["model"]["name"]
-        return None, dict(result["timings_ms"])
-    except (ValueError, KeyError, IndexError, TypeError) as e:
-        return "malformed answer (%r): %s" % (e, body[:200].decode("utf-8", "replace")), None
-
-
-def run_level(port, photos, concurrency, max_requests, seconds, top_k=5, service_pid=None):
-    """`concurrency` clients, each on its own keep-alive connection, send photos until max_requests
-    are done or `seconds` pass; latency per request, throughput over the level's wall time."""
+def run_level(port, reqs, concurrency, max_requests=800, seconds=20.0, protocol="service", service_pid=None):
+    """`concurrency` clients, each on its own keep-alive connection, send `reqs` (peer_harness.requests_for)
+    in turn until max_requests are done or `seconds` pass; latency per request, throughput over
+    the level's wall time."""
     lock = threading.Lock()
     state = {"issued": 0}
     latencies, names, server, errors = [], [], {"preprocess": [], "queue": [], "inference": []}, []
-    path = "/classify?top_k=%d" % top_k
     start = time.perf_counter()
     deadline = start + seconds
     last = [start]
@@ -284,18 +310,18 @@ def run_level(port, photos, concurrency, max_requests, seconds, top_k=5, service
                         return
                     n = state["issued"]
                     state["issued"] += 1
-                name, data = photos[(n + worker) % len(photos)]
+                name, path, body, headers = reqs[(n + worker) % len(reqs)]
                 t0 = time.perf_counter()
                 try:
-                    conn.request("POST", path, body=data, headers={"Content-Type": "image/jpeg"})
+                    conn.request("POST", path, body=body, headers=headers)
                     resp = conn.getresponse()
-                    status, body = resp.status, resp.read()
+                    status, answer = resp.status, resp.read()
                 except (OSError, http.client.HTTPException) as e:
                     problem, timings = "connection error: %r" % e, None
                     conn.close()
                     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
                 else:
-                    problem, timings = check_answer(status, body)
+                    problem, timings = peer_harness.check_answer(protocol, status, answer)
                 t1 = time.perf_counter()
                 with lock:
                     if problem:
@@ -350,41 +376,59 @@ def http_floor(port, requests=200):
 
 # --- report ----------------------------------------------------------------------------------
 
+def _row(label, m, server_parts=None):
+    lat = m["latency"]
+    cpu = m.get("cpu")
+    cores = "-" if not cpu else "%.2f / %.1f / %.1f" % (cpu["client_cores"], cpu["service_cores"], cpu["other_cores"])
+    fmt = lambda v: "-" if v is None else "%.2f" % v
+    parts = " / ".join(fmt(server_parts.get(k)) for k in ("preprocess", "queue", "inference")) if server_parts else ""
+    errors = "   (%d errors)" % m["errors"] if m.get("errors") else ""
+    return "%-34s %8.2f %8.2f %8.2f %8d %9.1f   %-16s   %s%s" % (
+        label, lat["p50_ms"], lat["p90_ms"], lat["p99_ms"], lat["n"], m["throughput_rps"], cores, parts, errors)
+
+
 def table(result):
-    ref, r = result["reference"], result["ratios"]
-    cores = lambda m: "-" if not m.get("cpu") else "%.2f / %.1f / %.1f" % (
-        m["cpu"]["client_cores"], m["cpu"]["service_cores"], m["cpu"]["other_cores"])
-    rows = ["%-22s %8s %8s %8s %8s %10s   %-16s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "requests", "req/s",
-                                                    "CPU cores: this", "server p50 ms: preprocess / queue / inference"),
-            "%-22s %8s %8s %8s %8s %10s   %-16s" % ("", "", "", "", "", "", "/ service / other")]
-    lat = ref["latency"]
-    rows.append("%-22s %8.2f %8.2f %8.2f %8d %10.1f   %-16s   %s" % (
-        "in-process reference", lat["p50_ms"], lat["p90_ms"], lat["p99_ms"], lat["n"], ref["throughput_rps"], cores(ref),
-        "%.2f / - / %.2f" % (ref["parts_p50_ms"]["decode_preprocess"], ref["parts_p50_ms"]["inference"])))
-    for lvl in result["levels"]:
-        lat, s = lvl["latency"], lvl["server_p50_ms"]
-        fmt = lambda v: "-" if v is None else "%.2f" % v
-        rows.append("%-22s %8.2f %8.2f %8.2f %8d %10.1f   %-16s   %s / %s / %s%s" % (
-            "service, concurrency %d" % lvl["concurrency"], lat["p50_ms"], lat["p90_ms"], lat["p99_ms"],
-            lvl["requests"], lvl["throughput_rps"], cores(lvl), fmt(s["preprocess"]), fmt(s["queue"]), fmt(s["inference"]),
-            "   (%d errors)" % lvl["errors"] if lvl["errors"] else ""))
-    scaling_key = [k for k in r if k.startswith("throughput_c")][0]
-    one = [lvl for lvl in result["levels"] if lvl["concurrency"] == 1]
-    if one:
-        rows.append("")
-        rows.append("per photo, p50 ms, in-process -> service at concurrency 1:")
-        svc = one[0]["per_photo_p50_ms"]
-        rows.extend("  %-20s %7.2f -> %7.2f" % (name, ms, svc.get(name) or float("nan"))
-                    for name, ms in ref["per_photo_p50_ms"].items())
+    r = result["ratios"]
+    rows = ["engine alone, batch 1, %d threads, p50: %s" % (ENGINE_THREADS, ", ".join(
+        "%s %.2f ms" % (k, v["p50_ms"]) for k, v in result["engine_alone"].items())), ""]
+    rows.append("%-34s %8s %8s %8s %8s %9s   %-16s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "requests", "req/s",
+                                                         "CPU cores: this", "server p50 ms: preprocess / queue / inference"))
+    rows.append("%-34s %8s %8s %8s %8s %9s   %-16s" % ("", "", "", "", "", "", "/ service / other"))
+    for run in result["services"]:
+        ref = run["in_process"]
+        rows.append(_row("in process (%s)" % run["backend"], ref, {"preprocess": ref["parts_p50_ms"]["decode_preprocess"],
+                                                                 "inference": ref["parts_p50_ms"]["inference"]}))
+        for lvl in run["levels"]:
+            rows.append(_row("service (%s), %d clients" % (run["backend"], lvl["concurrency"]), lvl, lvl["server_p50_ms"]))
+    for name, levels in result.get("peers", {}).items():
+        for lvl in levels:
+            rows.append(_row("%s%s, %d clients" % (name, " (batching)" if lvl.get("batching") else "", lvl["concurrency"]),
+                             lvl))
     if result.get("http_floor"):
         rows.append("HTTP alone (GET %s on one connection): p50 %.2f ms" % (result["http_floor"]["path"],
                                                                            result["http_floor"]["p50_ms"]))
-    rows.append("")
-    rows.append("latency:    service p50 at concurrency 1 / in-process p50 = %.2f (goal <= %.2f): %s" % (
-        r["latency_p50_c1_over_in_process"], LATENCY_GOAL, "met" if r["latency_goal_met"] else "MISSED"))
-    rows.append("throughput: service req/s at concurrency %s / at concurrency 1 = %.2f (goal >= %.2f): %s" % (
-        scaling_key[len("throughput_c"):-len("_over_c1")], r[scaling_key], SCALING_GOAL,
-        "met" if r["throughput_goal_met"] else "MISSED"))
+    top = r["top_concurrency"]
+    verdict = lambda key: "met" if r[key + "_met"] else "MISSED"
+    goal = lambda key: ("<=" if GOALS[key][0] == "max" else ">=") + " %.2f" % GOALS[key][1]
+    num = lambda v: "-" if v is None else "%.2f" % v
+    rows += ["", "ratios (%s):" % result["backend"],
+             "  service p50 at 1 client / ONNX Runtime alone at batch 1   = %s (goal %s): %s" % (
+                 num(r["service_c1_over_engine"]), goal("service_c1_over_engine"), verdict("service_c1_over_engine")),
+             "  service p50 at 1 client / the same work in process        = %s (goal %s): %s" % (
+                 num(r["service_c1_over_in_process"]), goal("service_c1_over_in_process"),
+                 verdict("service_c1_over_in_process")),
+             "  service req/s at %d clients / at 1 client                  = %s (goal %s): %s" % (
+                 top, num(r["throughput_top_over_c1"]), goal("throughput_top_over_c1"), verdict("throughput_top_over_c1"))]
+    if r["peers"]:
+        rows += ["", "this service / each peer:   p50 at 1 client (lower is faster)   req/s at %d clients (higher is more)" % top]
+        rows += ["  %-24s %12s %36s" % (name, num(v.get("latency_c1")), num(v.get("throughput_top")))
+                 for name, v in r["peers"].items()]
+    if len(result["services"]) > 1:
+        rows += ["", "backends (BACKEND=auto's CPU choice):   p50 at 1 client   req/s at %d clients" % top]
+        for run in result["services"]:
+            by = {lvl["concurrency"]: lvl for lvl in run["levels"]}
+            rows.append("  %-38s %8s ms %14s" % (run["backend"], num(by[1]["latency"]["p50_ms"]) if 1 in by else "-",
+                                                 num(by[top]["throughput_rps"]) if top in by else "-"))
     return "\n".join(rows)
 
 
@@ -392,26 +436,31 @@ def plot(result, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    levels = result["levels"]
-    conc = [lvl["concurrency"] for lvl in levels]
-    ref = result["reference"]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
-    for key, style in (("p50_ms", "o-"), ("p90_ms", "s--"), ("p99_ms", "^:")):
-        ax1.plot(conc, [lvl["latency"][key] for lvl in levels], style, label="service " + key[:3])
-    ax1.axhline(ref["latency"]["p50_ms"], color="k", lw=1, label="in-process p50 (batch 1)")
-    ax1.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency per request (ms)",
-            title="latency")
-    ax2.plot(conc, [lvl["throughput_rps"] for lvl in levels], "o-", label="service")
-    ax2.axhline(ref["throughput_rps"], color="k", lw=1, label="in-process, one image at a time")
+    conc = sorted({lvl["concurrency"] for run in result["services"] for lvl in run["levels"]})
+    for run in result["services"]:
+        levels = run["levels"]
+        c = [lvl["concurrency"] for lvl in levels]
+        ax1.plot(c, [lvl["latency"]["p50_ms"] for lvl in levels], "o-", label="service (%s) p50" % run["backend"])
+        ax2.plot(c, [lvl["throughput_rps"] for lvl in levels], "o-", label="service (%s)" % run["backend"])
+    for name, levels in result.get("peers", {}).items():
+        c = [lvl["concurrency"] for lvl in levels]
+        ax1.plot(c, [lvl["latency"]["p50_ms"] for lvl in levels], "x--", label="%s p50" % name)
+        ax2.plot(c, [lvl["throughput_rps"] for lvl in levels], "x--", label=name)
+    engine = result["engine_alone"]["onnxruntime"]["p50_ms"]
+    ax1.axhline(engine, color="k", lw=1, label="ONNX Runtime alone, batch 1")
+    ax2.axhline(1000.0 / engine, color="k", lw=1, label="ONNX Runtime alone, one image at a time")
+    ax1.set(xscale="log", yscale="log", xlabel="concurrent clients", ylabel="latency per request (ms)", title="latency")
     ax2.set(xscale="log", xlabel="concurrent clients", ylabel="images / s", title="throughput")
-    ax2.set_ylim(0, 1.15 * max([ref["throughput_rps"]] + [lvl["throughput_rps"] for lvl in levels]))
     for ax in (ax1, ax2):
         ax.set_xticks(conc)
         ax.set_xticklabels([str(c) for c in conc])
         ax.minorticks_off()
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=8)
-    fig.suptitle("%s via HTTP (%s) vs in-process ONNX Runtime" % (result["model"], result["service"]["settings"]), fontsize=10)
+        ax.legend(fontsize=7)
+    ax2.set_ylim(bottom=0)
+    fig.suptitle("%s: the service over HTTP vs the engine alone and Python peers (%s)" % (
+        result["model"], result["settings"]), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -426,13 +475,28 @@ def _positive(text):
     return value
 
 
+def _env(text):
+    if "=" not in text:
+        raise argparse.ArgumentTypeError("KEY=VALUE")
+    return tuple(text.split("=", 1))
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--bundle", default="build/bench/bundle", help="made with `mbv3 init` + `export` if missing")
     p.add_argument("--concurrency", type=_positive, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=_positive, default=800, help="at most this many requests per level")
     p.add_argument("--seconds", type=float, default=20.0, help="at most this long per level (and for the reference)")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads, both sides (0: its default)")
+    p.add_argument("--threads", type=int, default=0, help="the service's THREADS (0: its default)")
+    p.add_argument("--backend", default="auto", help="the service's BACKEND (auto: what it picks on this host)")
+    p.add_argument("--compare-backends", action="store_true",
+                   help="also serve with the other CPU backend, at 1 client and the most")
+    p.add_argument("--peers", nargs="*", default=list(peer_harness.PEERS), metavar="PEER",
+                   help="peers to run at 1 client and the most (default: %s; none: no argument)"
+                   % ", ".join(peer_harness.PEERS))
+    p.add_argument("--peer-venvs", default="build/peers", help="where the peers' virtual environments live")
+    p.add_argument("--env", type=_env, action="append", default=[], metavar="KEY=VALUE",
+                   help="a service setting for this run (A/B of settings), e.g. --env ONE_HOP_MAX_PIXELS=0")
     p.add_argument("--max-batch", type=_positive, help="service MAX_BATCH (default: the service's)")
     p.add_argument("--max-delay-ms", type=float, help="service MAX_DELAY_MS (default: the service's)")
     p.add_argument("--json", default="build/bench/serve.json")
@@ -440,70 +504,95 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def main(argv=None):
-    args = parse_args(argv)
-    for out in (args.json, args.plot):
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-    bundle_dir = ensure_bundle(args.bundle)
-    from mbv3 import bundle
-    meta = bundle.load(bundle_dir).metadata
-    photos = sample_photos()
-    log("bundle %s (%s, input %s); %d real photos: %s" % (bundle_dir, meta["name"], meta["input"]["shape"], len(photos),
-                                                       ", ".join("%s %d KB" % (n, len(b) // 1024) for n, b in photos)))
-    log("in-process reference ...")
-    ref = reference(bundle_dir, photos, args.threads, seconds=args.seconds, max_runs=args.requests)
-    extra = {}
-    if args.max_batch:
-        extra["MAX_BATCH"] = str(args.max_batch)
-    if args.max_delay_ms is not None:
-        extra["MAX_DELAY_MS"] = str(args.max_delay_ms)
-    log_path = os.path.splitext(os.path.abspath(args.json))[0] + "-service.log"
-    service = Service(bundle_dir, log_path, args.threads, extra)
-    levels, stopped, floor = [], None, None
+def serve(bundle_dir, photos, backend, levels, args, extra, log_dir):
+    """The service with `backend` at each concurrency of `levels`, and its in-process reference."""
+    log("in process (%s) ..." % backend)
+    ref = in_process(bundle_dir, photos, backend, args.threads, seconds=min(args.seconds, 10.0), max_runs=args.requests)
+    service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s.log" % backend), backend, args.threads, extra)
+    reqs = peer_harness.requests_for("service", photos)
+    out, floor = [], None
     try:
         ready = service.wait_ready()
-        log("service ready on port %d after %.1f s (log: %s)" % (service.port, ready, log_path))
+        log("service (%s) ready on port %d after %.1f s" % (backend, service.port, ready))
         floor = http_floor(service.port)
-        warm = run_level(service.port, photos, max(args.concurrency), 4 * max(args.concurrency), args.seconds)
+        warm = run_level(service.port, reqs, max(levels), 4 * max(levels), args.seconds)
         if warm["errors"]:
             raise BenchError("warm-up requests failed: %s" % warm["error_samples"])
-        for c in args.concurrency:
-            log("concurrency %d ..." % c)
-            levels.append(run_level(service.port, photos, c, args.requests, args.seconds, service_pid=service.proc.pid))
+        for c in levels:
+            log("service (%s), concurrency %d ..." % (backend, c))
+            out.append(run_level(service.port, reqs, c, args.requests, args.seconds, service_pid=service.proc.pid))
     finally:
         stopped = service.stop()
         log("service stopped by SIGTERM: exit status %s after %.1f s%s" % (stopped[0], stopped[1],
                                                                          ", needed SIGKILL" if stopped[2] else ""))
-    settings = "MAX_BATCH=%s MAX_DELAY_MS=%s THREADS=%s" % (extra.get("MAX_BATCH", "default"),
-                                                          extra.get("MAX_DELAY_MS", "default"), args.threads)
+    return {"backend": backend, "in_process": ref, "levels": out, "http_floor": floor,
+            "exit_status": stopped[0], "stop_seconds": stopped[1], "killed": stopped[2]}
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    for out in (args.json, args.plot):
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+    log_dir = os.path.dirname(os.path.abspath(args.json))
+    bundle_dir = ensure_bundle(args.bundle)
+    from mbv3 import bundle
+    from classifier import backends
+    meta = bundle.load(bundle_dir).metadata
+    photos = sample_photos()
+    log("bundle %s (%s, input %s); photos: %s" % (bundle_dir, meta["name"], meta["input"]["shape"],
+                                                 ", ".join("%s %d KB" % (n, len(b) // 1024) for n, b in photos)))
+    primary = backends.cpu_choice()[0] if args.backend == "auto" else args.backend
+    extra = dict(args.env)
+    if args.max_batch:
+        extra["MAX_BATCH"] = str(args.max_batch)
+    if args.max_delay_ms is not None:
+        extra["MAX_DELAY_MS"] = str(args.max_delay_ms)
+    top = max(args.concurrency)
+    edges = sorted({1, top})
+    log("engine alone ...")
+    engine = engine_alone(bundle_dir, photos)
+    runs = [serve(bundle_dir, photos, primary, args.concurrency, args, extra, log_dir)]
+    if args.compare_backends:
+        for other in (b for b in backends.CPU_PREFERENCE if b != primary):
+            runs.append(serve(bundle_dir, photos, other, edges, args, extra, log_dir))
+    peers = {}
+    for name in args.peers:
+        python = peer_harness.python_for(name, args.peer_venvs)
+        peers[name] = peer_harness.run_peer(name, python, bundle_dir, photos, edges, primary, ENGINE_THREADS, run_level,
+                                            log_dir, max_requests=args.requests, seconds=args.seconds)
+    settings = "BACKEND=%s %s" % (primary, " ".join("%s=%s" % kv for kv in sorted(extra.items())) or "defaults")
     result = {"bundle": bundle_dir, "model": meta["name"], "input_shape": meta["input"]["shape"], "cpus": os.cpu_count(),
-              "photos": [{"name": n, "bytes": len(b)} for n, b in photos],
-              "service": {"command": "python -m classifier", "backend": "onnxruntime", "settings": settings,
-                          "exit_status": stopped[0], "stop_seconds": stopped[1], "killed": stopped[2]},
-              "http_floor": floor, "reference": ref, "levels": levels}
+              "load_average": os.getloadavg(), "photos": [{"name": n, "bytes": len(b)} for n, b in photos],
+              "backend": primary, "settings": settings, "engine_alone": engine, "services": runs,
+              "in_process": runs[0]["in_process"], "levels": runs[0]["levels"], "http_floor": runs[0]["http_floor"],
+              "peers": peers}
     result["ratios"] = ratios(result)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     plot(result, args.plot)
     print(table(result))
-    busy = [m["cpu"]["other_cores"] for m in [ref] + levels if m.get("cpu")]
+    measured = [run["in_process"] for run in runs] + [lvl for run in runs for lvl in run["levels"]]
+    busy = [m["cpu"]["other_cores"] for m in measured if m.get("cpu")]
     if busy and max(busy) > 0.25:
         log("note: other processes used up to %.1f of the %d CPU cores during the measurements: these figures are "
             "noisy; rerun on a quiet machine" % (max(busy), os.cpu_count() or 0))
     log("wrote %s and %s" % (args.json, args.plot))
-    failures = sum(lvl["errors"] for lvl in levels)
-    clean = not stopped[2] and stopped[0] in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM once shut down
+    failures = sum(lvl["errors"] for run in runs for lvl in run["levels"])
+    failures += sum(lvl["errors"] for levels in peers.values() for lvl in levels)
+    unclean = [run for run in runs if run["killed"] or run["exit_status"] not in (0, -signal.SIGTERM)]
     if failures:
-        log("serve_bench: error: %d requests failed, e.g. %s" % (failures, [lvl["error_samples"] for lvl in levels]))
-    if not clean:
-        log("serve_bench: error: the service did not stop cleanly on SIGTERM (exit status %s%s; log %s)"
-            % (stopped[0], ", killed after the timeout" if stopped[2] else "", log_path))
-    return 1 if failures or not clean else 0
+        log("serve_bench: error: %d requests failed, e.g. %s" % (failures, [
+            lvl["error_samples"] for run in runs for lvl in run["levels"] if lvl["errors"]] + [
+            lvl["error_samples"] for levels in peers.values() for lvl in levels if lvl["errors"]]))
+    for run in unclean:
+        log("serve_bench: error: the service (%s) did not stop cleanly on SIGTERM (exit status %s%s)"
+            % (run["backend"], run["exit_status"], ", killed after the timeout" if run["killed"] else ""))
+    return 1 if failures or unclean else 0
 
 
 if __name__ == "__main__":
     try:
         sys.exit(main())
-    except BenchError as e:
+    except (BenchError, peer_harness.PeerError) as e:
         print("serve_bench: error: %s" % e, file=sys.stderr)
         sys.exit(1)

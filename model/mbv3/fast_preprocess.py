@@ -16,6 +16,7 @@ rotated JPEG is resized as decoded (to the transposed size when it is turned by 
 only the small output is turned: no rotated copy of the whole image is made.
 """
 import io
+import threading
 
 import numpy as np
 
@@ -30,6 +31,9 @@ TURBO_MODES = ("RGB", "L")
 EIGHT_BIT = ("1", "L", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LA", "PA", "La", "RGBa")
 
 _modules = None
+# JPEGs up to this many decoded bytes (1 megapixel RGB) are decoded into a buffer kept per thread
+REUSED_BYTES = 3 * 1000 * 1000
+_local = threading.local()
 
 
 def _load():
@@ -76,6 +80,27 @@ def probe(data):
     return width, height, ("JPEG " + mode if fmt == "JPEG" and mode in TURBO_MODES else mode)
 
 
+# libjpeg's colour spaces (simplejpeg.decode_jpeg_header) as probe()'s kinds
+JPEG_KINDS = {"Gray": "JPEG L", "YCbCr": "JPEG RGB", "RGB": "JPEG RGB", "CMYK": "CMYK", "YCCK": "CMYK"}
+
+
+def probe_jpeg(data):
+    """probe() of a JPEG from libjpeg-turbo's header parser (C, microseconds whatever the bytes,
+    so a caller may run it on its event loop); None when the bytes are not a JPEG it reads, and
+    probe() must say why."""
+    if not data.startswith(b"\xff\xd8"):
+        return None
+    try:
+        simplejpeg = _load()[0]
+        height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+    except Exception:   # ImportError, or ValueError from libjpeg
+        return None
+    kind = JPEG_KINDS.get(colorspace)
+    if kind is None or width < 1 or height < 1:
+        return None
+    return width, height, kind
+
+
 def reference_input(data, prep=None, max_pixels=None, normalize=True):
     """The reference transform with model_input's signature."""
     return numpy_preprocess.eval_transform(numpy_preprocess.decode(data, max_pixels=max_pixels), prep=prep,
@@ -114,7 +139,9 @@ def model_input(data, prep=None, max_pixels=None, normalize=True):
     simplejpeg, cv2 = _load()
     if fast:
         try:
-            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB" if mode == "RGB" else "GRAY")
+            channels = 3 if mode == "RGB" else 1
+            pixels = simplejpeg.decode_jpeg(data, colorspace="RGB" if mode == "RGB" else "GRAY",
+                                            buffer=_decode_buffer(width * height * channels))
         except MemoryError:
             raise ImageTooLarge("decoding the image needs more memory than is available")
         except Exception as e:   # ValueError from libjpeg-turbo: corrupt or truncated data
@@ -129,7 +156,26 @@ def model_input(data, prep=None, max_pixels=None, normalize=True):
         out = np.repeat(out[:, :, None], 3, axis=2)
     if not normalize:
         return np.ascontiguousarray(out)
-    return prep.normalize(out)
+    # prep.normalize's (x / pixel_max - mean) / std as one multiply and one subtract, in place:
+    # the same values to float32 rounding, in a third of the time
+    std = np.asarray(prep.std, np.float32)
+    x = out.astype(np.float32)
+    x *= np.float32(1.0 / prep.pixel_max) / std
+    x -= np.asarray(prep.mean, np.float32) / std
+    return x
+
+
+def _decode_buffer(nbytes):
+    """This thread's reusable decoding buffer when the image fits REUSED_BYTES, else None (a new
+    array). A fresh array of a photo's size costs its page faults on every decode (0.85 ms of a
+    1.8 ms decode of a 640x427 JPEG); the buffer is only ever used inside model_input, whose result
+    never points into it."""
+    if nbytes > REUSED_BYTES:
+        return None
+    buf = getattr(_local, "buffer", None)
+    if buf is None:
+        buf = _local.buffer = bytearray(REUSED_BYTES)
+    return buf
 
 
 def _resize(cv2, pixels, prep, transposed):

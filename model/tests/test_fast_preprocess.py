@@ -115,3 +115,22 @@ def test_select():
     assert fast_preprocess.select("reference")[0] is fast_preprocess.reference_input
     with pytest.raises(ValueError, match="choose one of"):
         fast_preprocess.select("turbo")
+
+
+def test_probe_jpeg_is_probe_for_jpegs_and_none_otherwise():
+    cases = _cases()
+    for name in ("photo.jpg", "gray.jpg", "cmyk.jpg", "wide.jpg", "photo-444-progressive.jpg"):
+        assert fast_preprocess.probe_jpeg(cases[name]) == fast_preprocess.probe(cases[name]), name
+    for data in (cases["noise.png"], cases["rgba.webp"], b"", b"\xff\xd8 not really a JPEG", cases["photo.jpg"][:2]):
+        assert fast_preprocess.probe_jpeg(data) is None
+
+
+def test_results_never_share_the_reused_decoding_buffer():
+    cases = _cases()
+    first = fast_preprocess.model_input(cases["photo.jpg"])
+    kept = first.copy()
+    pixels = fast_preprocess.model_input(cases["noise.jpg"], normalize=False)
+    kept_pixels = pixels.copy()
+    fast_preprocess.model_input(cases["gray.jpg"])
+    fast_preprocess.model_input(cases["exact-half.jpg"], normalize=False)
+    assert np.array_equal(first, kept) and np.array_equal(pixels, kept_pixels)

@@ -66,7 +66,9 @@ class Preprocessor:
     def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels, preprocessing="auto"):
         self.prep, self.pool = prep, pool
         self.transform, self.description = fast_preprocess.select(preprocessing)
-        self._probe = fast_preprocess.probe if self.transform is fast_preprocess.model_input else numpy_preprocess.probe
+        fast = self.transform is fast_preprocess.model_input
+        self._probe = fast_preprocess.probe if fast else numpy_preprocess.probe
+        self._quick_probe = fast_preprocess.probe_jpeg if fast else (lambda data: None)
         self.max_images, self.max_image_pixels, self.max_request_pixels = max_images, max_image_pixels, max_request_pixels
         self.tensor_bytes = prep.height * prep.width * 3 * 4
         # eval_transform's float32 intermediates: four gathered corners, two row blends, the output
@@ -81,8 +83,12 @@ class Preprocessor:
     async def probe(self, uploads):
         """Read every image's header on the pool; a bad header or an image over MAX_IMAGE_PIXELS
         marks that upload with its error."""
-        headers = await asyncio.get_running_loop().run_in_executor(
-            self.pool, lambda: [_probe(self._probe, u.data) for u in uploads])
+        quick = self._quick_probe(uploads[0].data) if len(uploads) == 1 else None
+        if quick is not None:   # a lone JPEG: libjpeg's header parser, here, a thread hop saved
+            headers = [quick]
+        else:
+            headers = await asyncio.get_running_loop().run_in_executor(
+                self.pool, lambda: [_probe(self._probe, u.data) for u in uploads])
         for upload, found in zip(uploads, headers):
             if isinstance(found, numpy_preprocess.ImageError):
                 upload.error = image_error(found)

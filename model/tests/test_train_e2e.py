@@ -153,6 +153,7 @@ def test_sigterm_saves_the_current_step_and_exits(digits_data, tmp_path):
     deadline = time.time() + 300
     while time.time() < deadline and not os.path.exists(str(run / "model.ckpt-50.index")):
         time.sleep(0.2)
+    time.sleep(3)   # a few more steps (smoke steps take well under a second), so the signal's own save is tested
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 128 + signal.SIGTERM, err[-2000:]

@@ -111,8 +111,8 @@ bench-onnx: venv ## ONNX Runtime latency of V3_LARGE at batch 1 and 8, next to T
 bench-train: venv ## training images/s of V3_LARGE 224 batch 32 vs keras MobileNetV3Large.fit, same run
 	$(PY) model/benchmarks/train_throughput.py --steps 10 --json $(BENCH_DIR)/train-throughput.json
 
-bench-serve: venv ## HTTP service latency and throughput at concurrency 1, 8, 32 vs in-process ONNX Runtime (real JPEGs)
-	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle \
+bench-serve: venv ## the service over HTTP at 1, 8, 32 clients vs the engine alone, in process, both CPU backends and Python peers
+	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle --compare-backends \
 	  --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png
 
 bench-devices: venv ## service throughput on 1, 2, 4 simulated Ascend devices (pyACL simulator), 32 clients, as ratios

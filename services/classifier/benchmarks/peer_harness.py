@@ -92,6 +92,7 @@ def check_answer(protocol, status, body):
         if protocol == "service":
             result = doc["results"][0]
             predictions, timings = result["predictions"], dict(result["timings_ms"])
+            timings["pipeline"] = doc["timings_ms"]["total"]   # the request's pipeline, inside the route
         elif protocol == "kserve":
             predictions, timings = doc["predictions"][0], {}
         else:

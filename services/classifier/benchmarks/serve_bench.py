@@ -117,7 +117,20 @@ def ratios(result):
             row["throughput_top"] = top["throughput_rps"] / by[top["concurrency"]]["throughput_rps"]
         peers[name] = row
     out["peers"] = peers
+    out["profile_c1"] = profile(one) if one else None
     return out
+
+
+def profile(level):
+    """Where a lone request's milliseconds go, from the service's own timings (medians: the parts
+    need not add up to the p50 exactly)."""
+    part = level["server_p50_ms"]
+    if part.get("pipeline") is None or part.get("preprocess") is None or part.get("inference") is None:
+        return None
+    total = level["latency"]["p50_ms"]
+    return {"decode_preprocess": part["preprocess"], "inference": part["inference"],
+            "pipeline_rest": part["pipeline"] - part["preprocess"] - part["inference"],
+            "http_and_framework": total - part["pipeline"], "request_p50": total}
 
 
 class CpuMeter:
@@ -296,7 +309,7 @@ def run_level(port, reqs, concurrency, max_requests=800, seconds=20.0, protocol=
     the level's wall time."""
     lock = threading.Lock()
     state = {"issued": 0}
-    latencies, names, server, errors = [], [], {"preprocess": [], "queue": [], "inference": []}, []
+    latencies, names, server, errors = [], [], {"preprocess": [], "queue": [], "inference": [], "pipeline": []}, []
     start = time.perf_counter()
     deadline = start + seconds
     last = [start]
@@ -419,6 +432,13 @@ def table(result):
                  verdict("service_c1_over_in_process")),
              "  service req/s at %d clients / at 1 client                  = %s (goal %s): %s" % (
                  top, num(r["throughput_top_over_c1"]), goal("throughput_top_over_c1"), verdict("throughput_top_over_c1"))]
+    prof = r.get("profile_c1")
+    if prof:
+        rows += ["", "where a lone request's %.2f ms go (server timings, p50 each):" % prof["request_p50"],
+                 "  decode + preprocess                                           %6.2f ms" % prof["decode_preprocess"],
+                 "  inference                                                     %6.2f ms" % prof["inference"],
+                 "  rest of the pipeline (probe, budget, thread hand-offs, top-k) %6.2f ms" % prof["pipeline_rest"],
+                 "  HTTP, routing, body and JSON, both ends of the connection     %6.2f ms" % prof["http_and_framework"]]
     if r["peers"]:
         rows += ["", "this service / each peer:   p50 at 1 client (lower is faster)   req/s at %d clients (higher is more)" % top]
         rows += ["  %-24s %12s %36s" % (name, num(v.get("latency_c1")), num(v.get("throughput_top")))

@@ -235,7 +235,7 @@ def test_env_names_and_values_are_the_services_settings(path, kind):
     assert set(env) <= settings | set(cann), set(env) - settings - set(cann)
     assert {k: v for k, v in env.items() if k in cann} == {k: cann[k] for k in env if k in cann}
     loaded = settings_mod.load(environ={k: v for k, v in env.items() if k in settings}, dotenv=None)
-    assert loaded.BACKEND == ("acl" if "ascend" in path else "onnxruntime")
+    assert loaded.BACKEND == ("acl" if "ascend" in path else "auto")
 
 
 def test_containers_run_as_the_images_user_read_only_without_capabilities():

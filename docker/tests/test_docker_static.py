@@ -144,7 +144,7 @@ def test_compose_devices_mounts_and_ports():
         (port,) = services[name]["ports"]
         assert port["host_ip"] == "127.0.0.1" and int(port["target"]) == 8000
     assert services["infer"]["environment"]["BACKEND"] == "acl"
-    assert services["infer-cpu"]["environment"]["BACKEND"] == "onnxruntime"
+    assert services["infer-cpu"]["environment"]["BACKEND"] == ""   # the service's auto: OpenVINO in that image
     gpu = services["train-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
     assert gpu["driver"] == "nvidia" and gpu["capabilities"] == ["gpu"] and gpu["count"] == -1
     npu = services["finetune-npu"]
@@ -250,7 +250,7 @@ def test_cpu_threads_follow_the_cpu_limit_and_the_ascend_gid_reaches_both_ascend
 
 
 # what the service containers fix, whatever the environment says
-FIXED = {"infer-cpu": {"MODEL_DIR": "/models/bundle", "BACKEND": "onnxruntime"},
+FIXED = {"infer-cpu": {"MODEL_DIR": "/models/bundle"},
          "infer": {"MODEL_DIR": "/models/bundle", "BACKEND": "acl", "DEVICE_IDS": "0"}}
 
 
@@ -262,7 +262,8 @@ def test_the_service_settings_defaults_live_in_the_service():
     names = [f.name for f in settings_mod.fields(settings_mod.Settings)]
     passed = {"MAX_BATCH": "32", "MAX_DELAY_MS": "2.5", "MAX_QUEUE": "64", "LOG_LEVEL": "debug",
               "MAX_BODY_BYTES": "1000", "MAX_CONCURRENT_REQUESTS": "3", "PREPROCESS_MEMORY_MB": "99",
-              "PREPROCESS_WORKERS": "2", "THREADS": "3", "CPU_WORKERS": "2"}
+              "PREPROCESS_WORKERS": "2", "THREADS": "3", "CPU_WORKERS": "2", "BACKEND": "onnxruntime",
+              "PREPROCESSING": "reference"}
     changed = _config(env=passed)
     for name, service in _config().items():
         if name not in FIXED:

@@ -1,7 +1,8 @@
 """Top-1 / top-5 of an exported bundle over a TFRecord split, through the serving path itself.
 
 Each record's image goes through what the servers do with an uploaded file: Pillow's decode and
-the NumPy eval transform (mbv3.numpy_preprocess) driven by the bundle's preprocessing record, then the
+the NumPy eval transform (mbv3.numpy_preprocess; or with preprocessing="fast"/"auto" the service's
+libjpeg-turbo + OpenCV path, mbv3.fast_preprocess) driven by the bundle's preprocessing record, then the
 bundle's model.onnx in ONNX Runtime (mbv3.onnx_classifier), after the checks a server makes before it
 serves. TensorFlow only reads the TFRecords; no TensorFlow graph is built. Counting is
 mbv3.evaluate's (mbv3.scoring): the last partial batch is included, and a record that does not
@@ -16,7 +17,7 @@ import time
 import numpy as np
 
 from .console import format_duration, say
-from . import bundle, data, numpy_preprocess, onnx_classifier, scoring
+from . import bundle, data, fast_preprocess, numpy_preprocess, onnx_classifier, scoring
 from .errors import MbV3Error, first_line
 
 PROGRESS_SECONDS = 10.0
@@ -34,9 +35,10 @@ def _records(files, log):
             log("warning: %s is damaged; the rest of it was not read (%s)" % (path, first_line(e)))
 
 
-def _prepare(record, prep):
+def _prepare(record, prep, transform=fast_preprocess.reference_input):
     """(model input, label) of one serialized tf.train.Example, or None when it cannot be used
-    (the cases the checkpoint eval's parse and decode skip)."""
+    (the cases the checkpoint eval's parse and decode skip); `transform` is one of
+    fast_preprocess.select's."""
     from tensorflow.core.example import example_pb2
     from google.protobuf.message import DecodeError
     try:
@@ -45,7 +47,7 @@ def _prepare(record, prep):
         label = feature[data.LABEL].int64_list.value
         if len(encoded) != 1 or len(label) != 1:
             return None
-        return numpy_preprocess.eval_transform(numpy_preprocess.decode(encoded[0]), prep=prep), int(label[0])
+        return transform(encoded[0], prep), int(label[0])
     except (DecodeError, numpy_preprocess.ImageError):
         return None
 
@@ -66,8 +68,13 @@ def result_path(bundle_dir, split):
 
 
 def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0, workers=None, write=True,
-             progress_seconds=PROGRESS_SECONDS, log=say):
-    """Score a bundle over a split; returns the result record (mbv3.evaluate's fields, plus the bundle's)."""
+             progress_seconds=PROGRESS_SECONDS, log=say, preprocessing="reference"):
+    """Score a bundle over a split; returns the result record (mbv3.evaluate's fields, plus the bundle's).
+    preprocessing: fast_preprocess.CHOICES, as the service's PREPROCESSING setting."""
+    try:
+        transform, described = fast_preprocess.select(preprocessing)
+    except (ValueError, ImportError) as e:
+        raise MbV3Error("preprocessing %s: %s" % (preprocessing, e))
     loaded = onnx_classifier.verify_bundle(bundle_dir)   # what a server checks before it serves
     clf = onnx_classifier.OnnxClassifier(loaded.path, threads)
     info = loaded.info
@@ -84,9 +91,9 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
         log("warning: the bundle's labels.txt differs from the data set's %s (the scores count class indices)"
             % data_labels)
     prep = info.preprocessing
-    log("%s: %s v%s (%s weights, step %s), input %dx%d, ONNX Runtime; %d %s images"
+    log("%s: %s v%s (%s weights, step %s), input %dx%d, %s preprocessing, ONNX Runtime; %d %s images"
         % (loaded.path, info.name, info.version, info.source.weights, info.source.step, prep.height, prep.width,
-           expected, split))
+           described, expected, split))
 
     tally = scoring.Tally()
     skipped = 0
@@ -104,7 +111,7 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         pending = None   # one batch is decoded while the previous one runs in ONNX Runtime
         for raw in _batches(_records(files, log), int(batch_size)):
-            futures = [pool.submit(_prepare, r, prep) for r in raw]
+            futures = [pool.submit(_prepare, r, prep, transform) for r in raw]
             if pending:
                 score(pending)
             pending = futures
@@ -125,7 +132,7 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
         "checkpoint": info.source.checkpoint, "step": info.source.step, "weights": info.source.weights,
         "data": os.path.abspath(data_dir), "split": split,
         "image_size": prep.height if prep.height == prep.width else [prep.height, prep.width],
-        "runtime": "onnxruntime " + _ort_version(),
+        "runtime": "onnxruntime " + _ort_version(), "preprocessing": described,
     }
     result.update(tally.fields(expected, skipped, seconds))
     tally.check(expected, skipped, log)

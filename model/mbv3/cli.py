@@ -7,7 +7,7 @@ import os
 import sys
 
 from .console import say
-from . import __version__, specs
+from . import __version__, fast_preprocess, specs
 from .errors import MbV3Error
 
 
@@ -149,10 +149,10 @@ def cmd_eval(args):
         _quiet_tensorflow()
         from . import bundle_eval
         result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
-                                      threads=args.threads or 0)
+                                      threads=args.threads or 0, preprocessing=args.preprocessing or "reference")
     else:
-        if args.threads is not None:
-            raise MbV3Error("--threads applies to --bundle (ONNX Runtime)")
+        if args.threads is not None or args.preprocessing is not None:
+            raise MbV3Error("--threads and --preprocessing apply to --bundle (ONNX Runtime)")
         _quiet_tensorflow()
         from . import evaluate
         result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
@@ -251,6 +251,9 @@ def parser():
     s.add_argument("--batch-size", type=_positive, default=100)
     s.add_argument("--image-size", type=_positive, help="default: the run's config.yaml, else 224")
     s.add_argument("--threads", type=int, help="--bundle: ONNX Runtime threads (default: ONNX Runtime's choice)")
+    s.add_argument("--preprocessing", choices=fast_preprocess.CHOICES,
+                   help="--bundle: reference (Pillow + NumPy, the default), fast (libjpeg-turbo + OpenCV, as the "
+                   "service serves when they are installed) or auto, as the service's PREPROCESSING setting")
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")

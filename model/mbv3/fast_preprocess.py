@@ -29,6 +29,9 @@ CHOICES = ("auto", "fast", "reference")
 # Pillow modes whose pixels the fast resize takes as they are (8 bits a channel, after to_rgb)
 # the JPEGs libjpeg-turbo decodes here, by Pillow mode (CMYK/YCCK ones go to Pillow, which inverts Adobe's CMYK)
 TURBO_MODES = ("RGB", "L")
+# What Pillow calls a JPEG libjpeg-turbo decodes: MPO (a camera's multi-picture JPEG) is a JPEG whose
+# first picture is the image; libjpeg stops at its end, as Pillow's decode shows the first frame
+JPEG_FORMATS = ("JPEG", "MPO")
 EIGHT_BIT = ("1", "L", "P", "RGB", "RGBA", "RGBX", "CMYK", "YCbCr", "LA", "PA", "La", "RGBa")
 
 _modules = None
@@ -78,7 +81,7 @@ def probe(data):
     """(width, height, kind) from the header: kind is the Pillow mode, or "JPEG RGB" / "JPEG L" for
     a JPEG this path decodes with libjpeg-turbo (whose memory differs from Pillow's decode)."""
     width, height, mode, fmt = numpy_preprocess.header(data)
-    return width, height, ("JPEG " + mode if fmt == "JPEG" and mode in TURBO_MODES else mode)
+    return width, height, ("JPEG " + mode if fmt in JPEG_FORMATS and mode in TURBO_MODES else mode)
 
 
 # libjpeg's colour spaces (simplejpeg.decode_jpeg_header) as probe()'s kinds
@@ -123,7 +126,7 @@ def model_input(data, prep=None, max_pixels=None, normalize=True):
             width, height = img.size
             fmt, mode = img.format, img.mode
             # a JPEG's EXIF is in its header; a PNG's may follow the pixels, and Pillow decodes to find it
-            fast = fmt == "JPEG" and mode in TURBO_MODES
+            fast = fmt in JPEG_FORMATS and mode in TURBO_MODES
             orientation = img.getexif().get(numpy_preprocess.EXIF_ORIENTATION, 1) if fast else 1
     except UnidentifiedImageError:
         raise ImageError("not an image in a format Pillow recognises")

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from mbv3 import bundle, bundle_eval, data, evaluate, export, onnx_classifier, train
+from mbv3 import bundle, bundle_eval, data, evaluate, export, fast_preprocess, onnx_classifier, train
 from random_models import random_run
 
 from conftest import assert_one_line_error, run_cli
@@ -67,6 +67,25 @@ def test_bundle_eval_counts_what_the_checkpoint_eval_counts(world):
     logits = onnx_classifier.OnnxClassifier(str(world / "bundle")).logits(np.stack([image for image, _ in prepared]))
     assert len(set(np.argmax(logits, axis=1))) > 1
     assert served["checkpoint"] == ckpt["checkpoint"] and served["step"] == ckpt["step"]
+
+
+def test_the_fast_path_gives_the_same_top1_on_every_image(world):
+    """The service's libjpeg-turbo + OpenCV preprocessing (within one 8-bit level of the reference)
+    through this trained bundle: every held-out image gets the reference's top-1."""
+    shards = [str(world / "data" / s["file"]) for s in data.info(str(world / "data"))["splits"]["validation"]["shards"]]
+    prep = bundle.load(str(world / "bundle")).preprocessing
+    clf = onnx_classifier.OnnxClassifier(str(world / "bundle"))
+    fast_transform = fast_preprocess.select("fast")[0]
+    records = list(bundle_eval._records(shards, print))
+    reference = np.stack([bundle_eval._prepare(r, prep)[0] for r in records])
+    fast = np.stack([bundle_eval._prepare(r, prep, fast_transform)[0] for r in records])
+    assert np.abs(fast - reference).max() <= 2.0 / 255 + 1e-5
+    assert (clf.logits(fast).argmax(1) == clf.logits(reference).argmax(1)).all()
+    result = bundle_eval.evaluate(str(world / "bundle"), str(world / "data"), write=False, log=lambda *_: None,
+                                  preprocessing="fast")
+    assert result["preprocessing"].startswith("fast") and result["examples"] == len(records)
+    assert result["top1"] == bundle_eval.evaluate(str(world / "bundle"), str(world / "data"), write=False,
+                                                  log=lambda *_: None)["top1"]
 
 
 def test_cli_prints_and_writes_json_beside_the_bundle(world):

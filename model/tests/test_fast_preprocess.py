@@ -52,6 +52,7 @@ def _cases():
         "tall.png": _encode(_photo((1, 500)), "PNG"),
         "exact-half.jpg": _encode(_photo((512, 512)), "JPEG"),
         "one-pixel.png": _encode(Image.new("RGB", (1, 1), (10, 200, 30)), "PNG"),
+        "two-pictures.mpo": _encode(photo, "MPO", save_all=True, append_images=[noise.resize(photo.size)]),
     }
 
 
@@ -106,6 +107,7 @@ def test_probe_names_what_decodes_the_image():
     assert fast_preprocess.probe(_cases()["photo.jpg"])[2] == "JPEG RGB"
     assert fast_preprocess.probe(_cases()["gray.jpg"])[2] == "JPEG L"
     assert fast_preprocess.probe(_cases()["cmyk.jpg"])[2] == "CMYK"
+    assert fast_preprocess.probe(_cases()["two-pictures.mpo"])[2] == "JPEG RGB"   # the first picture, by libjpeg
     assert fast_preprocess.probe(_cases()["noise.png"]) == (61, 97, "RGB")
 
 
@@ -119,7 +121,7 @@ def test_select():
 
 def test_probe_jpeg_is_probe_for_jpegs_and_none_otherwise():
     cases = _cases()
-    for name in ("photo.jpg", "gray.jpg", "cmyk.jpg", "wide.jpg", "photo-444-progressive.jpg"):
+    for name in ("photo.jpg", "gray.jpg", "cmyk.jpg", "wide.jpg", "photo-444-progressive.jpg", "two-pictures.mpo"):
         assert fast_preprocess.probe_jpeg(cases[name]) == fast_preprocess.probe(cases[name]), name
     for data in (cases["noise.png"], cases["rgba.webp"], b"", b"\xff\xd8 not really a JPEG", cases["photo.jpg"][:2]):
         assert fast_preprocess.probe_jpeg(data) is None

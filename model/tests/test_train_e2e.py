@@ -63,6 +63,9 @@ def test_digits_converge_and_serve(digits_data, tmp_path):
     assert served["examples"] == evaluation["examples"] and served["skipped_records"] == 0
     assert abs(served["top1"] - evaluation["top1"]) <= 0.005, (served, evaluation)
     print("digits: bundle eval top-1 %.4f (checkpoint eval %.4f)" % (served["top1"], evaluation["top1"]))
+    fast = _bundle_eval(tmp_path / "bundle", digits_data / "data", "--preprocessing", "fast")   # the service's path
+    assert fast["preprocessing"].startswith("fast") and fast["examples"] == served["examples"]
+    assert abs(fast["top1"] - served["top1"]) <= 0.005, (fast, served)
     held_out = _validation_files(digits_data)[:20]
     result = run_cli("predict", "--bundle", tmp_path / "bundle", "--top-k", "1", *[p for p, _ in held_out])
     assert result.returncode == 0, result.stderr[-2000:]
@@ -71,8 +74,8 @@ def test_digits_converge_and_serve(digits_data, tmp_path):
     assert correct >= 17, list(zip(predicted, held_out))
 
 
-def _bundle_eval(bundle_dir, data_dir):
-    result = run_cli("eval", "--bundle", bundle_dir, "--data", data_dir)
+def _bundle_eval(bundle_dir, data_dir, *flags):
+    result = run_cli("eval", "--bundle", bundle_dir, "--data", data_dir, *flags)
     assert result.returncode == 0, result.stderr[-3000:]
     return json.loads(result.stdout)
 

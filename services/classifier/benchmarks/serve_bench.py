@@ -168,8 +168,8 @@ class CpuMeter:
 # --- the references ------------------------------------------------------------------------
 
 def engine_alone(bundle_dir, photos, threads=ENGINE_THREADS, rounds=5, runs=40):
-    """p50 ms of each CPU engine at batch 1 on a preprocessed photo, `threads` threads, the engines
-    interleaved round by round so both see the same machine: what the model alone costs here."""
+    """{engine: [ms]} of each CPU engine at batch 1 on a preprocessed photo, `threads` threads, the
+    engines interleaved round by round so both see the same machine: what the model alone costs here."""
     from mbv3 import bundle, fast_preprocess
     loaded = bundle.load(bundle_dir)
     x = fast_preprocess.reference_input(photos[0][1], loaded.preprocessing)[np.newaxis]
@@ -195,7 +195,19 @@ def engine_alone(bundle_dir, photos, threads=ENGINE_THREADS, rounds=5, runs=40):
                 t = time.perf_counter()
                 run()
                 samples[key].append((time.perf_counter() - t) * 1000)
-    return {k: dict(percentiles(v), threads=threads) for k, v in samples.items()}
+    return samples
+
+
+def engine_summary(*sample_sets):
+    """Percentiles of the engine-alone samples taken before and after everything else: the
+    reference of every ratio, pooled, so a burst of someone else's work during one of the two
+    moves it less."""
+    pooled = {}
+    for samples in sample_sets:
+        for key, values in samples.items():
+            pooled.setdefault(key, []).extend(values)
+    return {k: dict(percentiles(v), threads=ENGINE_THREADS, before_p50_ms=percentiles(sample_sets[0][k])["p50_ms"],
+                    after_p50_ms=percentiles(sample_sets[-1][k])["p50_ms"]) for k, v in pooled.items()}
 
 
 def in_process(bundle_dir, photos, backend, threads=0, seconds=10.0, max_runs=400, warmup=5):
@@ -402,8 +414,9 @@ def _row(label, m, server_parts=None):
 
 def table(result):
     r = result["ratios"]
-    rows = ["engine alone, batch 1, %d threads, p50: %s" % (ENGINE_THREADS, ", ".join(
-        "%s %.2f ms" % (k, v["p50_ms"]) for k, v in result["engine_alone"].items())), ""]
+    rows = ["engine alone, batch 1, %d threads, p50 (before / after the rest): %s" % (ENGINE_THREADS, ", ".join(
+        "%s %.2f ms (%.2f / %.2f)" % (k, v["p50_ms"], v["before_p50_ms"], v["after_p50_ms"])
+        for k, v in result["engine_alone"].items())), ""]
     rows.append("%-34s %8s %8s %8s %8s %9s   %-16s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "requests", "req/s",
                                                          "CPU cores: this", "server p50 ms: preprocess / queue / inference"))
     rows.append("%-34s %8s %8s %8s %8s %9s   %-16s" % ("", "", "", "", "", "", "/ service / other"))
@@ -511,7 +524,8 @@ def parse_args(argv=None):
     p.add_argument("--backend", default="auto", help="the service's BACKEND (auto: what it picks on this host)")
     p.add_argument("--compare-backends", action="store_true",
                    help="also serve with the other CPU backend, at 1 client and the most")
-    p.add_argument("--peers", nargs="*", default=list(peer_harness.PEERS), metavar="PEER",
+    p.add_argument("--peers", nargs="*", default=list(peer_harness.PEERS), choices=list(peer_harness.PEERS),
+                   metavar="PEER",
                    help="peers to run at 1 client and the most (default: %s; none: no argument)"
                    % ", ".join(peer_harness.PEERS))
     p.add_argument("--peer-venvs", default="build/peers", help="where the peers' virtual environments live")
@@ -570,7 +584,7 @@ def main(argv=None):
     top = max(args.concurrency)
     edges = sorted({1, top})
     log("engine alone ...")
-    engine = engine_alone(bundle_dir, photos)
+    before = engine_alone(bundle_dir, photos)
     runs = [serve(bundle_dir, photos, primary, args.concurrency, args, extra, log_dir)]
     if args.compare_backends:
         for other in (b for b in backends.CPU_PREFERENCE if b != primary):
@@ -580,6 +594,8 @@ def main(argv=None):
         python = peer_harness.python_for(name, args.peer_venvs)
         peers[name] = peer_harness.run_peer(name, python, bundle_dir, photos, edges, primary, ENGINE_THREADS, run_level,
                                             log_dir, max_requests=args.requests, seconds=args.seconds)
+    log("engine alone, again ...")
+    engine = engine_summary(before, engine_alone(bundle_dir, photos))
     settings = "BACKEND=%s %s" % (primary, " ".join("%s=%s" % kv for kv in sorted(extra.items())) or "defaults")
     result = {"bundle": bundle_dir, "model": meta["name"], "input_shape": meta["input"]["shape"], "cpus": os.cpu_count(),
               "load_average": os.getloadavg(), "photos": [{"name": n, "bytes": len(b)} for n, b in photos],

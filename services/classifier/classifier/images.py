@@ -25,7 +25,7 @@ from .errors import ApiError, bad_request
 # baseline, 3.1 EXIF-rotated (only the output is turned), 6.0 progressive 4:2:0, 9.0 progressive
 # 4:4:4; grayscale 1.1, 3.0 progressive. ROW_BYTES covers Pillow's per-row bookkeeping, which
 # dominates for images one pixel wide. test_service_limits.py checks the sum against VmHWM.
-BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 18, "RGBA": 18, "RGBX": 18, "CMYK": 18, "YCbCr": 18, "LA": 18,
+BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 19, "RGBA": 18, "RGBX": 18, "CMYK": 18, "YCbCr": 18, "LA": 18,
                    "PA": 18, "I;16": 22, "I;16B": 22, "I;16L": 22, "I;16N": 22, "I": 32, "F": 32,
                    "JPEG RGB": 12, "JPEG L": 6}
 DEFAULT_BYTES_PER_PIXEL = 32

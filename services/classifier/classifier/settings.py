@@ -60,7 +60,7 @@ class Settings:
         return parse_device_ids(self.DEVICE_IDS)
 
     def threads(self, workers):
-        """ONNX Runtime intra-op threads for each of `workers` workers."""
+        """Engine threads (ONNX Runtime intra-op, OpenVINO inference) for each of `workers` workers."""
         return self.THREADS or max(1, available_cpus() // workers)
 
 

@@ -13,7 +13,7 @@ from .base import Backend, BackendError  # noqa: F401
 # What BACKEND may say. A new backend is a module here (a Backend subclass), its name in this tuple
 # and its branch in create(): nothing else in the service names backends.
 CHOICES = ("auto", "onnxruntime", "openvino", "acl")
-# BACKEND=auto's CPU engine, in order of preference: `make bench-serve --backends` at 1 and 32 clients
+# BACKEND=auto's CPU engine, in order of preference: `make bench-serve` (--compare-backends) at 1 and 32 clients
 # decided it (README, Measured numbers)
 CPU_PREFERENCE = ("openvino", "onnxruntime")
 

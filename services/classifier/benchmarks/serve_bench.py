@@ -97,10 +97,13 @@ def ratios(result):
     """The goals' ratios, and this service / each peer: p50 at 1 client, req/s at the most clients."""
     levels = {lvl["concurrency"]: lvl for lvl in result["levels"]}
     one, top = levels.get(1), levels[max(levels)]
-    engine = result["engine_alone"]["onnxruntime"]["p50_ms"]
+    rounds = result["services"][0]["rounds"]
     out = {
-        "service_c1_over_engine": one["latency"]["p50_ms"] / engine if one else None,
-        "service_c1_over_in_process": one["latency"]["p50_ms"] / result["in_process"]["latency"]["p50_ms"] if one else None,
+        # medians of the rounds' ratios (lone_rounds): each round's service and references side by side
+        "service_c1_over_engine": spread([r["service_over_engine"] for r in rounds])[0] if rounds else None,
+        "service_c1_over_in_process": spread([r["service_over_in_process"] for r in rounds])[0] if rounds else None,
+        "service_c1_over_engine_range": list(spread([r["service_over_engine"] for r in rounds])[1:]) if rounds else None,
+        "service_c1_over_in_process_range": list(spread([r["service_over_in_process"] for r in rounds])[1:]) if rounds else None,
         "throughput_top_over_c1": top["throughput_rps"] / one["throughput_rps"] if one and one["throughput_rps"] else None,
         "top_concurrency": top["concurrency"],
     }
@@ -167,87 +170,114 @@ class CpuMeter:
 
 # --- the references ------------------------------------------------------------------------
 
-def engine_alone(bundle_dir, photos, threads=ENGINE_THREADS, rounds=5, runs=40):
-    """{engine: [ms]} of each CPU engine at batch 1 on a preprocessed photo, `threads` threads, the
-    engines interleaved round by round so both see the same machine: what the model alone costs here."""
-    from mbv3 import bundle, fast_preprocess
-    loaded = bundle.load(bundle_dir)
-    x = fast_preprocess.reference_input(photos[0][1], loaded.preprocessing)[np.newaxis]
-    runners = {}
-    import onnxruntime as ort
-    options = ort.SessionOptions()
-    options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
-    session = ort.InferenceSession(loaded.file(bundle.ONNX), options, providers=["CPUExecutionProvider"])
-    name = session.get_inputs()[0].name
-    runners["onnxruntime"] = lambda: session.run(None, {name: x})
-    try:
-        from classifier.backends.openvino import OpenVinoBackend
-        ov = OpenVinoBackend(loaded.file(bundle.ONNX), loaded.info, threads, 1)
-        runners["openvino"] = lambda: ov.run(x)
-    except Exception as e:   # openvino not installed: the ONNX Runtime reference is the one that counts
-        log("engine alone: no OpenVINO (%s)" % e)
-    samples = {k: [] for k in runners}
-    for _ in range(rounds):
-        for key, run in runners.items():
-            for _ in range(3):
+class EngineAlone:
+    """Each CPU engine at batch 1 on a preprocessed photo with ENGINE_THREADS threads: what the model
+    alone costs here, the reference of the goals' ratios."""
+
+    def __init__(self, bundle_dir, photos, threads=ENGINE_THREADS):
+        from mbv3 import bundle, fast_preprocess
+        loaded = bundle.load(bundle_dir)
+        x = fast_preprocess.reference_input(photos[0][1], loaded.preprocessing)[np.newaxis]
+        import onnxruntime as ort
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        session = ort.InferenceSession(loaded.file(bundle.ONNX), options, providers=["CPUExecutionProvider"])
+        name = session.get_inputs()[0].name
+        self.runners = {"onnxruntime": lambda: session.run(None, {name: x})}
+        try:
+            from classifier.backends.openvino import OpenVinoBackend
+            ov = OpenVinoBackend(loaded.file(bundle.ONNX), loaded.info, threads, 1)
+            self.runners["openvino"] = lambda: ov.run(x)
+        except Exception as e:   # openvino not installed: the ONNX Runtime reference is the one that counts
+            log("engine alone: no OpenVINO (%s)" % e)
+
+    def measure(self, runs=30, warmup=3):
+        """{engine: [ms]}, the engines one after the other, each warmed up first."""
+        samples = {}
+        for key, run in self.runners.items():
+            for _ in range(warmup):
                 run()
+            samples[key] = []
             for _ in range(runs):
                 t = time.perf_counter()
                 run()
                 samples[key].append((time.perf_counter() - t) * 1000)
-    return samples
+        return samples
 
 
-def engine_summary(*sample_sets):
-    """Percentiles of the engine-alone samples taken before and after everything else: the
-    reference of every ratio, pooled, so a burst of someone else's work during one of the two
-    moves it less."""
-    pooled = {}
-    for samples in sample_sets:
-        for key, values in samples.items():
-            pooled.setdefault(key, []).extend(values)
-    return {k: dict(percentiles(v), threads=ENGINE_THREADS, before_p50_ms=percentiles(sample_sets[0][k])["p50_ms"],
-                    after_p50_ms=percentiles(sample_sets[-1][k])["p50_ms"]) for k, v in pooled.items()}
-
-
-def in_process(bundle_dir, photos, backend, threads=0, seconds=10.0, max_runs=400, warmup=5):
+class InProcess:
     """Per image, in this process: the service's decode + preprocessing (PREPROCESSING=auto) and its
     backend (built as the service builds it) at batch 1: the service's work without HTTP or queues."""
-    from mbv3 import bundle, fast_preprocess
-    from classifier import backends
-    from classifier.settings import available_cpus
-    loaded = bundle.load(bundle_dir)
-    prep = loaded.preprocessing
-    transform, described = fast_preprocess.select("auto")
-    engine = backends.create(loaded, backend=backend, device_id=0, threads=threads or available_cpus(), max_batch=8,
-                             log=lambda m: None)
 
-    def one(data):
-        t0 = time.perf_counter()
-        x = transform(data, prep)[np.newaxis]
-        t1 = time.perf_counter()
-        engine.run(x)
-        t2 = time.perf_counter()
-        return t1 - t0, t2 - t1
+    def __init__(self, bundle_dir, photos, backend, threads=0, warmup=5):
+        from mbv3 import bundle, fast_preprocess
+        from classifier import backends
+        from classifier.settings import available_cpus
+        loaded = bundle.load(bundle_dir)
+        self.prep, self.photos = loaded.preprocessing, photos
+        self.transform, described = fast_preprocess.select("auto")
+        self.engine = backends.create(loaded, backend=backend, device_id=0, threads=threads or available_cpus(),
+                                      max_batch=8, log=lambda m: None)
+        self.what = "decode + preprocess (%s) + %s batch 1, in this process" % (described, self.engine.describe())
+        self.measure(warmup)
 
-    for i in range(warmup):
-        one(photos[i % len(photos)][1])
-    total, pre, inf, names = [], [], [], []
-    meter = CpuMeter()
-    start = time.perf_counter()
-    while len(total) < max_runs and time.perf_counter() - start < seconds:
-        name, data = photos[len(total) % len(photos)]
-        p, n = one(data)
-        pre.append(p * 1000)
-        inf.append(n * 1000)
-        total.append((p + n) * 1000)
-        names.append(name)
-    wall = time.perf_counter() - start
-    engine.close()
-    return {"what": "decode + preprocess (%s) + %s batch 1, in this process" % (described, engine.describe()),
-            "backend": engine.name, "latency": percentiles(total), "throughput_rps": len(total) / wall, "wall_s": wall,
-            "parts_p50_ms": {"decode_preprocess": percentiles(pre)["p50_ms"], "inference": percentiles(inf)["p50_ms"]},
-            "per_photo_p50_ms": per_photo(names, total), "cpu": meter.stop()}
+    def measure(self, runs):
+        """[(photo name, decode + preprocess ms, inference ms)], the photos in turn."""
+        rows = []
+        for i in range(runs):
+            name, data = self.photos[i % len(self.photos)]
+            t0 = time.perf_counter()
+            x = self.transform(data, self.prep)[np.newaxis]
+            t1 = time.perf_counter()
+            self.engine.run(x)
+            rows.append((name, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000))
+        return rows
+
+    def summary(self, rows, wall, cpu=None):
+        total = [p + n for _, p, n in rows]
+        return {"what": self.what, "backend": self.engine.name, "latency": percentiles(total),
+                "throughput_rps": len(rows) / wall if wall > 0 else 0.0, "wall_s": wall,
+                "parts_p50_ms": {"decode_preprocess": percentiles([p for _, p, _ in rows])["p50_ms"],
+                                 "inference": percentiles([n for _, _, n in rows])["p50_ms"]},
+                "per_photo_p50_ms": per_photo([name for name, _, _ in rows], total), "cpu": cpu}
+
+    def close(self):
+        self.engine.close()
+
+
+def lone_rounds(engines, inproc, port, reqs, rounds, per_round, service_pid):
+    """One client, interleaved with its references: each round measures the engine alone, the same
+    work in process and then the service (whose engine sits idle meanwhile, as the references' do
+    while it runs), so all three see the same machine, and each round gives its own ratios. On a
+    shared machine whose speed drifts by 2x within minutes, a reference measured at another moment
+    than the service moves a ratio more than anything the service does.
+    Returns the pooled 1-client level, the pooled references and the rounds' p50s and ratios."""
+    levels, engine_samples, in_rows, in_wall, out = [], {}, [], 0.0, []
+    for _ in range(rounds):
+        alone = engines.measure()
+        t = time.perf_counter()
+        rows = inproc.measure(per_round // 2)
+        in_wall += time.perf_counter() - t
+        time.sleep(0.05)   # ONNX Runtime's idle workers spin a little while after a run
+        level = run_level(port, reqs, 1, per_round, 60.0, service_pid=service_pid, keep=True)
+        levels.append(level)
+        for key, values in alone.items():
+            engine_samples.setdefault(key, []).extend(values)
+        in_rows += rows
+        served = level["latency"]["p50_ms"]
+        engine_p50 = percentiles(alone["onnxruntime"])["p50_ms"]
+        in_p50 = percentiles([p + n for _, p, n in rows])["p50_ms"]
+        out.append({"service_p50_ms": served, "engine_alone_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in alone.items()},
+                    "in_process_p50_ms": in_p50, "service_over_engine": served / engine_p50,
+                    "service_over_in_process": served / in_p50})
+    return {"level": merge_levels(levels), "engine_alone": {k: dict(percentiles(v), threads=ENGINE_THREADS)
+                                                            for k, v in engine_samples.items()},
+            "in_process": inproc.summary(in_rows, in_wall), "rounds": out}
+
+
+def spread(values):
+    """(median, min, max) of per-round values."""
+    return float(np.median(values)), float(min(values)), float(max(values))
 
 
 # --- the service -----------------------------------------------------------------------------
@@ -315,7 +345,7 @@ class Service:
 
 # --- load ------------------------------------------------------------------------------------
 
-def run_level(port, reqs, concurrency, max_requests=800, seconds=20.0, protocol="service", service_pid=None):
+def run_level(port, reqs, concurrency, max_requests=800, seconds=20.0, protocol="service", service_pid=None, keep=False):
     """`concurrency` clients, each on its own keep-alive connection, send `reqs` (peer_harness.requests_for)
     in turn until max_requests are done or `seconds` pass; latency per request, throughput over
     the level's wall time."""
@@ -369,11 +399,34 @@ def run_level(port, reqs, concurrency, max_requests=800, seconds=20.0, protocol=
         t.join()
     cpu = meter.stop()
     wall = last[0] - start
-    return {"concurrency": concurrency, "requests": len(latencies), "errors": len(errors), "error_samples": errors[:5],
-            "wall_s": wall, "throughput_rps": len(latencies) / wall if wall > 0 else 0.0,
-            "latency": percentiles(latencies),
-            "server_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in server.items()},
-            "per_photo_p50_ms": per_photo(names, latencies), "cpu": cpu}
+    level = {"concurrency": concurrency, "requests": len(latencies), "errors": len(errors), "error_samples": errors[:5],
+             "wall_s": wall, "throughput_rps": len(latencies) / wall if wall > 0 else 0.0,
+             "latency": percentiles(latencies),
+             "server_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in server.items()},
+             "per_photo_p50_ms": per_photo(names, latencies), "cpu": cpu}
+    if keep:   # for merge_levels; not written out
+        level["_raw"] = {"latencies": latencies, "names": names, "server": server, "errors": errors}
+    return level
+
+
+def merge_levels(levels):
+    """One level from several runs of run_level(keep=True) at the same concurrency: samples pooled,
+    wall times and CPU use added up."""
+    lat, names, errors, server = [], [], [], {}
+    for lvl in levels:
+        raw = lvl.pop("_raw")
+        lat += raw["latencies"]
+        names += raw["names"]
+        errors += raw["errors"]
+        for k, v in raw["server"].items():
+            server.setdefault(k, []).extend(v)
+    wall = sum(lvl["wall_s"] for lvl in levels)
+    cpus = [lvl["cpu"] for lvl in levels if lvl.get("cpu")]
+    cpu = {k: sum(c[k] * lvl["wall_s"] for c, lvl in zip(cpus, levels)) / wall for k in cpus[0]} if cpus and wall else None
+    return {"concurrency": levels[0]["concurrency"], "requests": len(lat), "errors": len(errors),
+            "error_samples": errors[:5], "wall_s": wall, "throughput_rps": len(lat) / wall if wall > 0 else 0.0,
+            "latency": percentiles(lat), "server_p50_ms": {k: percentiles(v)["p50_ms"] for k, v in server.items()},
+            "per_photo_p50_ms": per_photo(names, lat), "cpu": cpu, "rounds": len(levels)}
 
 
 def http_floor(port, requests=200):
@@ -414,16 +467,16 @@ def _row(label, m, server_parts=None):
 
 def table(result):
     r = result["ratios"]
-    rows = ["engine alone, batch 1, %d threads, p50 (before / after the rest): %s" % (ENGINE_THREADS, ", ".join(
-        "%s %.2f ms (%.2f / %.2f)" % (k, v["p50_ms"], v["before_p50_ms"], v["after_p50_ms"])
-        for k, v in result["engine_alone"].items())), ""]
+    rows = ["engine alone, batch 1, %d threads, p50 over the 1-client rounds: %s" % (ENGINE_THREADS, ", ".join(
+        "%s %.2f ms" % (k, v["p50_ms"]) for k, v in result["engine_alone"].items())), ""]
     rows.append("%-34s %8s %8s %8s %8s %9s   %-16s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "requests", "req/s",
                                                          "CPU cores: this", "server p50 ms: preprocess / queue / inference"))
     rows.append("%-34s %8s %8s %8s %8s %9s   %-16s" % ("", "", "", "", "", "", "/ service / other"))
     for run in result["services"]:
         ref = run["in_process"]
-        rows.append(_row("in process (%s)" % run["backend"], ref, {"preprocess": ref["parts_p50_ms"]["decode_preprocess"],
-                                                                 "inference": ref["parts_p50_ms"]["inference"]}))
+        if ref:
+            rows.append(_row("in process (%s)" % run["backend"], ref, {"preprocess": ref["parts_p50_ms"]["decode_preprocess"],
+                                                                     "inference": ref["parts_p50_ms"]["inference"]}))
         for lvl in run["levels"]:
             rows.append(_row("service (%s), %d clients" % (run["backend"], lvl["concurrency"]), lvl, lvl["server_p50_ms"]))
     for name, levels in result.get("peers", {}).items():
@@ -437,12 +490,15 @@ def table(result):
     verdict = lambda key: "met" if r[key + "_met"] else "MISSED"
     goal = lambda key: ("<=" if GOALS[key][0] == "max" else ">=") + " %.2f" % GOALS[key][1]
     num = lambda v: "-" if v is None else "%.2f" % v
-    rows += ["", "ratios (%s):" % result["backend"],
-             "  service p50 at 1 client / ONNX Runtime alone at batch 1   = %s (goal %s): %s" % (
-                 num(r["service_c1_over_engine"]), goal("service_c1_over_engine"), verdict("service_c1_over_engine")),
-             "  service p50 at 1 client / the same work in process        = %s (goal %s): %s" % (
-                 num(r["service_c1_over_in_process"]), goal("service_c1_over_in_process"),
-                 verdict("service_c1_over_in_process")),
+    span = lambda key: "" if not r.get(key + "_range") else ", rounds %.2f-%.2f" % tuple(r[key + "_range"])
+    rows += ["", "ratios (%s; 1 client: median of %d rounds, each measured beside its references):" % (
+                 result["backend"], len(result["services"][0]["rounds"])),
+             "  service p50 at 1 client / ONNX Runtime alone at batch 1   = %s%s (goal %s): %s" % (
+                 num(r["service_c1_over_engine"]), span("service_c1_over_engine"), goal("service_c1_over_engine"),
+                 verdict("service_c1_over_engine")),
+             "  service p50 at 1 client / the same work in process        = %s%s (goal %s): %s" % (
+                 num(r["service_c1_over_in_process"]), span("service_c1_over_in_process"),
+                 goal("service_c1_over_in_process"), verdict("service_c1_over_in_process")),
              "  service req/s at %d clients / at 1 client                  = %s (goal %s): %s" % (
                  top, num(r["throughput_top_over_c1"]), goal("throughput_top_over_c1"), verdict("throughput_top_over_c1"))]
     prof = r.get("profile_c1")
@@ -519,6 +575,8 @@ def parse_args(argv=None):
     p.add_argument("--bundle", default="build/bench/bundle", help="made with `mbv3 init` + `export` if missing")
     p.add_argument("--concurrency", type=_positive, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=_positive, default=800, help="at most this many requests per level")
+    p.add_argument("--rounds", type=_positive, default=8,
+                   help="1 client: rounds of engine alone / in process / service, the level's requests split among them")
     p.add_argument("--seconds", type=float, default=20.0, help="at most this long per level (and for the reference)")
     p.add_argument("--threads", type=int, default=0, help="the service's THREADS (0: its default)")
     p.add_argument("--backend", default="auto", help="the service's BACKEND (auto: what it picks on this host)")
@@ -538,13 +596,14 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def serve(bundle_dir, photos, backend, levels, args, extra, log_dir):
-    """The service with `backend` at each concurrency of `levels`, and its in-process reference."""
-    log("in process (%s) ..." % backend)
-    ref = in_process(bundle_dir, photos, backend, args.threads, seconds=min(args.seconds, 10.0), max_runs=args.requests)
+def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines):
+    """The service with `backend` at each concurrency of `levels`; one client in rounds interleaved
+    with the engine alone (`engines`, an EngineAlone) and the same work in process."""
+    log("in process (%s): loading ..." % backend)
+    inproc = InProcess(bundle_dir, photos, backend, args.threads)
     service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s.log" % backend), backend, args.threads, extra)
     reqs = peer_harness.requests_for("service", photos)
-    out, floor = [], None
+    out, floor, lone = [], None, None
     try:
         ready = service.wait_ready()
         log("service (%s) ready on port %d after %.1f s" % (backend, service.port, ready))
@@ -553,13 +612,22 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir):
         if warm["errors"]:
             raise BenchError("warm-up requests failed: %s" % warm["error_samples"])
         for c in levels:
+            if c == 1:
+                log("service (%s), 1 client: %d rounds of the engine alone, in process, the service ..." % (
+                    backend, args.rounds))
+                lone = lone_rounds(engines, inproc, service.port, reqs, args.rounds, max(2, args.requests // args.rounds),
+                                   service.proc.pid)
+                out.append(lone["level"])
+                continue
             log("service (%s), concurrency %d ..." % (backend, c))
             out.append(run_level(service.port, reqs, c, args.requests, args.seconds, service_pid=service.proc.pid))
     finally:
+        inproc.close()
         stopped = service.stop()
         log("service stopped by SIGTERM: exit status %s after %.1f s%s" % (stopped[0], stopped[1],
                                                                          ", needed SIGKILL" if stopped[2] else ""))
-    return {"backend": backend, "in_process": ref, "levels": out, "http_floor": floor,
+    return {"backend": backend, "in_process": lone and lone["in_process"], "engine_alone": lone and lone["engine_alone"],
+            "rounds": lone["rounds"] if lone else [], "levels": out, "http_floor": floor,
             "exit_status": stopped[0], "stop_seconds": stopped[1], "killed": stopped[2]}
 
 
@@ -583,19 +651,18 @@ def main(argv=None):
         extra["MAX_DELAY_MS"] = str(args.max_delay_ms)
     top = max(args.concurrency)
     edges = sorted({1, top})
-    log("engine alone ...")
-    before = engine_alone(bundle_dir, photos)
-    runs = [serve(bundle_dir, photos, primary, args.concurrency, args, extra, log_dir)]
+    engines = EngineAlone(bundle_dir, photos)
+    runs = [serve(bundle_dir, photos, primary, args.concurrency, args, extra, log_dir, engines)]
     if args.compare_backends:
         for other in (b for b in backends.CPU_PREFERENCE if b != primary):
-            runs.append(serve(bundle_dir, photos, other, edges, args, extra, log_dir))
+            runs.append(serve(bundle_dir, photos, other, edges, args, extra, log_dir, engines))
     peers = {}
     for name in args.peers:
         python = peer_harness.python_for(name, args.peer_venvs)
         peers[name] = peer_harness.run_peer(name, python, bundle_dir, photos, edges, primary, ENGINE_THREADS, run_level,
                                             log_dir, max_requests=args.requests, seconds=args.seconds)
-    log("engine alone, again ...")
-    engine = engine_summary(before, engine_alone(bundle_dir, photos))
+    engine = runs[0]["engine_alone"] or {k: dict(percentiles(v), threads=ENGINE_THREADS)
+                                         for k, v in engines.measure(runs=200).items()}
     settings = "BACKEND=%s %s" % (primary, " ".join("%s=%s" % kv for kv in sorted(extra.items())) or "defaults")
     result = {"bundle": bundle_dir, "model": meta["name"], "input_shape": meta["input"]["shape"], "cpus": os.cpu_count(),
               "load_average": os.getloadavg(), "photos": [{"name": n, "bytes": len(b)} for n, b in photos],
@@ -607,7 +674,7 @@ def main(argv=None):
         json.dump(result, f, indent=2)
     plot(result, args.plot)
     print(table(result))
-    measured = [run["in_process"] for run in runs] + [lvl for run in runs for lvl in run["levels"]]
+    measured = [run["in_process"] for run in runs if run["in_process"]] + [lvl for run in runs for lvl in run["levels"]]
     busy = [m["cpu"]["other_cores"] for m in measured if m.get("cpu")]
     if busy and max(busy) > 0.25:
         log("note: other processes used up to %.1f of the %d CPU cores during the measurements: these figures are "

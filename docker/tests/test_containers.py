@@ -122,12 +122,12 @@ def image_bytes(seed):
 
 
 def host_probabilities(bundle_dir, data):
-    """What the host's ONNX Runtime says for the same image, through the same preprocessing."""
-    from mbv3 import numpy_preprocess
+    """What the host's ONNX Runtime says for the same image, through the preprocessing the images
+    serve with (the fast path: both images install simplejpeg and OpenCV)."""
+    from mbv3 import fast_preprocess
     from mbv3.onnx_classifier import OnnxClassifier, softmax
     clf = OnnxClassifier(bundle_dir)
-    prep = clf.bundle.metadata["preprocessing"]
-    x = numpy_preprocess.eval_transform(numpy_preprocess.decode(data), prep["size"], prep)[None]
+    x = fast_preprocess.select("fast")[0](data, clf.bundle.preprocessing)[None]
     return softmax(clf.logits(x))[0]
 
 
@@ -210,7 +210,9 @@ def test_make_serve_container_compose_up_healthy_non_root_and_classifies(cpu_ser
                         headers={"Content-Type": "image/png"}, timeout=30)
     assert bad.status_code == 400 and requests.get("http://127.0.0.1:%d/readyz" % port, timeout=5).ok
     served = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=5).json()
-    assert served["name"] == "container_test" and "onnxruntime" in str(served["serving"]["backend"]).lower()
+    # BACKEND=auto in the CPU image: OpenVINO, and the fast preprocessing path
+    assert served["name"] == "container_test" and "openvino" in str(served["serving"]["backend"]).lower()
+    assert str(served["serving"]["preprocessing"]).startswith("fast")
     assert_pages_installed(port)
 
 

@@ -170,6 +170,31 @@ class CpuMeter:
 
 # --- the references ------------------------------------------------------------------------
 
+def preprocessing_alone(bundle_dir, photos, rounds=5, runs=10):
+    """p50 ms per photo of the two transforms the service can serve with (fast_preprocess.select:
+    fast and reference), interleaved round by round, with their largest difference in 8-bit levels."""
+    from mbv3 import bundle, fast_preprocess
+    prep = bundle.load(bundle_dir).preprocessing
+    try:
+        transforms = {"fast": fast_preprocess.select("fast")[0], "reference": fast_preprocess.select("reference")[0]}
+    except ImportError as e:
+        log("preprocessing alone: no fast path (%s)" % e)
+        return None
+    samples = {(k, name): [] for k in transforms for name, _ in photos}
+    for _ in range(rounds):
+        for k, transform in transforms.items():
+            for name, data in photos:
+                transform(data, prep)
+                for _ in range(runs):
+                    t = time.perf_counter()
+                    transform(data, prep)
+                    samples[(k, name)].append((time.perf_counter() - t) * 1000)
+    levels = max(float(np.abs(transforms["fast"](d, prep) - transforms["reference"](d, prep)).max()) for _, d in photos)
+    out = {k: {name: percentiles(samples[(k, name)])["p50_ms"] for name, _ in photos} for k in transforms}
+    out["max_difference_levels"] = levels * prep.pixel_max * min(prep.std)   # model-input units -> 8-bit levels
+    return out
+
+
 class EngineAlone:
     """Each CPU engine at batch 1 on a preprocessed photo with ENGINE_THREADS threads: what the model
     alone costs here, the reference of the goals' ratios."""
@@ -468,7 +493,14 @@ def _row(label, m, server_parts=None):
 def table(result):
     r = result["ratios"]
     rows = ["engine alone, batch 1, %d threads, p50 over the 1-client rounds: %s" % (ENGINE_THREADS, ", ".join(
-        "%s %.2f ms" % (k, v["p50_ms"]) for k, v in result["engine_alone"].items())), ""]
+        "%s %.2f ms" % (k, v["p50_ms"]) for k, v in result["engine_alone"].items()))]
+    pa = result.get("preprocessing_alone")
+    if pa:
+        rows.append("preprocessing alone, p50 per photo: %s; largest difference %.2f of an 8-bit level" % (
+            "; ".join("%s fast %.2f ms, reference %.2f ms (%.1fx)" % (name, pa["fast"][name], pa["reference"][name],
+                                                                     pa["reference"][name] / pa["fast"][name])
+                      for name in pa["fast"]), pa["max_difference_levels"]))
+    rows.append("")
     rows.append("%-34s %8s %8s %8s %8s %9s   %-16s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "requests", "req/s",
                                                          "CPU cores: this", "server p50 ms: preprocess / queue / inference"))
     rows.append("%-34s %8s %8s %8s %8s %9s   %-16s" % ("", "", "", "", "", "", "/ service / other"))
@@ -651,6 +683,8 @@ def main(argv=None):
         extra["MAX_DELAY_MS"] = str(args.max_delay_ms)
     top = max(args.concurrency)
     edges = sorted({1, top})
+    log("preprocessing alone ...")
+    prep_alone = preprocessing_alone(bundle_dir, photos)
     engines = EngineAlone(bundle_dir, photos)
     runs = [serve(bundle_dir, photos, primary, args.concurrency, args, extra, log_dir, engines)]
     if args.compare_backends:
@@ -666,7 +700,8 @@ def main(argv=None):
     settings = "BACKEND=%s %s" % (primary, " ".join("%s=%s" % kv for kv in sorted(extra.items())) or "defaults")
     result = {"bundle": bundle_dir, "model": meta["name"], "input_shape": meta["input"]["shape"], "cpus": os.cpu_count(),
               "load_average": os.getloadavg(), "photos": [{"name": n, "bytes": len(b)} for n, b in photos],
-              "backend": primary, "settings": settings, "engine_alone": engine, "services": runs,
+              "backend": primary, "settings": settings, "engine_alone": engine, "preprocessing_alone": prep_alone,
+              "services": runs,
               "in_process": runs[0]["in_process"], "levels": runs[0]["levels"], "http_floor": runs[0]["http_floor"],
               "peers": peers}
     result["ratios"] = ratios(result)

@@ -151,8 +151,10 @@ def cmd_eval(args):
         result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
                                       threads=args.threads or 0, preprocessing=args.preprocessing or "reference")
     else:
-        if args.threads is not None or args.preprocessing is not None:
-            raise MbV3Error("--threads and --preprocessing apply to --bundle (ONNX Runtime)")
+        given = [flag for flag, value in (("--threads", args.threads), ("--preprocessing", args.preprocessing))
+                 if value is not None]
+        if given:
+            raise MbV3Error("%s %s to --bundle (ONNX Runtime)" % (" and ".join(given), "applies" if len(given) == 1 else "apply"))
         _quiet_tensorflow()
         from . import evaluate
         result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,

@@ -9,7 +9,7 @@ import pytest
 import requests
 from PIL import Image
 
-from mbv3 import numpy_preprocess
+from mbv3 import fast_preprocess
 from mbv3.onnx_classifier import OnnxClassifier
 
 from svc_support import SIZE, Server, bundle_dir, classify, jpeg_bytes, model_json, real_photo  # noqa: F401
@@ -39,9 +39,10 @@ def test_classify_a_photo(server, bundle_dir):  # noqa: F811
     preds = result["predictions"]
     assert len(preds) == 3 and [p["score"] for p in preds] == sorted([p["score"] for p in preds], reverse=True)
     assert set(result["timings_ms"]) == {"preprocess", "queue", "inference"}
-    # the same numbers as running the bundle in-process: decode, preprocess, ONNX Runtime, softmax
+    # the same numbers as running the bundle in-process: the service's decode and preprocessing
+    # (PREPROCESSING=auto), ONNX Runtime (the service's BACKEND=auto may be OpenVINO), softmax
     clf = OnnxClassifier(bundle_dir)
-    x = numpy_preprocess.eval_transform(numpy_preprocess.decode(photo), SIZE, meta["preprocessing"])[None]
+    x = fast_preprocess.select("auto")[0](photo, clf.bundle.preprocessing)[None]
     expected = clf.classify(x, 3)[0]
     assert [p["index"] for p in preds] == [i for i, _, _ in expected]
     np.testing.assert_allclose([p["score"] for p in preds], [s for _, _, s in expected], rtol=1e-4)

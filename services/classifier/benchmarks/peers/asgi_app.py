@@ -1,12 +1,11 @@
 """A bare ASGI app (no framework) on uvicorn: POST /classify with the image as the body, the work
 done inline on the event loop, JSON back. The least a Python server can do per request."""
-import argparse
 import json
 import os
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Classifier  # noqa: E402
+from common import Classifier, arguments  # noqa: E402
 
 
 def make_app(clf):
@@ -41,11 +40,7 @@ def make_app(clf):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--threads", type=int, default=2)
+    p = arguments()
     args = p.parse_args()
     import uvicorn
     uvicorn.run(make_app(Classifier(args.bundle, args.backend, args.threads)), host="127.0.0.1", port=args.port,

@@ -3,6 +3,8 @@ the bundle's record) and the same engine (ONNX Runtime or OpenVINO on model.onnx
 service's backends configure them), batch 1 or a batch, then softmax and top-5 without the
 background class. Only mbv3's TensorFlow-free modules are used (on PYTHONPATH), so a peer's own
 virtual environment needs NumPy, Pillow, simplejpeg, OpenCV and the engine, not the service."""
+import argparse
+
 import numpy as np
 
 from mbv3 import bundle, fast_preprocess
@@ -45,3 +47,14 @@ class Classifier:
 
     def classify(self, data, k=5):
         return self.answer(self.logits(self.preprocess(data)[np.newaxis])[0], k)
+
+
+def arguments():
+    """The command line every peer takes (peer_harness starts them with it): the bundle, the port,
+    the engine and its threads."""
+    p = argparse.ArgumentParser()
+    p.add_argument("--bundle", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--backend", default="onnxruntime")
+    p.add_argument("--threads", type=int, default=2)
+    return p

@@ -1,7 +1,6 @@
 """KServe's Python ModelServer: the same work as a kserve.Model (preprocess: the v1 protocol's
 base64 instances -> model inputs; predict: the engine on them; top-5 back), served on the
 ModelServer's HTTP port, REST only, one worker, as a KServe user writes a custom predictor."""
-import argparse
 import base64
 import os
 import sys
@@ -9,15 +8,11 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Classifier  # noqa: E402
+from common import Classifier, arguments  # noqa: E402
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--threads", type=int, default=2)
+    p = arguments()
     args, _ = p.parse_known_args()
     sys.argv = sys.argv[:1]   # kserve parses the command line when imported
     import kserve

@@ -1,7 +1,6 @@
 """LitServe: the same work as a LitAPI (decode_request: base64 JSON -> model input; predict: the
 engine on a batch; encode_response: top-5), with LitServe's own batching (max_batch_size 8, 5 ms
 timeout: the service's MAX_BATCH and MAX_DELAY_MS) when --batch is given."""
-import argparse
 import base64
 import os
 import sys
@@ -9,7 +8,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from common import Classifier  # noqa: E402
+from common import Classifier, arguments  # noqa: E402
 
 import litserve as ls  # noqa: E402
 
@@ -40,11 +39,7 @@ class ImageAPI(ls.LitAPI):
 
 
 def main():
-    p = argparse.ArgumentParser()
-    p.add_argument("--bundle", required=True)
-    p.add_argument("--port", type=int, required=True)
-    p.add_argument("--backend", default="onnxruntime")
-    p.add_argument("--threads", type=int, default=2)
+    p = arguments()
     p.add_argument("--batch", action="store_true", help="LitServe's batching: max_batch_size 8, batch_timeout 5 ms")
     args = p.parse_args()
     batching = dict(max_batch_size=8, batch_timeout=0.005) if args.batch else {}

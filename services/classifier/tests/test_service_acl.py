@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import requests
 
-from mbv3 import numpy_preprocess
+from mbv3 import fast_preprocess, numpy_preprocess
 from mbv3.onnx_classifier import OnnxClassifier
 
 from svc_support import SIZE, Server, bundle_dir, classify, jpeg_bytes, model_json, real_photo  # noqa: F401
@@ -47,9 +47,9 @@ def test_service_on_the_acl_backend(bundle_dir, tmp_path, om):  # noqa: F811
         r = classify(server.url, photo, top_k=3)
         assert r.status_code == 200, r.text
         served = r.json()["results"][0]["predictions"]
-        meta = model_json(bundle)
-        x = numpy_preprocess.eval_transform(numpy_preprocess.decode(photo), SIZE, meta["preprocessing"])[None]
-        expected = OnnxClassifier(bundle).classify(x, 3)[0]
+        clf = OnnxClassifier(bundle)
+        x = fast_preprocess.select("auto")[0](photo, clf.bundle.preprocessing)[None]   # the service's transform
+        expected = clf.classify(x, 3)[0]
         assert [p["index"] for p in served] == [i for i, _, _ in expected]
         # AIPP: the service sends rounded uint8 pixels and the device normalises them, so scores move slightly
         np.testing.assert_allclose([p["score"] for p in served], [s for _, _, s in expected],

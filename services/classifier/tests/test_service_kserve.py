@@ -8,7 +8,7 @@ import requests
 import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
-from mbv3 import numpy_preprocess
+from mbv3 import fast_preprocess
 from mbv3.onnx_classifier import OnnxClassifier
 
 from svc_support import SIZE, Server, bundle_dir, jpeg_bytes, model_json, real_photo  # noqa: F401
@@ -62,9 +62,9 @@ def test_bytes_tensor_of_encoded_images(client, bundle_dir):  # noqa: F811
     inp = httpclient.InferInput("images", [2], "BYTES")
     inp.set_data_from_numpy(np.array(images, dtype=np.object_))
     result = client.infer(name, inputs=[inp], outputs=[httpclient.InferRequestedOutput("logits")])
-    prep = model_json(bundle_dir)["preprocessing"]
-    batch = np.stack([numpy_preprocess.eval_transform(numpy_preprocess.decode(b), SIZE, prep) for b in images])
-    expected = OnnxClassifier(bundle_dir).logits(batch)
+    clf = OnnxClassifier(bundle_dir)
+    transform = fast_preprocess.select("auto")[0]   # what the service decodes with (PREPROCESSING=auto)
+    expected = clf.logits(np.stack([transform(b, clf.bundle.preprocessing) for b in images]))
     np.testing.assert_allclose(result.as_numpy("logits"), expected, rtol=1e-4, atol=1e-4 * np.abs(expected).max())
 
 

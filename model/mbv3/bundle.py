@@ -11,6 +11,7 @@
 the field named. No TensorFlow here: the inference service imports this module.
 """
 import dataclasses
+import functools
 import hashlib
 import io
 import json
@@ -38,6 +39,15 @@ _RESOURCES = os.path.join(os.path.dirname(os.path.abspath(__file__)), "resources
 
 
 # --- typed records ---------------------------------------------------------------------------------
+
+@functools.lru_cache(maxsize=16)
+def _row_factors(mean, std, pixel_max, width):
+    """Preprocessing.normalize's per-channel scale and offset, repeated `width` times."""
+    std = np.asarray(std, np.float32)
+    scale = np.float32(1.0 / pixel_max) / std
+    offset = np.asarray(mean, np.float32) / std
+    return np.tile(scale, width), np.tile(offset, width)
+
 
 @dataclass
 class Preprocessing:
@@ -80,8 +90,16 @@ class Preprocessing:
         return ((unit - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)).astype(np.float32)
 
     def normalize(self, pixels):
-        """float32 model input from pixels in [0, pixel_max] (any numeric array, ... x 3)."""
-        return self.standardize(np.asarray(pixels, np.float32) * np.float32(1.0 / self.pixel_max))
+        """float32 model input from pixels in [0, pixel_max] (any numeric array, ... x 3): standardize's
+        values to float32 rounding, as one multiply and one subtract, x * 1 / (pixel_max * std) - mean / std,
+        each row taken as W*3 values with the channels' factors repeated along it (broadcasting a
+        3-vector makes NumPy's innermost loop three long: 0.4 ms of 0.5 ms on a 224x224 image)."""
+        pixels = np.asarray(pixels)
+        width = pixels.shape[-2] if pixels.ndim >= 2 else 1
+        scale, offset = _row_factors(tuple(self.mean), tuple(self.std), float(self.pixel_max), width)
+        x = np.multiply(pixels.reshape(-1, width * 3), scale, dtype=np.float32)
+        x -= offset
+        return x.reshape(pixels.shape)
 
     def denormalize(self, values):
         """uint8 pixels from model input values: the inverse of normalize, rounded and clipped."""

@@ -106,6 +106,13 @@ def check_answer(protocol, status, body):
 
 # --- a peer server ---------------------------------------------------------------------------------
 
+def tail(log_file, path, lines=15):
+    """The last `lines` lines a server wrote to `log_file` (open for writing at `path`)."""
+    log_file.flush()
+    with open(path, "rb") as f:
+        return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -164,9 +171,7 @@ class PeerServer:
         self._log.close()
 
     def log_tail(self, lines=15):
-        self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+        return tail(self._log, self.log_path, lines)
 
 
 def python_for(name, venv_root):

@@ -21,7 +21,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -31,6 +30,7 @@ import urllib.request
 import numpy as np
 
 import peer_harness
+from peer_harness import free_port, log
 
 GOALS = {   # (ratio, at most / at least, goal)
     "service_c1_over_engine": ("max", 1.35),      # service p50 at 1 client / ONNX Runtime alone at batch 1
@@ -42,10 +42,6 @@ ENGINE_THREADS = 2   # the engine-alone reference: the issue's "ONNX Runtime alo
 
 class BenchError(RuntimeError):
     pass
-
-
-def log(msg):
-    print(msg, file=sys.stderr, flush=True)
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -99,14 +95,14 @@ def ratios(result):
     one, top = levels.get(1), levels[max(levels)]
     rounds = result["services"][0]["rounds"]
     out = {
-        # medians of the rounds' ratios (lone_rounds): each round's service and references side by side
-        "service_c1_over_engine": spread([r["service_over_engine"] for r in rounds])[0] if rounds else None,
-        "service_c1_over_in_process": spread([r["service_over_in_process"] for r in rounds])[0] if rounds else None,
-        "service_c1_over_engine_range": list(spread([r["service_over_engine"] for r in rounds])[1:]) if rounds else None,
-        "service_c1_over_in_process_range": list(spread([r["service_over_in_process"] for r in rounds])[1:]) if rounds else None,
         "throughput_top_over_c1": top["throughput_rps"] / one["throughput_rps"] if one and one["throughput_rps"] else None,
         "top_concurrency": top["concurrency"],
     }
+    # medians of the rounds' ratios (lone_rounds): each round's service and references side by side
+    for key, per_round in (("service_c1_over_engine", "service_over_engine"),
+                           ("service_c1_over_in_process", "service_over_in_process")):
+        median, low, high = spread([r[per_round] for r in rounds]) if rounds else (None, None, None)
+        out[key], out[key + "_range"] = median, ([low, high] if rounds else None)
     for key, (kind, goal) in GOALS.items():
         value = out[key]
         out[key + "_met"] = value is not None and (value <= goal if kind == "max" else value >= goal)
@@ -307,12 +303,6 @@ def spread(values):
 
 # --- the service -----------------------------------------------------------------------------
 
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class Service:
     """`python -m classifier` in a subprocess, its output in a log file."""
 
@@ -363,9 +353,7 @@ class Service:
         return self.returncode, seconds, killed
 
     def log_tail(self, lines=15):
-        self._log.flush()
-        with open(self.log_path, "rb") as f:
-            return "\n".join(f.read().decode("utf-8", "replace").splitlines()[-lines:])
+        return peer_harness.tail(self._log, self.log_path, lines)
 
 
 # --- load ------------------------------------------------------------------------------------
@@ -609,7 +597,7 @@ def parse_args(argv=None):
     p.add_argument("--requests", type=_positive, default=800, help="at most this many requests per level")
     p.add_argument("--rounds", type=_positive, default=8,
                    help="1 client: rounds of engine alone / in process / service, the level's requests split among them")
-    p.add_argument("--seconds", type=float, default=20.0, help="at most this long per level (and for the reference)")
+    p.add_argument("--seconds", type=float, default=20.0, help="at most this long per level of more than one client")
     p.add_argument("--threads", type=int, default=0, help="the service's THREADS (0: its default)")
     p.add_argument("--backend", default="auto", help="the service's BACKEND (auto: what it picks on this host)")
     p.add_argument("--compare-backends", action="store_true",
@@ -631,8 +619,10 @@ def parse_args(argv=None):
 def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines):
     """The service with `backend` at each concurrency of `levels`; one client in rounds interleaved
     with the engine alone (`engines`, an EngineAlone) and the same work in process."""
-    log("in process (%s): loading ..." % backend)
-    inproc = InProcess(bundle_dir, photos, backend, args.threads)
+    inproc = None
+    if 1 in levels:   # the references are measured only beside one client
+        log("in process (%s): loading ..." % backend)
+        inproc = InProcess(bundle_dir, photos, backend, args.threads)
     service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s.log" % backend), backend, args.threads, extra)
     reqs = peer_harness.requests_for("service", photos)
     out, floor, lone = [], None, None
@@ -654,7 +644,8 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines):
             log("service (%s), concurrency %d ..." % (backend, c))
             out.append(run_level(service.port, reqs, c, args.requests, args.seconds, service_pid=service.proc.pid))
     finally:
-        inproc.close()
+        if inproc:
+            inproc.close()
         stopped = service.stop()
         log("service stopped by SIGTERM: exit status %s after %.1f s%s" % (stopped[0], stopped[1],
                                                                          ", needed SIGKILL" if stopped[2] else ""))

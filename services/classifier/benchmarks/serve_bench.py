@@ -507,7 +507,7 @@ def table(result):
         rows.append("HTTP alone (GET %s on one connection): p50 %.2f ms" % (result["http_floor"]["path"],
                                                                            result["http_floor"]["p50_ms"]))
     top = r["top_concurrency"]
-    verdict = lambda key: "met" if r[key + "_met"] else "MISSED"
+    verdict = lambda key: "not measured" if r[key] is None else "met" if r[key + "_met"] else "MISSED"
     goal = lambda key: ("<=" if GOALS[key][0] == "max" else ">=") + " %.2f" % GOALS[key][1]
     num = lambda v: "-" if v is None else "%.2f" % v
     span = lambda key: "" if not r.get(key + "_range") else ", rounds %.2f-%.2f" % tuple(r[key + "_range"])

@@ -34,7 +34,7 @@ def create_app(settings, backend_factory=None):
     app = FastAPI(title="classifier", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
                   description="MobileNetV3 image classifier (%s v%s)" % (service.bundle.name, service.bundle.version))
     app.state.service = service
-    app.add_middleware(ConcurrencyLimit, limit=settings.MAX_CONCURRENT_REQUESTS)
+    app.add_middleware(ConcurrencyLimit, limit=settings.MAX_CONCURRENT_REQUESTS, in_flight=service.in_flight)
     app.add_middleware(RequestContext, metrics=service.metrics)   # added last, so outermost: it sees every answer
     add_error_handlers(app)
     app.include_router(routes_classify.router(service))

@@ -82,27 +82,36 @@ class MemoryBudget:
             future.set_result(None)
 
 
+class InFlight:
+    """The requests the server holds now, probes aside: ConcurrencyLimit counts them, the pipeline
+    reads the count (a lone image runs on the event loop only when nothing else is in the server)."""
+
+    def __init__(self):
+        self.count = 0
+
+
 class ConcurrencyLimit:
     """ASGI middleware: at most `limit` HTTP requests in flight; more get a JSON 503 at once. Each
     holds at most MAX_BODY_BYTES of body, so this also bounds the bodies held in memory. Health
-    and metrics probes are never refused."""
+    and metrics probes are never refused, nor counted."""
 
     EXEMPT = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
 
-    def __init__(self, app, limit):
-        self.app, self.limit, self.active = app, limit, 0
+    def __init__(self, app, limit, in_flight):
+        """in_flight: the InFlight this middleware counts in."""
+        self.app, self.limit, self.in_flight = app, limit, in_flight
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http" or scope["path"] in self.EXEMPT:
             return await self.app(scope, receive, send)
-        if self.active >= self.limit:
+        if self.in_flight.count >= self.limit:
             error = unavailable("too_many_requests", "%d requests are in flight, the limit (MAX_CONCURRENT_REQUESTS); "
-                                "retry shortly" % self.active)
+                                "retry shortly" % self.in_flight.count)
             response = error_response(scope["path"], error.status, error.code, error.message,
                                       scope.get("state", {}).get("request_id"), error.headers)
             return await response(scope, receive, send)
-        self.active += 1
+        self.in_flight.count += 1
         try:
             await self.app(scope, receive, send)
         finally:
-            self.active -= 1
+            self.in_flight.count -= 1

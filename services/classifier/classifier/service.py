@@ -13,7 +13,7 @@ import signal
 from mbv3 import bundle
 
 from . import backends
-from .budget import MemoryBudget
+from .budget import InFlight, MemoryBudget
 from .engine import Engine
 from .errors import unavailable
 from .images import Preprocessor
@@ -40,7 +40,9 @@ class Service:
                                        s.MAX_IMAGE_PIXELS, s.MAX_REQUEST_PIXELS, s.PREPROCESSING)
         except ImportError as e:
             raise SettingsError("PREPROCESSING=%s: %s" % (s.PREPROCESSING, e))
-        self.pipeline = Pipeline(self.bundle, self.engine, self.images, self.budget, self.metrics, s.ONE_HOP_MAX_PIXELS)
+        self.in_flight = InFlight()
+        self.pipeline = Pipeline(self.bundle, self.engine, self.images, self.budget, self.metrics, self.in_flight,
+                                 one_hop_max_pixels=s.ONE_HOP_MAX_PIXELS, on_loop_max_pixels=s.ON_LOOP_MAX_PIXELS)
         self.ready = False
         self.failure = None
 

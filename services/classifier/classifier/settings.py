@@ -39,6 +39,9 @@ class Settings:
     # a lone image up to this many pixels that finds the engine idle is decoded on the device thread
     # right before its inference (one thread hop instead of two); 0: always on the pool
     ONE_HOP_MAX_PIXELS: int = 1_000_000
+    # a lone image up to this many pixels that finds the engine idle and no other request in the server
+    # is decoded and run on the event loop itself, no thread hop (CPU backends); 0: never
+    ON_LOOP_MAX_PIXELS: int = 1_000_000
     HOST: str = "127.0.0.1"
     PORT: int = 8000
     THREADS: int = 0                          # CPU backend threads a worker; 0: the CPUs split among workers
@@ -192,8 +195,9 @@ def _validate(s: Settings):
     if s.MAX_IMAGES_PER_REQUEST > s.MAX_QUEUE:
         raise SettingsError("MAX_IMAGES_PER_REQUEST (%d) must not exceed MAX_QUEUE (%d): such a request could never "
                             "be queued" % (s.MAX_IMAGES_PER_REQUEST, s.MAX_QUEUE))
-    if min(s.MAX_DELAY_MS, s.MAX_WAIT_SECONDS, s.PREPROCESS_WORKERS, s.ONE_HOP_MAX_PIXELS) < 0:
-        raise SettingsError("MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS and ONE_HOP_MAX_PIXELS must not be negative")
+    if min(s.MAX_DELAY_MS, s.MAX_WAIT_SECONDS, s.PREPROCESS_WORKERS, s.ONE_HOP_MAX_PIXELS, s.ON_LOOP_MAX_PIXELS) < 0:
+        raise SettingsError("MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS, ONE_HOP_MAX_PIXELS and "
+                            "ON_LOOP_MAX_PIXELS must not be negative")
     if not 0 < s.PORT < 65536:
         raise SettingsError("PORT must be 1-65535, got %s" % s.PORT)
     if s.THREADS < 0:

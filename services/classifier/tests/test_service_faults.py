@@ -51,6 +51,7 @@ class Flaky(OnnxRuntimeBackend):
 @pytest.fixture
 def flaky():
     Flaky.plan, Flaky.runs, Flaky.created, Flaky.threads = {}, 0, 0, set()
+    Flaky.thread_bound = OnnxRuntimeBackend.thread_bound
     yield Flaky
 
 
@@ -84,6 +85,7 @@ def test_failure_of_a_micro_batch_answers_503_for_its_images(bundle_dir, flaky):
 
 
 def test_fatal_failure_reloads_the_backend_on_its_thread(bundle_dir, flaky):  # noqa: F811
+    flaky.thread_bound = True   # bound to the thread that loaded it, as pyACL is: loads, runs and reloads there
     with ThreadServer({"MODEL_DIR": bundle_dir}, factory) as s:
         flaky.plan = {flaky.runs + 1: "fatal"}
         assert classify(s.url, jpeg_bytes()).status_code == 503

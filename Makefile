@@ -47,7 +47,7 @@ PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve bench-devices clean
+.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve bench-ab bench-devices clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -114,6 +114,11 @@ bench-train: venv ## training images/s of V3_LARGE 224 batch 32 vs keras MobileN
 bench-serve: venv ## the service over HTTP at 1, 8, 32 clients vs the engine alone, in process, both CPU backends and Python peers
 	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle --compare-backends \
 	  --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png
+
+bench-ab: venv ## A/B a service setting: make bench-ab B="ON_LOOP_MAX_PIXELS=0" (two services side by side, alternating rounds)
+	@test -n "$(B)" || { echo 'usage: make bench-ab B="KEY=VALUE ..." [A="KEY=VALUE ..."]'; exit 2; }
+	$(PY) services/classifier/benchmarks/ab_settings.py $(B) $(foreach kv,$(A),--a $(kv)) --bundle $(BENCH_DIR)/bundle \
+	  --json $(BENCH_DIR)/ab.json
 
 bench-devices: venv ## service throughput on 1, 2, 4 simulated Ascend devices (pyACL simulator), 32 clients, as ratios
 	$(PY) services/classifier/benchmarks/device_scaling.py --json $(BENCH_DIR)/devices.json --plot $(BENCH_DIR)/devices.png

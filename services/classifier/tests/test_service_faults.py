@@ -190,6 +190,8 @@ def test_sigterm_drains_in_flight_requests(bundle_dir):  # noqa: F811
     ({"MAX_IMAGES_PER_REQUEST": "300"},
      "MAX_IMAGES_PER_REQUEST (300) must not exceed MAX_QUEUE (256): such a request could never be queued"),
     ({"PREPROCESS_MEMORY_MB": "0"}, "PREPROCESS_MEMORY_MB must be at least 1, got 0"),
+    ({"ON_LOOP_MAX_PIXELS": "-1"}, "MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS, ONE_HOP_MAX_PIXELS and "
+                                   "ON_LOOP_MAX_PIXELS must not be negative"),
     ({"MODEL_DIR": "/nonexistent/bundle"},
      "MODEL_DIR=/nonexistent/bundle: no model bundle at /nonexistent/bundle (not a directory)"),
 ])

@@ -29,7 +29,13 @@ def main(argv=None):
         return 2
     import uvicorn
 
-    from .transport import JsonErrorsH11Protocol
+    from . import transport
+    try:
+        http, parser = transport.protocol(settings.HTTP_PARSER)
+    except ImportError as e:
+        print("classifier: error: %s" % e, file=sys.stderr)
+        return 2
+    logging.getLogger("classifier").info("HTTP parser: %s (HTTP_PARSER=%s)", parser, settings.HTTP_PARSER)
     # uvicorn drains on SIGTERM/SIGINT, then re-raises the signal with the handlers it found at start.
     # Finding these, the process ends with a normal exit (status 0, atexit handlers run) instead of
     # being killed by the re-raised signal.
@@ -37,7 +43,7 @@ def main(argv=None):
         signal.signal(sig, _exit_after_drain)
     try:
         uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level=settings.LOG_LEVEL.lower(),
-                    access_log=False, timeout_graceful_shutdown=30, http=JsonErrorsH11Protocol)
+                    access_log=False, timeout_graceful_shutdown=30, http=http)
     except SystemExit:
         pass
     return 1 if app.state.service.failure else 0

@@ -12,6 +12,7 @@ from dataclasses import dataclass, fields
 from mbv3.fast_preprocess import CHOICES as PREPROCESSING_CHOICES
 
 from .backends import CHOICES
+from .transport import PARSERS as HTTP_PARSERS
 
 
 class SettingsError(ValueError):
@@ -51,6 +52,8 @@ class Settings:
     PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
     # auto: libjpeg-turbo + OpenCV when installed (mbv3.fast_preprocess), else Pillow + NumPy (the reference)
     PREPROCESSING: str = "auto"
+    # auto: httptools' C parser when installed, else h11 (pure Python); both refuse bad requests in JSON
+    HTTP_PARSER: str = "auto"
     LOG_LEVEL: str = "info"
 
     @property
@@ -186,6 +189,8 @@ def _convert(default, text):
 def _validate(s: Settings):
     if s.BACKEND not in CHOICES:
         raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(CHOICES)))
+    if s.HTTP_PARSER not in HTTP_PARSERS:
+        raise SettingsError("HTTP_PARSER=%r: choose one of %s" % (s.HTTP_PARSER, ", ".join(HTTP_PARSERS)))
     if s.PREPROCESSING not in PREPROCESSING_CHOICES:
         raise SettingsError("PREPROCESSING=%r: choose one of %s" % (s.PREPROCESSING, ", ".join(PREPROCESSING_CHOICES)))
     for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST",

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import requests
 
-from classifier import kserve
+from classifier import kserve, transport
 from classifier.errors import CODES
 
 from svc_support import SIZE, Server, bundle_dir, model_json  # noqa: F401
@@ -27,6 +27,18 @@ PIXELS = SIZE * SIZE * 3
 def server(bundle_dir):  # noqa: F811
     with Server(bundle_dir, LOG_LEVEL="warning") as s:
         yield s
+
+
+@pytest.fixture(scope="module")
+def h11_server(bundle_dir):  # noqa: F811
+    """HTTP_PARSER=h11 (the module's `server` runs the default, httptools, which the requirements install)."""
+    with Server(bundle_dir, HTTP_PARSER="h11") as s:
+        yield s
+
+
+def test_the_default_parser_is_httptools_and_h11_is_a_setting_away(h11_server):
+    assert transport.protocol("auto")[1] == "httptools"
+    assert "HTTP parser: h11 (HTTP_PARSER=h11)" in h11_server.stderr()
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +156,7 @@ def test_nan_and_infinity_are_refused_and_answers_are_strict_json(infer_url):
 @pytest.mark.parametrize("method,path,status,code", [
     ("GET", "/no/such/page", 404, "not_found"), ("GET", "/v2/no/such/page", 404, "not_found"),
     ("DELETE", "/healthz", 405, "method_not_allowed"), ("GET", "/classify", 405, "method_not_allowed"),
-    ("PUT", "/v2/models/x/infer", 405, "method_not_allowed"), ("BREW", "/v1/model", 405, "method_not_allowed"),
+    ("PUT", "/v2/models/x/infer", 405, "method_not_allowed"), ("PURGE", "/v1/model", 405, "method_not_allowed"),
     ("POST", "/v2/models/other/infer", 404, "unknown_model")])
 def test_404_and_405_answer_the_documented_shape(server, method, path, status, code):
     """Finding 13: FastAPI's {"detail": ...} is gone; /v2 keeps the protocol's string `error`."""
@@ -153,6 +165,19 @@ def test_404_and_405_answer_the_documented_shape(server, method, path, status, c
     assert "detail" not in body
     if status == 405:
         assert r.headers["Allow"] and r.headers["Allow"] in json.dumps(body)
+
+
+@pytest.mark.parametrize("parser,status,code", [("server", 400, "invalid_http"), ("h11_server", 405, "method_not_allowed")])
+@pytest.mark.parametrize("path", ["/v1/model", "/v2/models/x/infer"])
+def test_a_made_up_method(request, parser, status, code, path):
+    """llhttp (httptools) refuses a method it does not know before any route is known: the parser's JSON
+    400, in the plain shape on every path; h11 takes any token, and routing answers 405."""
+    r = requests.request("BREW", request.getfixturevalue(parser).url + path, timeout=30)
+    if parser == "h11_server":
+        expect(r, status, code, v2=path.startswith("/v2"))
+    else:   # refused before it was a request: no request id either
+        assert r.status_code == status and r.headers["content-type"] == "application/json"
+        assert r.json()["error"]["code"] == code and r.headers["connection"] == "close"
 
 
 def _raw_http(port, head):
@@ -169,10 +194,12 @@ def _raw_http(port, head):
     return int(status_line.split()[1]), headers.decode("latin-1").lower(), body
 
 
+@pytest.mark.parametrize("parser", ["server", "h11_server"])
 @pytest.mark.parametrize("length", ["-1", "100000000000000000000", "12abc"])
-def test_a_content_length_uvicorn_refuses_gets_the_json_error(server, length):
-    """Finding 10: h11 refuses these before the app sees the request; the service's own protocol class
-    (classifier/transport.py) answers in the JSON shape instead of uvicorn's plain text."""
+def test_a_content_length_uvicorn_refuses_gets_the_json_error(request, parser, length):
+    """Finding 10: the HTTP parser refuses these before the app sees the request; the service's own
+    protocol classes (classifier/transport.py) answer in the JSON shape instead of uvicorn's plain text."""
+    server = request.getfixturevalue(parser)
     status, headers, body = _raw_http(server.port, ("POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
                                                     "Content-Length: %s\r\n\r\n" % length).encode())
     assert status == 400 and "content-type: application/json" in headers
@@ -180,21 +207,29 @@ def test_a_content_length_uvicorn_refuses_gets_the_json_error(server, length):
     assert requests.get(server.url + "/healthz", timeout=30).status_code == 200
 
 
-def test_made_up_methods_and_paths_do_not_grow_metrics(server):
-    """Finding 6: 2,000 made-up methods once grew /metrics from 40 KB to 618 KB."""
+@pytest.mark.parametrize("parser", ["server", "h11_server"])
+def test_made_up_methods_and_paths_do_not_grow_metrics(request, parser):
+    """Finding 6: 2,000 made-up methods once grew /metrics from 40 KB to 618 KB. Under h11 they reach the
+    app and count as `other`; llhttp refuses them first (400 invalid_http), so they never reach it."""
+    server = request.getfixturevalue(parser)
     def sample(text, labels):
         line = 'classifier_requests_total{%s} ' % labels
         return float(text.split(line)[1].split()[0]) if line in text else 0.0
     made_up, unknown = 'method="other",route="/healthz",status="405"', 'method="GET",route="other",status="404"'
+    requests.request("WARMX", server.url + "/healthz", timeout=30)   # the series one of each makes, first
+    requests.get(server.url + "/page/warm", timeout=30)
     text = requests.get(server.url + "/metrics", timeout=30).text
     size, counts = len(text), (sample(text, made_up), sample(text, unknown))
+    refused = []
     with requests.Session() as session:
         for i in range(1000):
-            session.request("M%dX" % i, server.url + "/healthz", timeout=30)
+            refused.append(session.request("M%dX" % i, server.url + "/healthz", timeout=30).status_code)
             session.get(server.url + "/page/%d" % i, timeout=30)
     text = requests.get(server.url + "/metrics", timeout=30).text
     assert len(text) - size < 4000, len(text) - size   # a handful of new series, not thousands
-    assert (sample(text, made_up) - counts[0], sample(text, unknown) - counts[1]) == (1000, 1000)
+    reached = 1000 if parser == "h11_server" else 0
+    assert set(refused) == {405 if reached else 400}
+    assert (sample(text, made_up) - counts[0], sample(text, unknown) - counts[1]) == (reached, 1000)
 
 
 def test_json_headers_are_bounded_before_parsing(infer_url):

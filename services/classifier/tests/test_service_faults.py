@@ -192,6 +192,7 @@ def test_sigterm_drains_in_flight_requests(bundle_dir):  # noqa: F811
     ({"PREPROCESS_MEMORY_MB": "0"}, "PREPROCESS_MEMORY_MB must be at least 1, got 0"),
     ({"ON_LOOP_MAX_PIXELS": "-1"}, "MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS, ONE_HOP_MAX_PIXELS and "
                                    "ON_LOOP_MAX_PIXELS must not be negative"),
+    ({"HTTP_PARSER": "fast"}, "HTTP_PARSER='fast': choose one of auto, httptools, h11"),
     ({"MODEL_DIR": "/nonexistent/bundle"},
      "MODEL_DIR=/nonexistent/bundle: no model bundle at /nonexistent/bundle (not a directory)"),
 ])

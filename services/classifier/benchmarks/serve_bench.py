@@ -526,7 +526,7 @@ def table(result):
         rows += ["", "where a lone request's %.2f ms go (server timings, p50 each):" % prof["request_p50"],
                  "  decode + preprocess                                           %6.2f ms" % prof["decode_preprocess"],
                  "  inference                                                     %6.2f ms" % prof["inference"],
-                 "  rest of the pipeline (probe, budget, thread hand-offs, top-k) %6.2f ms" % prof["pipeline_rest"],
+                 "  rest of the pipeline (probe, budget, any hand-offs, top-k)    %6.2f ms" % prof["pipeline_rest"],
                  "  HTTP, routing, body and JSON, both ends of the connection     %6.2f ms" % prof["http_and_framework"]]
     if r["peers"]:
         rows += ["", "this service / each peer:   p50 at 1 client (lower is faster)   req/s at %d clients (higher is more)" % top]

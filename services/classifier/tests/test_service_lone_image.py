@@ -36,8 +36,7 @@ def factory(bundle, *, threads, max_batch, **choices):
 
 
 def serve(bundle, **settings):
-    server = ThreadServer(dict({"MODEL_DIR": bundle}, **settings), factory)
-    return server
+    return ThreadServer(dict({"MODEL_DIR": bundle}, **settings), factory)
 
 
 def lone_runs(server, recording, n=3):

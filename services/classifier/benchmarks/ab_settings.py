@@ -13,12 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import sys
 
 import peer_harness
 from peer_harness import log
-from serve_bench import BenchError, Service, _env, _positive, ensure_bundle, run_level, sample_photos, spread
+from serve_bench import (BenchError, Service, _env, _positive, ensure_bundle, run_level, sample_photos, spread,
+                         stopped_cleanly)
 
 
 def parse_args(argv=None):
@@ -47,10 +47,9 @@ def alternate(services, reqs, rounds, clients, per_round, seconds):
     return out
 
 
-def compare(pairs, key):
-    """A's and B's medians over the rounds and the rounds' B/A ratios: median and range."""
-    a = [p[0][key[0]][key[1]] if key[1] else p[0][key[0]] for p in pairs]
-    b = [p[1][key[0]][key[1]] if key[1] else p[1][key[0]] for p in pairs]
+def compare(pairs, pick):
+    """A's and B's medians over the rounds of pick(level), and the rounds' B/A ratios: median and range."""
+    a, b = ([pick(pair[side]) for pair in pairs] for side in (0, 1))
     median, low, high = spread([y / x for x, y in zip(a, b)])
     return {"a": spread(a)[0], "b": spread(b)[0], "b_over_a": median, "range": [low, high], "rounds": len(pairs)}
 
@@ -74,14 +73,14 @@ def main(argv=None):
             run_level(service.port, reqs, max(1, args.clients), 4 * max(1, args.clients), 30.0)
         log("one client, %d rounds of %d requests on each side ..." % (args.rounds, args.per_round))
         lone = alternate(services, reqs, args.rounds, 1, args.per_round, 60.0)
-        result["one_client_p50_ms"] = compare(lone, ("latency", "p50_ms"))
+        result["one_client_p50_ms"] = compare(lone, lambda level: level["latency"]["p50_ms"])
         failures += sum(level["errors"] for pair in lone for level in pair)
         if args.clients > 1:
             rounds = max(2, args.rounds // 4)
             log("%d clients, %d rounds ..." % (args.clients, rounds))
             many = alternate(services, reqs, rounds, args.clients, 8 * args.clients, 30.0)
             result["many_clients"] = args.clients
-            result["many_clients_rps"] = compare(many, ("throughput_rps", None))
+            result["many_clients_rps"] = compare(many, lambda level: level["throughput_rps"])
             failures += sum(level["errors"] for pair in many for level in pair)
     finally:
         stopped = [service.stop() for service in services]
@@ -97,7 +96,7 @@ def main(argv=None):
             print("%-22s A %8.2f   B %8.2f   B/A %.3f, rounds %.3f-%.3f (%d rounds; %s is better)" % (
                 what, r["a"], r["b"], r["b_over_a"], r["range"][0], r["range"][1], r["rounds"], better))
     log("wrote %s" % args.json)
-    unclean = [s for s in stopped if s[2] or s[0] not in (0, -signal.SIGTERM)]
+    unclean = [s for s in stopped if not stopped_cleanly(s[0], s[2])]
     if failures or unclean:
         log("ab_settings: error: %d requests failed; %d services did not stop cleanly" % (failures, len(unclean)))
         return 1

@@ -356,6 +356,12 @@ class Service:
         return peer_harness.tail(self._log, self.log_path, lines)
 
 
+def stopped_cleanly(exit_status, killed):
+    """Whether Service.stop() found the service exiting by itself on SIGTERM (its status 0, or the
+    signal's own), not killed after the timeout."""
+    return not killed and exit_status in (0, -signal.SIGTERM)
+
+
 # --- load ------------------------------------------------------------------------------------
 
 def run_level(port, reqs, concurrency, max_requests=800, seconds=20.0, protocol="service", service_pid=None, keep=False):
@@ -708,7 +714,7 @@ def main(argv=None):
     log("wrote %s and %s" % (args.json, args.plot))
     failures = sum(lvl["errors"] for run in runs for lvl in run["levels"])
     failures += sum(lvl["errors"] for levels in peers.values() for lvl in levels)
-    unclean = [run for run in runs if run["killed"] or run["exit_status"] not in (0, -signal.SIGTERM)]
+    unclean = [run for run in runs if not stopped_cleanly(run["exit_status"], run["killed"])]
     if failures:
         log("serve_bench: error: %d requests failed, e.g. %s" % (failures, [
             lvl["error_samples"] for run in runs for lvl in run["levels"] if lvl["errors"]] + [

@@ -1,14 +1,14 @@
-"""The HTTP/1.1 protocol uvicorn runs the app on (HTTP_PARSER): httptools' C parser (llhttp) when it
-is installed, else h11's pure-Python one, which is what `pip install uvicorn` alone brings; the C
-parser takes 4-5% off a lone request (docs/benchmarks.md). Either way a request the parser refuses
-(a bad request line, a method llhttp does not know, oversized headers, a Content-Length of -1 or
-10**20) gets the service's JSON error, in the plain shape since no path is known yet, instead of
-uvicorn's plain-text 400. uvicorn answers those itself, before the app could see them, through
-`send_400_response`, which both classes here replace. With httptools that answer also waits for
-the answers to the requests before it on the connection (uvicorn would send it at once, ahead of
-them, and close): bytes past a request's Content-Length are parsed as the next request, and the
-client still gets its answer to the first. Naming the class also keeps uvicorn's own choice
-("auto") from ever answering in plain text."""
+"""The HTTP/1.1 protocol uvicorn runs the app on (HTTP_PARSER): httptools' C parser (llhttp) when it is
+installed, else h11's pure-Python one, which is what `pip install uvicorn` alone brings; the C
+parser takes 2-3% off a lone request (`make bench-ab`, docs/benchmarks.md). Either way a request the
+parser refuses (a bad request line, a method llhttp does not know, oversized headers, a
+Content-Length of -1 or 10**20) gets the service's JSON error, in the plain shape since no path is
+known yet, instead of uvicorn's plain-text 400. uvicorn answers those itself, before the app could
+see them, through `send_400_response`, which both classes here replace. With httptools that answer
+also waits for the answers to the requests before it on the connection (uvicorn would send it at
+once, ahead of them, and close): bytes past a request's Content-Length are parsed as the next
+request, and the client still gets its answer to the first. Naming the class also keeps uvicorn's
+own choice ("auto") from ever answering in plain text."""
 from __future__ import annotations
 
 import json

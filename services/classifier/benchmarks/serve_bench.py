@@ -106,6 +106,7 @@ def ratios(result):
     for key, (kind, goal) in GOALS.items():
         value = out[key]
         out[key + "_met"] = value is not None and (value <= goal if kind == "max" else value >= goal)
+    out["floors"] = floors(rounds, result.get("http_floor"))
     peers = {}
     for name, peer_levels in result.get("peers", {}).items():
         by = {lvl["concurrency"]: lvl for lvl in peer_levels}
@@ -117,6 +118,26 @@ def ratios(result):
         peers[name] = row
     out["peers"] = peers
     out["profile_c1"] = profile(one) if one else None
+    return out
+
+
+def floors(rounds, http_floor):
+    """What the two latency goals leave for the server. The same work in process plus the cheapest
+    HTTP round trip (GET /healthz, no body, a few bytes of JSON) is the least any HTTP server could
+    take here with this decode, preprocessing and engine: per round, that floor's ratio to each
+    goal's reference, and the milliseconds the goal leaves beyond it for reading the body, the JSON
+    answer and the service's own work, next to what this service takes for them. Medians of the
+    rounds; None without rounds or an HTTP floor."""
+    http = (http_floor or {}).get("p50_ms")
+    if not rounds or http is None:
+        return None
+    least = [r["in_process_p50_ms"] + http for r in rounds]
+    out = {"http_ms": http, "service_beyond_ms": spread([r["service_p50_ms"] - f for r, f in zip(rounds, least)])[0]}
+    for key, reference in (("service_c1_over_engine", lambda r: r["engine_alone_p50_ms"]["onnxruntime"]),
+                           ("service_c1_over_in_process", lambda r: r["in_process_p50_ms"])):
+        goal = GOALS[key][1]
+        out[key] = {"least_ratio": spread([f / reference(r) for r, f in zip(rounds, least)])[0],
+                    "leaves_ms": spread([goal * reference(r) - f for r, f in zip(rounds, least)])[0]}
     return out
 
 
@@ -527,6 +548,8 @@ def table(result):
                  goal("service_c1_over_in_process"), verdict("service_c1_over_in_process")),
              "  service req/s at %d clients / at 1 client                  = %s (goal %s): %s" % (
                  top, num(r["throughput_top_over_c1"]), goal("throughput_top_over_c1"), verdict("throughput_top_over_c1"))]
+    if r.get("floors"):
+        rows += [""] + floor_lines(r["floors"], result["http_floor"]["path"])
     prof = r.get("profile_c1")
     if prof:
         rows += ["", "where a lone request's %.2f ms go (server timings, p50 each):" % prof["request_p50"],
@@ -545,6 +568,22 @@ def table(result):
             rows.append("  %-38s %8s ms %14s" % (run["backend"], num(by[1]["latency"]["p50_ms"]) if 1 in by else "-",
                                                  num(by[top]["throughput_rps"]) if top in by else "-"))
     return "\n".join(rows)
+
+
+def floor_lines(fl, path):
+    """The report's lines for floors()."""
+    def leaves(key):
+        ms = fl[key]["leaves_ms"]
+        return ("leaves %.2f ms beyond it" % ms if ms >= 0 else
+                "is %.2f ms below it: no HTTP server can meet it here" % -ms)
+    return ["what the goals leave for the server (the floor: the same work in process + GET %s's %.2f ms):" % (
+                path, fl["http_ms"]),
+            "  least possible service / ONNX Runtime alone  = %.2f: the goal %s" % (
+                fl["service_c1_over_engine"]["least_ratio"], leaves("service_c1_over_engine")),
+            "  least possible service / in process          = %.2f: the goal %s" % (
+                fl["service_c1_over_in_process"]["least_ratio"], leaves("service_c1_over_in_process")),
+            "  this service takes %.2f ms beyond the floor (reading the body, the JSON answer, its own work)" % (
+                fl["service_beyond_ms"])]
 
 
 def plot(result, path):

@@ -17,8 +17,8 @@ import sys
 
 import peer_harness
 from peer_harness import log
-from serve_bench import (BenchError, Service, _env, _positive, ensure_bundle, run_level, sample_photos, spread,
-                         stopped_cleanly)
+from serve_bench import BenchError, Service, _env, _positive, ensure_bundle, run_level, sample_photos, stopped_cleanly
+from serve_report import spread
 
 
 def parse_args(argv=None):

@@ -177,7 +177,7 @@ def main(argv=None):
     print(table(result))
     log("wrote %s and %s" % (args.json, args.plot))
     errors = sum(lvl["errors"] for lvl in levels)
-    unclean = [lvl["devices"] for lvl in levels if lvl["killed"] or lvl["exit_status"] != 0]
+    unclean = [lvl["devices"] for lvl in levels if not serve_bench.stopped_cleanly(lvl["exit_status"], lvl["killed"])]
     if errors:
         log("device_scaling: error: %d requests failed, e.g. %s" % (errors, [lvl["error_samples"] for lvl in levels]))
     if unclean:

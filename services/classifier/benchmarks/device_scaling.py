@@ -25,6 +25,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SIM_DIR = os.path.join(os.path.dirname(HERE), "tests", "acl_sim")
 sys.path.insert(0, HERE)
 
+import peer_harness  # noqa: E402
 import serve_bench  # noqa: E402  (the load generator and the service runner, shared with make bench-serve)
 from serve_bench import BenchError, log  # noqa: E402
 
@@ -77,19 +78,20 @@ def device_counts(port):
     return {d: (series["images"][d], series["batches"][d]) for d in series["images"]}
 
 
-def run_devices(bundle, devices, args, photos, log_dir):
-    env = {"BACKEND": "acl", "DEVICE_IDS": ",".join(str(d) for d in range(devices)), "MAX_BATCH": str(args.max_batch),
+def run_devices(bundle, devices, args, reqs, log_dir):
+    env = {"DEVICE_IDS": ",".join(str(d) for d in range(devices)), "MAX_BATCH": str(args.max_batch),
            "MAX_DELAY_MS": str(args.max_delay_ms),
            "ACL_SIM_DEVICES": str(devices), "ACL_SIM_DEVICE_MS": str(args.device_ms),
            "PYTHONPATH": os.pathsep.join([SIM_DIR] + [p for p in [os.environ.get("PYTHONPATH")] if p])}
-    service = serve_bench.Service(bundle, os.path.join(log_dir, "devices-%d-service.log" % devices), extra_env=env)
+    service = serve_bench.Service(bundle, os.path.join(log_dir, "devices-%d-service.log" % devices), "acl",
+                                  extra_env=env)
     try:
         service.wait_ready()
-        warm = serve_bench.run_level(service.port, photos, args.clients, 2 * args.clients, args.seconds)
+        warm = serve_bench.run_level(service.port, reqs, args.clients, 2 * args.clients, args.seconds)
         if warm["errors"]:
             raise BenchError("warm-up requests failed: %s" % warm["error_samples"])
         before = device_counts(service.port)
-        level = serve_bench.run_level(service.port, photos, args.clients, args.requests, args.seconds,
+        level = serve_bench.run_level(service.port, reqs, args.clients, args.requests, args.seconds,
                                       service_pid=service.proc.pid)
         after = device_counts(service.port)
     finally:
@@ -159,11 +161,11 @@ def main(argv=None):
     for out in (args.json, args.plot):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     bundle = ensure_bundle(os.path.abspath(args.bundle))
-    photos = small_photos()
+    reqs = peer_harness.requests_for("service", small_photos())
     levels = []
     for devices in args.devices:
         log("%d device(s), %d clients ..." % (devices, args.clients))
-        levels.append(run_devices(bundle, devices, args, photos, os.path.dirname(os.path.abspath(args.json))))
+        levels.append(run_devices(bundle, devices, args, reqs, os.path.dirname(os.path.abspath(args.json))))
     one = [lvl for lvl in levels if lvl["devices"] == 1]
     ratios = {"%d_over_1" % lvl["devices"]: lvl["throughput_rps"] / one[0]["throughput_rps"]
               for lvl in levels if one and lvl["devices"] != 1}

@@ -359,13 +359,25 @@ def run_level(port, reqs, concurrency, max_requests=800, seconds=20.0, protocol=
         finally:
             conn.close()
 
-    threads = [threading.Thread(target=client, args=(i,), daemon=True) for i in range(concurrency)]
+    crashed = []
+
+    def guarded(worker):
+        """A client that dies of a bug (not a failed request, which counts as an error) would
+        otherwise leave the level short of requests without a word."""
+        try:
+            client(worker)
+        except Exception as e:
+            crashed.append(e)
+
+    threads = [threading.Thread(target=guarded, args=(i,), daemon=True) for i in range(concurrency)]
     meter = CpuMeter(service_pid)
     for t in threads:
         t.start()
     for t in threads:
         t.join()
     cpu = meter.stop()
+    if crashed:
+        raise BenchError("%d of %d clients failed: %r" % (len(crashed), concurrency, crashed[0]))
     wall = last[0] - start
     level = {"concurrency": concurrency, "requests": len(latencies), "errors": len(errors), "error_samples": errors[:5],
              "wall_s": wall, "throughput_rps": len(latencies) / wall if wall > 0 else 0.0,

@@ -31,7 +31,7 @@ def main(argv=None):
 
     from . import transport
     try:
-        http, parser = transport.protocol(settings.HTTP_PARSER)
+        config, parser = transport.server_config(app, settings)
     except ImportError as e:
         print("classifier: error: %s" % e, file=sys.stderr)
         return 2
@@ -42,8 +42,7 @@ def main(argv=None):
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, _exit_after_drain)
     try:
-        uvicorn.run(app, host=settings.HOST, port=settings.PORT, log_level=settings.LOG_LEVEL.lower(),
-                    access_log=False, timeout_graceful_shutdown=30, http=http)
+        uvicorn.Server(config).run()
     except SystemExit:
         pass
     return 1 if app.state.service.failure else 0

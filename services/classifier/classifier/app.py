@@ -13,7 +13,6 @@ from starlette.exceptions import HTTPException
 
 from . import __version__, kserve, routes_classify, routes_kserve, routes_page
 from . import errors as errors_mod
-from .budget import ConcurrencyLimit
 from .errors import ApiError, error_response
 from .middleware import RequestContext
 from .service import Service
@@ -31,10 +30,12 @@ def create_app(settings, backend_factory=None):
             task.cancel()
         await service.stop()
 
+    # redirect_slashes=False: Starlette would answer `/classify/` with a 307 whose Location it builds
+    # from the client's Host header; here it is a JSON 404 like any unknown path.
     app = FastAPI(title="classifier", version=__version__, lifespan=lifespan, docs_url=None, redoc_url=None,
+                  redirect_slashes=False,
                   description="MobileNetV3 image classifier (%s v%s)" % (service.bundle.name, service.bundle.version))
     app.state.service = service
-    app.add_middleware(ConcurrencyLimit, limit=settings.MAX_CONCURRENT_REQUESTS, in_flight=service.in_flight)
     app.add_middleware(RequestContext, metrics=service.metrics)   # added last, so outermost: it sees every answer
     add_error_handlers(app)
     app.include_router(routes_classify.router(service))

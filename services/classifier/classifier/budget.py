@@ -1,10 +1,13 @@
-"""The service's memory limits that need state: a byte budget for preprocessing work and a cap on
-requests in flight (which bounds the request bodies held at once).
+"""The service's memory limits that need state: a byte budget for preprocessing work, one for
+request bodies being received, and the request slots (requests being processed).
 
-A request reserves its worst case from the budget (computed from image headers, before anything
-is decoded) and gives it back when it is answered, so no mix of concurrent requests can hold more
-than the budget. Waiters are served first come, first served; a request that could never fit is
-refused at once (413), one that waits longer than the wait limit gets 503 with Retry-After.
+A request reserves its worst case from the preprocessing budget (computed from image headers, before
+anything is decoded) and gives it back when it is answered, so no mix of concurrent requests can hold
+more than the budget. Small requests (at most an eighth of the budget: photos up to a few megapixels)
+are served first, and large ones may never take the last eighth: however many huge images a client
+sends, an ordinary request finds room at once. Within each class waiters are served first come,
+first served; a request that could never fit is refused at once (413), one that waits longer than
+the wait limit gets 503 with Retry-After.
 """
 from __future__ import annotations
 
@@ -12,48 +15,63 @@ import asyncio
 import collections
 import contextlib
 
-from .errors import ApiError, error_response, unavailable
+from .errors import ApiError, unavailable
+
+# the share of the budget that large requests leave to small ones, and the size of a small one
+SMALL_SHARE = 8
 
 
 class MemoryBudget:
     def __init__(self, total_bytes, wait_seconds, metrics=None):
         self.total = int(total_bytes)
+        self.small = self.total // SMALL_SHARE       # a request of at most this many bytes is small
+        self.large_limit = self.total - self.small   # large requests together never hold more
         self.wait_seconds = wait_seconds
         self.used = 0
         self.peak = 0
-        self._waiters = collections.deque()   # [bytes, future], first come first served
+        self._waiters = {True: collections.deque(), False: collections.deque()}   # small?: [[bytes, future]]
         self._metrics = metrics
         if metrics is not None:
             metrics.budget_limit.set(self.total)
 
+    def limit_for(self, nbytes):
+        """The most the budget may hold with a request of `nbytes` admitted."""
+        return self.total if nbytes <= self.small else self.large_limit
+
     @contextlib.asynccontextmanager
     async def hold(self, nbytes, what="this request"):
         nbytes = int(nbytes)
-        if nbytes > self.total:
+        if nbytes > self.limit_for(nbytes):
             raise ApiError(413, "over_memory_budget",
-                           "%s needs %.1f MB to preprocess, over the service's budget of %.1f MB "
-                           "(PREPROCESS_MEMORY_MB); send fewer or smaller images"
-                           % (what, nbytes / 1e6, self.total / 1e6))
+                           "%s needs %.1f MB to preprocess, over the %.1f MB one request may take of the service's "
+                           "budget of %.1f MB (PREPROCESS_MEMORY_MB); send fewer or smaller images"
+                           % (what, nbytes / 1e6, self.large_limit / 1e6, self.total / 1e6))
         await self._acquire(nbytes)
         try:
             yield
         finally:
             self._release(nbytes)
 
+    def _fits_now(self, nbytes):
+        small = nbytes <= self.small
+        ahead = self._waiters[True] if small else (self._waiters[True] or self._waiters[False])
+        return not ahead and self.used + nbytes <= self.limit_for(nbytes)
+
     async def _acquire(self, nbytes):
-        if not self._waiters and self.used + nbytes <= self.total:
+        if self._fits_now(nbytes):
             self._take(nbytes)
             return
         future = asyncio.get_running_loop().create_future()
         entry = [nbytes, future]
-        self._waiters.append(entry)
+        queue = self._waiters[nbytes <= self.small]
+        queue.append(entry)
         try:
             await asyncio.wait_for(future, self.wait_seconds)
         except BaseException as e:
             if future.done() and not future.cancelled():   # granted just as we gave up: give it back
                 self._release(nbytes)
-            elif entry in self._waiters:
-                self._waiters.remove(entry)
+            elif entry in queue:
+                queue.remove(entry)
                 self._grant()
             if isinstance(e, asyncio.TimeoutError):
                 if self._metrics is not None:
@@ -74,44 +92,64 @@ class MemoryBudget:
         self._grant()
 
     def _grant(self):
-        while self._waiters and self.used + self._waiters[0][0] <= self.total:
-            nbytes, future = self._waiters.popleft()
-            if future.done():
-                continue
-            self._take(nbytes)
-            future.set_result(None)
+        """Small waiters first, each class in its order; a large waiter that does not fit yet
+        holds back the large ones behind it (no starving the largest), never a small one."""
+        for small in (True, False):
+            queue = self._waiters[small]
+            while queue and (small or not self._waiters[True]):
+                nbytes, future = queue[0]
+                if future.done():
+                    queue.popleft()
+                    continue
+                if self.used + nbytes > self.limit_for(nbytes):
+                    break
+                queue.popleft()
+                self._take(nbytes)
+                future.set_result(None)
 
 
-class InFlight:
-    """The requests the server holds now, probes aside: ConcurrencyLimit counts them, the pipeline
-    reads the count (a lone image runs on the event loop only when nothing else is in the server)."""
+class BodyMemory:
+    """Bytes of request bodies being received or held, service-wide (BODY_MEMORY_MB). A body is
+    charged as it arrives, so a client that trickles one holds only what it has sent; one that would
+    pass the total is refused (503 busy) rather than waiting, since its bytes are already on the way."""
 
-    def __init__(self):
-        self.count = 0
+    def __init__(self, total_bytes):
+        self.total = int(total_bytes)
+        self.used = 0
+        self.peak = 0
+
+    def charge(self, account, nbytes):
+        """Add `nbytes` to `account` (a one-request list of [bytes]); ApiError 503 when over."""
+        if self.used + nbytes > self.total:
+            raise ApiError(503, "busy", "the request bodies being received fill the server's BODY_MEMORY_MB; "
+                           "retry shortly", {"Retry-After": "1", "Connection": "close"})
+        self.used += nbytes
+        self.peak = max(self.peak, self.used)
+        account[0] += nbytes
+
+    def release(self, account):
+        self.used -= account[0]
+        account[0] = 0
 
 
-class ConcurrencyLimit:
-    """ASGI middleware: at most `limit` HTTP requests in flight; more get a JSON 503 at once. Each
-    holds at most MAX_BODY_BYTES of body, so this also bounds the bodies held in memory. Health
-    and metrics probes are never refused, nor counted."""
+class Slots:
+    """At most `limit` requests being processed (MAX_CONCURRENT_REQUESTS). A request takes its slot
+    once its body is in, so clients still sending hold none; more get a JSON 503 at once."""
 
-    EXEMPT = ("/healthz", "/readyz", "/metrics", "/v2/health/live", "/v2/health/ready")
+    def __init__(self, limit):
+        self.limit, self.used = limit, 0
 
-    def __init__(self, app, limit, in_flight):
-        """in_flight: the InFlight this middleware counts in."""
-        self.app, self.limit, self.in_flight = app, limit, in_flight
+    @property
+    def full(self):
+        return self.used >= self.limit
 
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http" or scope["path"] in self.EXEMPT:
-            return await self.app(scope, receive, send)
-        if self.in_flight.count >= self.limit:
-            error = unavailable("too_many_requests", "%d requests are in flight, the limit (MAX_CONCURRENT_REQUESTS); "
-                                "retry shortly" % self.in_flight.count)
-            response = error_response(scope["path"], error.status, error.code, error.message,
-                                      scope.get("state", {}).get("request_id"), error.headers)
-            return await response(scope, receive, send)
-        self.in_flight.count += 1
+    @contextlib.contextmanager
+    def hold(self):
+        if self.full:
+            raise unavailable("too_many_requests", "%d requests are being processed, the limit "
+                              "(MAX_CONCURRENT_REQUESTS); retry shortly" % self.used)
+        self.used += 1
         try:
-            await self.app(scope, receive, send)
+            yield
         finally:
-            self.in_flight.count -= 1
+            self.used -= 1

@@ -10,8 +10,7 @@ batching delay for more; then it hands the batch to that device and goes on: fou
 batches at once, and while they run, new items queue up and form the next batches. An idle pool
 never holds an image back. Of several idle devices the batch goes to the one idle
 longest, so work spreads over all of them. A lone image that finds the engine idle can skip all that
-(infer_alone): it runs on its device's thread, or on the caller's own when the backend may run on
-any thread.
+(infer_alone): it is prepared and run on its device's thread in one hop.
 
 Failures stay with their device. A failed run fails its batch only (503). A fatal one (device lost)
 also takes the device out of the pool and reloads it on its own thread, again after a growing pause
@@ -141,13 +140,6 @@ class Engine:
         return not self._queue and not self._expected and not self._busy() and any(w.idle for w in self.workers)
 
     @property
-    def runs_anywhere(self):
-        """Whether every loaded backend may run on any thread (the CPU engines; not pyACL), so a lone
-        image may run on the caller's thread."""
-        loaded = [w.backend for w in self.workers if w.backend is not None]
-        return bool(loaded) and not any(b.thread_bound for b in loaded)
-
-    @property
     def depth(self):
         return len(self._queue)
 
@@ -204,17 +196,16 @@ class Engine:
         outcomes = await asyncio.gather(*[item.future for item in items], return_exceptions=True)
         return [(outcome, item.timings) for outcome, item in zip(outcomes, items)]
 
-    async def infer_alone(self, prepare, *args, on_caller=False):
+    async def infer_alone(self, prepare, *args):
         """For a caller that found the engine idle: one image, made by `prepare(*args)` and run at
         batch 1 in one hop on that device's thread, two thread hand-offs and the batcher fewer (the
-        lone-image path; docs/api.md has the measurement). With on_caller, and a backend that may run
-        on any thread, it runs here on the caller's thread (the event loop): no hop at all, and
-        nothing else on the loop runs meanwhile, so the caller decides when that is worth it.
+        lone-image path; docs/api.md has the measurement). Never on the caller's thread: a decode on
+        the event loop would stall every connection for its length.
 
         `prepare` is data to the engine, as an image array is: a pure function of its arguments
         (the Preprocessor's transform, say), never a method of the caller's objects, so the
         engine depends on no caller and the device thread touches no request state. The caller
-        bounds its cost, since anything arriving meanwhile waits behind it. What `prepare` raises
+        bounds its cost, since the device's next batch waits behind it. What `prepare` raises
         reaches the caller unchanged, and the model does not run.
         Returns (logits row, {"preprocess", "queue", "inference"} in seconds)."""
         self._check_open()
@@ -236,10 +227,7 @@ class Engine:
         worker.in_flight += 1
         start = time.perf_counter()
         try:
-            if on_caller and not worker.backend.thread_bound:
-                row, timings = run()
-            else:
-                row, timings = await loop.run_in_executor(worker.executor, run)
+            row, timings = await loop.run_in_executor(worker.executor, run)
         except BackendError as e:
             raise self._failed(worker, e, 1)
         finally:

@@ -146,6 +146,20 @@ def _refuse_constant(name):
     raise ValueError("%s is not a JSON number" % name)
 
 
+# What one JSON value costs once parsed, at most: a Python float (24 bytes) and its list slot (8), then
+# its element in the array made from the list (8 as float64)
+BYTES_PER_JSON_VALUE = 40
+
+
+def json_values(body, header_length=None):
+    """An upper bound on the values (numbers, strings) in the JSON header, read before it is parsed:
+    its commas plus one. What parsing costs grows with this, not with the header's bytes."""
+    end = len(body)
+    if header_length is not None and header_length.isdigit():
+        end = min(end, int(header_length))
+    return body.count(b",", 0, end) + 1
+
+
 def load_header(head):
     """The JSON header as a dict, its depth checked before the parser recurses into it."""
     head = bytes(head)

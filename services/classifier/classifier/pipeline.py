@@ -8,8 +8,6 @@ with a pure function and its arguments), and the engine never calls the pipeline
 """
 from __future__ import annotations
 
-import asyncio
-
 import numpy as np
 
 from mbv3 import numpy_preprocess
@@ -22,15 +20,13 @@ STAGES = ("preprocess", "queue", "inference")
 
 
 class Pipeline:
-    def __init__(self, bundle, engine, images, budget, metrics, in_flight, *, one_hop_max_pixels, on_loop_max_pixels):
+    def __init__(self, bundle, engine, images, budget, metrics, *, one_hop_max_pixels):
         """bundle: the served mbv3 Bundle; engine: the Engine; images: the Preprocessor (limits,
-        probing, decoding pool); budget: the MemoryBudget; in_flight: the server's InFlight count of
-        requests; one_hop_max_pixels: the largest lone image decoded on the device thread
-        (ONE_HOP_MAX_PIXELS; 0: never); on_loop_max_pixels: the largest one decoded and run on the
-        event loop when nothing else is in the server (ON_LOOP_MAX_PIXELS; 0: never)."""
+        probing, decoding pool); budget: the MemoryBudget; one_hop_max_pixels: the largest lone image
+        decoded on the device thread (ONE_HOP_MAX_PIXELS; 0: never). Nothing is decoded on the event
+        loop, so no image can stall the other connections."""
         self.engine, self.images, self.budget, self.metrics = engine, images, budget, metrics
-        self.in_flight = in_flight
-        self.one_hop_max_pixels, self.on_loop_max_pixels = one_hop_max_pixels, on_loop_max_pixels
+        self.one_hop_max_pixels = one_hop_max_pixels
         self.labels = bundle.labels
         self.prep = bundle.preprocessing
         self.size = self.prep.size
@@ -57,9 +53,6 @@ class Pipeline:
         async with self.budget.hold(self.images.cost(good), what):
             uint8 = self.takes_pixels
             lone = good[0].pixels if len(good) == 1 and len(uploads) == 1 else None
-            if lone is not None and lone <= self.on_loop_max_pixels and await self._alone_in_server():
-                await self._one_hop(good[0], uint8, on_loop=True)
-                return uploads
             if lone is not None and lone <= self.one_hop_max_pixels and self.engine.idle:
                 await self._one_hop(good[0], uint8)
                 return uploads
@@ -77,25 +70,12 @@ class Pipeline:
                         upload.logits = outcome
         return uploads
 
-    async def _alone_in_server(self):
-        """Whether this request may run on the event loop: an idle engine that may run on any thread,
-        and no other request in the server, even after one turn of the loop, in which requests that
-        arrived together with this one start and count themselves (without it, each of a burst would
-        find the engine idle in turn and run alone, one at a time, and the batcher would never see
-        them)."""
-        if self.in_flight.count > 1 or not self.engine.idle or not self.engine.runs_anywhere:
-            return False
-        await asyncio.sleep(0)
-        return self.in_flight.count <= 1 and self.engine.idle
-
-    async def _one_hop(self, upload, uint8, on_loop=False):
-        """A lone small image on an idle engine: decoded and run in one hop on the device thread
-        (on_loop: here, on the event loop, no hop). The engine gets the transform (a pure function)
-        and the bytes, never this upload."""
+    async def _one_hop(self, upload, uint8):
+        """A lone small image on an idle engine: decoded and run in one hop on the device thread.
+        The engine gets the transform (a pure function) and the bytes, never this upload."""
         try:
             upload.logits, timings = await self.engine.infer_alone(
-                self.images.transform, upload.data, self.prep, self.images.max_image_pixels, not uint8,
-                on_caller=on_loop)
+                self.images.transform, upload.data, self.prep, self.images.max_image_pixels, not uint8)
         except numpy_preprocess.ImageError as e:
             upload.error = image_error(e)
         else:

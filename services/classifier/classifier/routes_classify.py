@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import errors as errors_mod
-from .bodies import IMAGE_TYPES, image_parts, read_body
+from .bodies import IMAGE_TYPES, image_parts, received
 from .errors import ApiError
 
 
@@ -47,16 +47,19 @@ def router(service):
                              "empty_body", "invalid_image", "invalid_multipart", "no_image", "invalid_images",
                              "body_too_large", "too_many_images", "image_too_large", "too_many_pixels",
                              "over_memory_budget", "unsupported_media_type", "invalid_top_k", "not_ready", "queue_full",
-                             "too_many_requests", "busy", "backend_error", "shutting_down")},
+                             "too_many_requests", "busy", "backend_error", "shutting_down", "body_timeout")},
               openapi_extra=classify_openapi(pipeline.max_top_k))
     async def classify(request: Request):
         top_k = parse_top_k(request, pipeline.max_top_k)
-        body = await read_body(request, settings.MAX_BODY_BYTES)
-        uploads = await image_parts(request, body, settings.MAX_IMAGES_PER_REQUEST)
-        del body
-        service.require_ready()
-        start = time.perf_counter()
-        await pipeline.infer_uploads(uploads)
+        async with received(request, service.body_limits, service.bodies) as body:
+            uploads = await image_parts(request, body.take(), settings.MAX_IMAGES_PER_REQUEST, service.pool)
+            service.require_ready()
+            with service.slots.hold():
+                start = time.perf_counter()
+                await pipeline.infer_uploads(uploads)
+        return answer(request, uploads, top_k, start)
+
+    def answer(request, uploads, top_k, start):
         failed = [u for u in uploads if u.error is not None]
         if len(uploads) == 1 and uploads[0].name is None and failed:   # a raw body: its error is the answer
             raise failed[0].error
@@ -96,7 +99,23 @@ def router(service):
 
     @api.get("/v1/model", summary="The bundle's model.json")
     async def model_metadata():
-        meta = dict(bundle.metadata)
+        # model.json records where export read from (source.checkpoint, source.run: absolute paths on
+        # the exporting machine): a client sees the last component of any absolute path, never where it is
+        import re
+        absolute = re.compile(r"""(?<![^\s"'(=,])(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\s"'(),;/\\]+[\\/][^\s"'(),;]*""")
+
+        def last_component(match):
+            return re.split(r"[\\/]", match.group(0).rstrip("/\\"))[-1]
+
+        def _without_locations(value):
+            if isinstance(value, str):
+                return absolute.sub(last_component, value)
+            if isinstance(value, dict):
+                return {_without_locations(k): _without_locations(v) for k, v in value.items()}
+            if isinstance(value, list):
+                return [_without_locations(v) for v in value]
+            return value
+        meta = _without_locations(dict(bundle.metadata))
         meta["serving"] = service.serving()
         return meta
 

@@ -3,6 +3,8 @@ inference on encoded images (BYTES `images`) or model inputs (FP32 `input`). kse
 protocol's encoding; the pipeline does the work."""
 from __future__ import annotations
 
+import asyncio
+
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
@@ -11,10 +13,11 @@ from mbv3.onnx_classifier import softmax
 
 from . import __version__, kserve
 from . import errors as errors_mod
-from .bodies import read_body
+from .bodies import received
 from .errors import ApiError
 
 OUTPUTS = ("logits", "probabilities")
+INLINE_PARSE_BYTES = 64 * 1024   # a body up to this is parsed on the event loop (well under a millisecond)
 
 V2_INFER_OPENAPI = {
     "parameters": [{"name": kserve.HEADER, "in": "header", "required": False, "schema": {"type": "integer", "minimum": 0},
@@ -69,22 +72,37 @@ def router(service):
                                              "invalid_inference_request", "invalid_image", "too_many_images",
                                              "image_too_large", "too_many_pixels", "over_memory_budget", "not_ready",
                                              "queue_full", "too_many_requests", "busy", "backend_error",
-                                             "shutting_down", v2=True),
+                                             "shutting_down", "body_timeout", "json_too_large", v2=True),
               openapi_extra=V2_INFER_OPENAPI)
     async def v2_infer(name: str, request: Request):
         model_or_404(name)
-        body = await read_body(request, settings.MAX_BODY_BYTES)
-        head, tensors = kserve.parse_request(body, request.headers.get(kserve.HEADER))
-        del body
-        outputs = kserve.requested_outputs(head, OUTPUTS)
-        service.require_ready()
-        logits = await v2_logits(tensors)
+        async with received(request, service.body_limits, service.bodies) as body:
+            head, tensors = await parse(body, request.headers.get(kserve.HEADER))
+            outputs = kserve.requested_outputs(head, OUTPUTS)
+            service.require_ready()
+            with service.slots.hold():
+                logits = await v2_logits(tensors)
+            del tensors
         if not np.isfinite(logits).all():   # finite inputs far outside [-1, 1] can overflow the model
             raise kserve.ProtocolError("the model's output for this input is not finite: send 'input' values in [-1, 1]")
         arrays = {"logits": logits, "probabilities": softmax(logits.astype(np.float64)).astype(np.float32)}
         payload, headers = kserve.encode_response(name, bundle.version, head.id,
                                                   [(n, arrays[n], binary) for n, binary in outputs])
         return Response(payload, headers=headers)
+
+    async def parse(body, header_length):
+        """kserve.parse_request, on the decoding pool when the body is large (a JSON header's values
+        charged to the body's memory as Python objects first): parsing never holds the event loop."""
+        data = body.take()
+        values = kserve.json_values(data, header_length)
+        if values > settings.MAX_JSON_VALUES:
+            raise ApiError(413, "json_too_large", "the JSON header holds about %d values, over the limit of %d "
+                           "(MAX_JSON_VALUES): send large tensors with the binary tensor extension"
+                           % (values, settings.MAX_JSON_VALUES))
+        body.charge(kserve.BYTES_PER_JSON_VALUE * values)
+        if len(data) <= INLINE_PARSE_BYTES:
+            return kserve.parse_request(data, header_length)
+        return await asyncio.get_running_loop().run_in_executor(service.pool, kserve.parse_request, data, header_length)
 
     async def v2_logits(tensors):
         """float32 [N, classes] for the one input: BYTES (encoded images) or FP32 (model input

@@ -11,9 +11,11 @@ import os
 import signal
 
 from mbv3 import bundle
+from mbv3.fast_preprocess import REUSED_BYTES
 
 from . import backends
-from .budget import InFlight, MemoryBudget
+from .bodies import BodyLimits
+from .budget import BodyMemory, MemoryBudget, Slots
 from .engine import Engine
 from .errors import unavailable
 from .images import Preprocessor
@@ -40,9 +42,11 @@ class Service:
                                        s.MAX_IMAGE_PIXELS, s.MAX_REQUEST_PIXELS, s.PREPROCESSING)
         except ImportError as e:
             raise SettingsError("PREPROCESSING=%s: %s" % (s.PREPROCESSING, e))
-        self.in_flight = InFlight()
-        self.pipeline = Pipeline(self.bundle, self.engine, self.images, self.budget, self.metrics, self.in_flight,
-                                 one_hop_max_pixels=s.ONE_HOP_MAX_PIXELS, on_loop_max_pixels=s.ON_LOOP_MAX_PIXELS)
+        self.slots = Slots(s.MAX_CONCURRENT_REQUESTS)
+        self.bodies = BodyMemory(s.BODY_MEMORY_MB * 1024 * 1024)
+        self.body_limits = BodyLimits(s.MAX_BODY_BYTES, s.MIN_BODY_RATE, s.BODY_GRACE_SECONDS)
+        self.pipeline = Pipeline(self.bundle, self.engine, self.images, self.budget, self.metrics,
+                                 one_hop_max_pixels=s.ONE_HOP_MAX_PIXELS)
         self.ready = False
         self.failure = None
 
@@ -117,8 +121,12 @@ class Service:
             raise unavailable("not_ready", self.failure or "the model is loading; retry shortly", retry_after=2)
 
     def readiness(self):
-        """For /readyz: ready once every device loaded, and while at least one of them serves."""
+        """For /readyz: ready once every device loaded, while at least one of them serves, and
+        while a request could be taken (not every slot held)."""
         self.require_ready()
+        if self.slots.full:
+            raise unavailable("not_ready", "all %d request slots are in use (MAX_CONCURRENT_REQUESTS)"
+                              % self.slots.limit, retry_after=1)
         if not self.engine.serving:
             raise unavailable("not_ready", "no device is serving: %s" % "; ".join(
                 "device %s %s" % (d["device"], d["state"]) for d in self.engine.devices()), retry_after=2)
@@ -141,11 +149,33 @@ class Service:
                 "max_delay_ms": s.MAX_DELAY_MS, "ready": self.ready,
                 "threads": getattr(backend, "threads", None), "preprocess_workers": s.preprocess_workers,
                 "preprocessing": self.images.description,
-                "devices": self.engine.devices(), "limits": self.limits()}
+                "devices": self.engine.devices(), "limits": self.limits(),
+                "load": {"requests_processing": self.slots.used, "body_bytes_held": self.bodies.used,
+                         "preprocess_bytes_held": self.budget.used}}
 
     def limits(self):
         s = self.settings
         return {"max_body_bytes": s.MAX_BODY_BYTES, "max_images_per_request": s.MAX_IMAGES_PER_REQUEST,
                 "max_image_pixels": s.MAX_IMAGE_PIXELS, "max_request_pixels": s.MAX_REQUEST_PIXELS,
-                "preprocess_memory_mb": s.PREPROCESS_MEMORY_MB, "max_concurrent_requests": s.MAX_CONCURRENT_REQUESTS,
-                "max_queue": s.MAX_QUEUE, "max_top_k": self.pipeline.max_top_k}
+                "preprocess_memory_mb": s.PREPROCESS_MEMORY_MB, "body_memory_mb": s.BODY_MEMORY_MB,
+                "max_concurrent_requests": s.MAX_CONCURRENT_REQUESTS, "max_connections": s.MAX_CONNECTIONS,
+                "max_header_bytes": s.MAX_HEADER_BYTES, "max_headers": s.MAX_HEADERS,
+                "header_timeout_seconds": s.HEADER_TIMEOUT_SECONDS, "keep_alive_seconds": s.KEEP_ALIVE_SECONDS,
+                "min_body_rate": s.MIN_BODY_RATE, "body_grace_seconds": s.BODY_GRACE_SECONDS,
+                "max_json_values": s.MAX_JSON_VALUES, "max_queue": s.MAX_QUEUE, "max_top_k": self.pipeline.max_top_k,
+                "memory_bound_mb": round(memory_bound(
+                    s, self.images.tensor_bytes, s.preprocess_workers + len(self.engine.workers)) / 2 ** 20)}
+
+
+# Per connection beyond its head: uvicorn's body buffer (64 KiB before it stops reading) and one read
+# of the socket (256 KiB) on its way to the app.
+CONNECTION_BUFFER_BYTES = (64 + 256) * 1024
+
+
+def memory_bound(s, input_bytes, decoding_threads):
+    """The most memory requests can hold at once beyond a ready, idle server, in bytes: what each
+    limit enforces, added up (docs/api.md has the terms). Each connection's head is counted four
+    times: the bytes read, the parser's copy, the header list and the request's scope."""
+    return (s.BODY_MEMORY_MB * 2 ** 20 + s.PREPROCESS_MEMORY_MB * 2 ** 20 + s.MAX_QUEUE * input_bytes
+            + s.MAX_CONNECTIONS * (4 * s.MAX_HEADER_BYTES + CONNECTION_BUFFER_BYTES)
+            + decoding_threads * REUSED_BYTES)   # the fast path's buffer, kept by each thread that decodes

@@ -35,14 +35,25 @@ class Settings:
     MAX_IMAGES_PER_REQUEST: int = 64          # at most MAX_QUEUE, so a request can always be queued
     MAX_REQUEST_PIXELS: int = 50_000_000      # all images of one request
     PREPROCESS_MEMORY_MB: int = 1024          # decoding + preprocessing in flight, service-wide
-    MAX_CONCURRENT_REQUESTS: int = 64         # requests in flight (bounds bodies held: x MAX_BODY_BYTES)
+    # requests being processed, each counted once its body is in (health and metrics probes never count)
+    MAX_CONCURRENT_REQUESTS: int = 64
     MAX_WAIT_SECONDS: float = 10.0            # longest wait for the memory budget before a 503
     # a lone image up to this many pixels that finds the engine idle is decoded on the device thread
     # right before its inference (one thread hop instead of two); 0: always on the pool
     ONE_HOP_MAX_PIXELS: int = 1_000_000
-    # a lone image up to this many pixels that finds the engine idle and no other request in the server
-    # is decoded and run on the event loop itself, no thread hop (CPU backends); 0: never
-    ON_LOOP_MAX_PIXELS: int = 1_000_000
+    # bodies being received or held by requests, service-wide; each byte counts twice (chunks, then the
+    # whole body they are joined into)
+    BODY_MEMORY_MB: int = 512
+    # a body must arrive at this average rate, counted from the end of its headers after the grace
+    MIN_BODY_RATE: int = 65536                # bytes a second
+    BODY_GRACE_SECONDS: float = 5.0
+    HEADER_TIMEOUT_SECONDS: float = 10.0      # a request's head must be complete within this
+    MAX_HEADER_BYTES: int = 32768             # a request's head: request line and headers
+    MAX_HEADERS: int = 100                    # header lines in a request's head
+    KEEP_ALIVE_SECONDS: float = 5.0           # an idle keep-alive connection closes after this
+    MAX_CONNECTIONS: int = 1000               # connections open at once
+    # numbers and strings in a v2 JSON header (one 224x224x3 input is 150,528): larger tensors go binary
+    MAX_JSON_VALUES: int = 1 << 18
     HOST: str = "127.0.0.1"
     PORT: int = 8000
     THREADS: int = 0                          # CPU backend threads a worker; 0: the CPUs split among workers
@@ -194,15 +205,23 @@ def _validate(s: Settings):
     if s.PREPROCESSING not in PREPROCESSING_CHOICES:
         raise SettingsError("PREPROCESSING=%r: choose one of %s" % (s.PREPROCESSING, ", ".join(PREPROCESSING_CHOICES)))
     for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST",
-                 "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS", "CPU_WORKERS"):
+                 "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS", "CPU_WORKERS",
+                 "BODY_MEMORY_MB", "MIN_BODY_RATE", "MAX_HEADER_BYTES", "MAX_HEADERS", "MAX_CONNECTIONS",
+                 "MAX_JSON_VALUES"):
         if getattr(s, name) < 1:
             raise SettingsError("%s must be at least 1, got %s" % (name, getattr(s, name)))
     if s.MAX_IMAGES_PER_REQUEST > s.MAX_QUEUE:
         raise SettingsError("MAX_IMAGES_PER_REQUEST (%d) must not exceed MAX_QUEUE (%d): such a request could never "
                             "be queued" % (s.MAX_IMAGES_PER_REQUEST, s.MAX_QUEUE))
-    if min(s.MAX_DELAY_MS, s.MAX_WAIT_SECONDS, s.PREPROCESS_WORKERS, s.ONE_HOP_MAX_PIXELS, s.ON_LOOP_MAX_PIXELS) < 0:
+    if min(s.MAX_DELAY_MS, s.MAX_WAIT_SECONDS, s.PREPROCESS_WORKERS, s.ONE_HOP_MAX_PIXELS, s.BODY_GRACE_SECONDS) < 0:
         raise SettingsError("MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS, ONE_HOP_MAX_PIXELS and "
-                            "ON_LOOP_MAX_PIXELS must not be negative")
+                            "BODY_GRACE_SECONDS must not be negative")
+    for name in ("HEADER_TIMEOUT_SECONDS", "KEEP_ALIVE_SECONDS"):
+        if getattr(s, name) <= 0:
+            raise SettingsError("%s must be above 0, got %s" % (name, getattr(s, name)))
+    if s.BODY_MEMORY_MB * 1024 * 1024 < 2 * s.MAX_BODY_BYTES:
+        raise SettingsError("BODY_MEMORY_MB (%d) must hold one body of MAX_BODY_BYTES twice (%.1f MB)"
+                            % (s.BODY_MEMORY_MB, 2 * s.MAX_BODY_BYTES / 1048576))
     if not 0 < s.PORT < 65536:
         raise SettingsError("PORT must be 1-65535, got %s" % s.PORT)
     if s.THREADS < 0:

@@ -1,90 +1,207 @@
-"""The HTTP/1.1 protocol uvicorn runs the app on (HTTP_PARSER): httptools' C parser (llhttp) when it is
-installed, else h11's pure-Python one, which is what `pip install uvicorn` alone brings; the C
-parser takes 2-3% off a lone request (`make bench-ab`, docs/benchmarks.md). Either way a request the
-parser refuses (a bad request line, a method llhttp does not know, oversized headers, a
-Content-Length of -1 or 10**20) gets the service's JSON error, in the plain shape since no path is
-known yet, instead of uvicorn's plain-text 400. uvicorn answers those itself, before the app could
-see them, through `send_400_response`, which both classes here replace. With httptools that answer
-also waits for the answers to the requests before it on the connection (uvicorn would send it at
-once, ahead of them, and close): bytes past a request's Content-Length are parsed as the next
-request, and the client still gets its answer to the first. Naming the class also keeps uvicorn's
-own choice ("auto") from ever answering in plain text."""
+"""The HTTP/1.1 connection layer under the app: uvicorn's protocol (HTTP_PARSER: httptools' C parser
+when installed, else h11's pure-Python one), with the bounds uvicorn does not have built in.
+
+Every connection is bounded in time and size before the app sees a request:
+- a request's head (request line and headers) must be complete within HEADER_TIMEOUT_SECONDS of the
+  connection opening or of the previous response; else 408 `header_timeout` (or a plain close when
+  no byte of it came), so a client trickling headers holds a socket for seconds, not forever;
+- the head is at most MAX_HEADER_BYTES and MAX_HEADERS lines, counted on the bytes as they arrive,
+  before the parser buffers them; else 431 `headers_too_large`;
+- at most MAX_CONNECTIONS connections at once; one more gets 503 `too_many_connections` and is closed;
+- an idle keep-alive connection closes after KEEP_ALIVE_SECONDS (uvicorn's own timer).
+The body's pace is the app's to enforce (bodies.py), since only it knows when it reads one.
+
+Every refusal here is the service's JSON error, answered at once and followed by a close. A request
+the parser refuses inside a body the app is reading (a bad chunk-size line) ends that request at
+once: the app sees the client gone, so nothing it holds waits for bytes that will never come.
+"""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from .errors import CODES, error_body
 
-MESSAGE = "malformed HTTP request: check the request line, the headers and Content-Length"
 PARSERS = ("auto", "httptools", "h11")
+MESSAGES = {
+    "invalid_http": "malformed HTTP request: check the request line, the headers, Content-Length and chunk sizes",
+    "header_timeout": "the request's headers did not arrive within %g s",
+    "headers_too_large": "the request's headers are over %d bytes or %d lines",
+    "too_many_connections": "the server has %d connections open, its limit; retry shortly",
+}
+REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
+           503: b"Service Unavailable"}
+# scope["state"] key by which a refused request's status reaches the access log (middleware.py)
+REFUSED = "transport_refused"
+TERMINATOR = b"\r\n\r\n"
 
 
-def _refusal():
-    """The bytes of the JSON 400 for a request the parser refused (the connection closes after it)."""
-    body = json.dumps(error_body("", "invalid_http", MESSAGE)).encode("utf-8")
-    status = CODES["invalid_http"][0]
-    return (b"HTTP/1.1 %d Bad Request\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
-            b"connection: close\r\n\r\n" % (status, len(body))) + body
+@dataclass(frozen=True)
+class ConnectionLimits:
+    header_timeout: float = 10.0
+    max_header_bytes: int = 32768
+    max_headers: int = 100
+    max_connections: int = 1000
 
 
-class JsonErrorsH11Protocol(H11Protocol):
+def refusal(code, message, retry_after=None):
+    """The bytes of the JSON answer for `code` (errors.CODES), with `Connection: close`."""
+    body = json.dumps(error_body("", code, message)).encode("utf-8")
+    status = CODES[code][0]
+    extra = b"retry-after: %d\r\n" % retry_after if retry_after else b""
+    return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s"
+            b"connection: close\r\n\r\n" % (status, REASONS[status], len(body), extra)) + body
+
+
+class Guard:
+    """Mixed into uvicorn's protocol classes (which keep their names for everything else): the
+    head's deadline and size, the connection cap, and refusals in JSON that never wait on the app."""
+
+    limits = ConnectionLimits()
+
+    def connection_made(self, transport):
+        super().connection_made(transport)
+        self._head_bytes = self._head_lines = 0
+        self._tail = b""
+        self._head_timer = None
+        if len(self.connections) > self.limits.max_connections:
+            self._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
+                         retry_after=1)
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc):
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def _in_head(self):
+        """Whether the next bytes belong to a request's head: no request yet, or the last one's
+        body is complete."""
+        return self.cycle is None or not self.cycle.more_body
+
+    def data_received(self, data):
+        if self.transport.is_closing():
+            return
+        if self._in_head():
+            seen = self._tail + data
+            end = seen.find(TERMINATOR)
+            head = data if end < 0 else data[:max(0, end + len(TERMINATOR) - len(self._tail))]
+            self._head_bytes += len(head)
+            self._head_lines += head.count(b"\n")
+            self._tail = b"" if end >= 0 else seen[-3:]
+            if self._head_bytes > self.limits.max_header_bytes or self._head_lines > self.limits.max_headers + 2:
+                self._refuse("headers_too_large", MESSAGES["headers_too_large"]
+                             % (self.limits.max_header_bytes, self.limits.max_headers))
+                return
+        before = self.cycle
+        super().data_received(data)
+        if self.cycle is not before:   # a head was parsed: the request is the app's now
+            self._cancel_head_timer()
+            self._head_bytes = self._head_lines = 0
+            self._tail = b""
+
+    def on_response_complete(self):
+        super().on_response_complete()
+        if self._refused:
+            self._refuse("invalid_http", MESSAGES["invalid_http"])
+        elif not self.transport.is_closing() and self._head_timer is None:
+            self._arm_head_timer()
+
+    def _arm_head_timer(self):
+        self._head_timer = self.loop.call_later(self.limits.header_timeout, self._head_timed_out)
+
+    def _cancel_head_timer(self):
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_timed_out(self):
+        self._head_timer = None
+        if self.transport.is_closing() or not self._in_head() or (self.cycle is not None
+                                                                   and not self.cycle.response_complete):
+            return   # the app has the connection (a response is being made): its own deadlines apply
+        if self._head_bytes:
+            self._refuse("header_timeout", MESSAGES["header_timeout"] % self.limits.header_timeout)
+        else:
+            self.transport.close()
+
+    _refused = False
+
     def send_400_response(self, msg):
-        self.transport.write(_refusal())
-        self.transport.close()
+        if self._refused:
+            return
+        self._refused = True
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_complete:
+            if cycle.more_body:
+                # the malformed bytes are in the body the app is reading: that request ends here
+                cycle.scope.setdefault("state", {})[REFUSED] = 400
+                cycle.disconnected = True
+                cycle.message_event.set()
+            else:
+                # they follow a whole request (bytes past its Content-Length): it is answered first,
+                # then the refusal (on_response_complete); its deadlines bound the wait
+                self.transport.pause_reading()
+                return
+        self._refuse("invalid_http", MESSAGES["invalid_http"])
+
+    def _refuse(self, code, message, retry_after=None):
+        self._cancel_head_timer()
+        if not self.transport.is_closing():
+            self.transport.write(refusal(code, message, retry_after))
+            self.transport.close()
+
+
+class GuardedH11Protocol(Guard, H11Protocol):
+    pass
 
 
 _httptools_class = None
 
 
 def httptools_protocol():
-    """The httptools protocol class with the JSON 400; ImportError without httptools."""
+    """The httptools protocol class with the guard; ImportError without httptools."""
     global _httptools_class
-    if _httptools_class is not None:
-        return _httptools_class
-    import httptools  # noqa: F401  (uvicorn's module imports it too, but fails only when used)
-    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+    if _httptools_class is None:
+        import httptools  # noqa: F401  (uvicorn's module imports it too, but fails only when used)
+        from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-    class JsonErrorsHttpToolsProtocol(HttpToolsProtocol):
-        _refused = False
-
-        def _answering(self):
-            """Whether requests before the refused one are still being answered."""
-            return bool(self.pipeline) or (self.cycle is not None and not self.cycle.response_complete)
-
-        def send_400_response(self, msg):
-            if self._refused:
-                return
-            self._refused = True
-            if self._answering():
-                self.transport.pause_reading()   # the parser is done; on_response_complete answers
-                return
-            self._refuse()
-
-        def on_response_complete(self):
-            super().on_response_complete()
-            if self._refused and not self._answering():
-                self._refuse()
-
-        def _refuse(self):
-            if not self.transport.is_closing():
-                self.transport.write(_refusal())
-                self.transport.close()
-
-    _httptools_class = JsonErrorsHttpToolsProtocol
+        class GuardedHttpToolsProtocol(Guard, HttpToolsProtocol):
+            pass
+        _httptools_class = GuardedHttpToolsProtocol
     return _httptools_class
 
 
-def protocol(parser="auto"):
-    """(protocol class, name) for HTTP_PARSER=parser: `httptools` needs it installed (ImportError
-    naming it otherwise), `h11` always works, `auto` takes httptools when it imports."""
+def protocol(parser="auto", limits=None):
+    """(protocol class, name) for HTTP_PARSER=parser with `limits` (ConnectionLimits): `httptools`
+    needs it installed (ImportError naming it otherwise), `h11` always works, `auto` takes httptools
+    when it imports."""
     if parser not in PARSERS:
         raise ValueError("HTTP parser %r: choose one of %s" % (parser, ", ".join(PARSERS)))
+    base, name = GuardedH11Protocol, "h11"
     if parser != "h11":
         try:
-            return httptools_protocol(), "httptools"
+            base, name = httptools_protocol(), "httptools"
         except ImportError as e:
             if parser == "httptools":
                 raise ImportError("HTTP_PARSER=httptools needs the httptools package (%s)" % e)
-    return JsonErrorsH11Protocol, "h11"
+    return type(base.__name__, (base,), {"limits": limits or ConnectionLimits()}), name
+
+
+def limits_from(settings):
+    return ConnectionLimits(header_timeout=settings.HEADER_TIMEOUT_SECONDS, max_header_bytes=settings.MAX_HEADER_BYTES,
+                            max_headers=settings.MAX_HEADERS, max_connections=settings.MAX_CONNECTIONS)
+
+
+def server_config(app, settings, **overrides):
+    """The uvicorn.Config the service runs with (`python -m classifier` and the tests' servers alike);
+    ImportError when HTTP_PARSER names a parser that is not installed. Returns (config, parser name)."""
+    import uvicorn
+    http, name = protocol(settings.HTTP_PARSER, limits_from(settings))
+    options = dict(host=settings.HOST, port=settings.PORT, log_level=settings.LOG_LEVEL.lower(), access_log=False,
+                   timeout_graceful_shutdown=30, http=http, timeout_keep_alive=settings.KEEP_ALIVE_SECONDS,
+                   h11_max_incomplete_event_size=settings.MAX_HEADER_BYTES)
+    options.update(overrides)
+    return uvicorn.Config(app, **options), name

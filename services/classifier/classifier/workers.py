@@ -1,7 +1,6 @@
 """One worker per device: its own thread, and on that thread its backend (pyACL binds a context, and
 with it the loaded model and its buffers, to the thread that made it). The engine decides what a
-worker runs and when; a worker only loads, runs and closes its backend, on its own thread (a
-backend that is not `thread_bound` may also run a lone image on the engine's event loop), and
+worker runs and when; a worker only loads, runs and closes its backend, on its own thread, and
 keeps the counts the service reports per device.
 """
 from __future__ import annotations

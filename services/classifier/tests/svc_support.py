@@ -98,12 +98,13 @@ class ThreadServer:
     def __init__(self, settings_overrides, backend_factory=None):
         import uvicorn
         from classifier import settings as settings_mod
+        from classifier import transport
         from classifier.app import create_app
         self.port = free_port()
         self.url = "http://127.0.0.1:%d" % self.port
         settings = settings_mod.load(environ={}, dotenv=None, HOST="127.0.0.1", PORT=self.port, **settings_overrides)
         self.app = create_app(settings, backend_factory)
-        self.server = uvicorn.Server(uvicorn.Config(self.app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.server = uvicorn.Server(transport.server_config(self.app, settings, log_level="warning")[0])
         self.thread = threading.Thread(target=self.server.run, daemon=True)
 
     def __enter__(self):

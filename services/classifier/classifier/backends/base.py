@@ -1,6 +1,5 @@
 """The interface every backend implements. A backend is created and closed on its device's worker
-thread, and runs there too unless it says it may run on any thread (`thread_bound = False`, the CPU
-engines): an ACL context is bound to the thread that made it.
+thread, and runs there too: an ACL context is bound to the thread that made it.
 
 A backend is built from explicit arguments (its model file, the bundle's ModelInfo for the shapes
 the file must have, threads or a device): it knows nothing of the service's settings, so adding one
@@ -23,9 +22,6 @@ class Backend:
     name = "base"
     image_shape = None   # (H, W, 3) of one input image: each backend sets it from the bundle's record
     num_classes = None   # logits per image, likewise
-    # run() only on the thread that loaded it (pyACL); False: on any thread, one run at a time, so the
-    # engine may run a lone image on the caller's thread (Engine.infer_alone(on_caller=True))
-    thread_bound = True
 
     @property
     def max_batch(self) -> int:

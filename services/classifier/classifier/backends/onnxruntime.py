@@ -10,7 +10,6 @@ from .base import Backend, BackendError
 
 
 class OnnxRuntimeBackend(Backend):
-    thread_bound = False   # a session / infer request may run on any thread, one run at a time
     name = "onnxruntime"
 
     def __init__(self, model_path, info, threads, max_batch):

@@ -38,7 +38,6 @@ class _Model:
 
 
 class OpenVinoBackend(Backend):
-    thread_bound = False   # a session / infer request may run on any thread, one run at a time
     name = "openvino"
 
     def __init__(self, model_path, info, threads, max_batch, cache_dir=""):

@@ -115,7 +115,7 @@ bench-serve: venv ## the service over HTTP at 1, 8, 32 clients vs the engine alo
 	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle --compare-backends \
 	  --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png
 
-bench-ab: venv ## A/B a service setting: make bench-ab B="ON_LOOP_MAX_PIXELS=0" (two services side by side, alternating rounds)
+bench-ab: venv ## A/B a service setting: make bench-ab B="ONE_HOP_MAX_PIXELS=0" (two services side by side, alternating rounds)
 	@test -n "$(B)" || { echo 'usage: make bench-ab B="KEY=VALUE ..." [A="KEY=VALUE ..."]'; exit 2; }
 	$(PY) services/classifier/benchmarks/ab_settings.py $(B) $(foreach kv,$(A),--a $(kv)) --bundle $(BENCH_DIR)/bundle \
 	  --json $(BENCH_DIR)/ab.json

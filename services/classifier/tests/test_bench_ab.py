@@ -19,16 +19,16 @@ def run(bundle, out, *settings):
 
 def test_two_services_side_by_side(bundle_dir, tmp_path):  # noqa: F811
     out = tmp_path / "ab.json"
-    done = run(bundle_dir, out, "ON_LOOP_MAX_PIXELS=0")
+    done = run(bundle_dir, out, "ONE_HOP_MAX_PIXELS=0")
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())
-    assert result["a"] == {} and result["b"] == {"ON_LOOP_MAX_PIXELS": "0"}
+    assert result["a"] == {} and result["b"] == {"ONE_HOP_MAX_PIXELS": "0"}
     one, many = result["one_client_p50_ms"], result["many_clients_rps"]
     assert one["rounds"] == 4 and many["rounds"] == 2 and result["many_clients"] == 2
     for r in (one, many):
         assert r["a"] > 0 and r["b"] > 0
         assert r["range"][0] <= r["b_over_a"] <= r["range"][1]
-    assert "B/A" in done.stdout and "ON_LOOP_MAX_PIXELS=0" in done.stdout
+    assert "B/A" in done.stdout and "ONE_HOP_MAX_PIXELS=0" in done.stdout
 
 
 def test_a_b_that_cannot_start_is_an_error(bundle_dir, tmp_path):  # noqa: F811

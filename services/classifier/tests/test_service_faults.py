@@ -51,7 +51,6 @@ class Flaky(OnnxRuntimeBackend):
 @pytest.fixture
 def flaky():
     Flaky.plan, Flaky.runs, Flaky.created, Flaky.threads = {}, 0, 0, set()
-    Flaky.thread_bound = OnnxRuntimeBackend.thread_bound
     yield Flaky
 
 
@@ -85,7 +84,7 @@ def test_failure_of_a_micro_batch_answers_503_for_its_images(bundle_dir, flaky):
 
 
 def test_fatal_failure_reloads_the_backend_on_its_thread(bundle_dir, flaky):  # noqa: F811
-    flaky.thread_bound = True   # bound to the thread that loaded it, as pyACL is: loads, runs and reloads there
+    # every backend is bound to the thread that loaded it, as pyACL is: it loads, runs and reloads there
     with ThreadServer({"MODEL_DIR": bundle_dir}, factory) as s:
         flaky.plan = {flaky.runs + 1: "fatal"}
         assert classify(s.url, jpeg_bytes()).status_code == 503
@@ -190,8 +189,8 @@ def test_sigterm_drains_in_flight_requests(bundle_dir):  # noqa: F811
     ({"MAX_IMAGES_PER_REQUEST": "300"},
      "MAX_IMAGES_PER_REQUEST (300) must not exceed MAX_QUEUE (256): such a request could never be queued"),
     ({"PREPROCESS_MEMORY_MB": "0"}, "PREPROCESS_MEMORY_MB must be at least 1, got 0"),
-    ({"ON_LOOP_MAX_PIXELS": "-1"}, "MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS, ONE_HOP_MAX_PIXELS and "
-                                   "ON_LOOP_MAX_PIXELS must not be negative"),
+    ({"BODY_GRACE_SECONDS": "-1"}, "MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS, ONE_HOP_MAX_PIXELS and "
+                                   "BODY_GRACE_SECONDS must not be negative"),
     ({"HTTP_PARSER": "fast"}, "HTTP_PARSER='fast': choose one of auto, httptools, h11"),
     ({"MODEL_DIR": "/nonexistent/bundle"},
      "MODEL_DIR=/nonexistent/bundle: no model bundle at /nonexistent/bundle (not a directory)"),

@@ -1,7 +1,7 @@
-"""Where a lone image runs: on the event loop when nothing else is in the server and the backend may
-run on any thread (no thread hop), on its device's thread when the backend is bound to it (pyACL),
-and through the batcher when requests arrive together. A real server (uvicorn on a thread) with an
-ONNX Runtime backend that records the thread and batch size of every run."""
+"""Where a lone image runs: never on the event loop (a decode there would stall every connection),
+on its device's thread in one hop when the engine is idle, and through the batcher when requests
+arrive together. A real server (uvicorn on a thread) with an ONNX Runtime backend that records the
+thread and batch size of every run."""
 import concurrent.futures
 import threading
 import time
@@ -27,7 +27,7 @@ class Recording(OnnxRuntimeBackend):
 
 @pytest.fixture
 def recording():
-    Recording.thread_bound, Recording.delay = OnnxRuntimeBackend.thread_bound, 0.0
+    Recording.delay = 0.0
     yield Recording
 
 
@@ -49,34 +49,38 @@ def lone_runs(server, recording, n=3):
     return {name for name, _ in recording.runs}
 
 
-def test_a_lone_image_runs_on_the_event_loop(bundle_dir, recording):  # noqa: F811
-    with serve(bundle_dir) as s:
-        assert lone_runs(s, recording) == {s.thread.name}   # uvicorn's loop runs on the server's thread
-
-
-def test_on_loop_max_pixels_0_keeps_it_on_the_device_thread(bundle_dir, recording):  # noqa: F811
-    with serve(bundle_dir, ON_LOOP_MAX_PIXELS=0) as s:
-        threads = lone_runs(s, recording)
-        assert len(threads) == 1 and next(iter(threads)).startswith("cpu0")
-
-
-def test_an_image_over_on_loop_max_pixels_is_not_run_on_the_loop(bundle_dir, recording):  # noqa: F811
-    with serve(bundle_dir, ON_LOOP_MAX_PIXELS=120 * 90 - 1) as s:   # jpeg_bytes() is 120x90
-        threads = lone_runs(s, recording)
-        assert len(threads) == 1 and next(iter(threads)).startswith("cpu0")
-
-
-def test_a_thread_bound_backend_never_runs_on_the_loop(bundle_dir, recording):  # noqa: F811
-    recording.thread_bound = True
+def test_a_lone_image_runs_in_one_hop_on_the_device_thread(bundle_dir, recording):  # noqa: F811
     with serve(bundle_dir) as s:
         threads = lone_runs(s, recording)
+        assert len(threads) == 1 and next(iter(threads)).startswith("cpu0"), threads
+        assert s.thread.name not in threads
+
+
+def test_one_hop_max_pixels_0_decodes_on_the_pool(bundle_dir, recording):  # noqa: F811
+    with serve(bundle_dir, ONE_HOP_MAX_PIXELS=0) as s:
+        threads = lone_runs(s, recording)
         assert len(threads) == 1 and next(iter(threads)).startswith("cpu0")
 
 
-def test_a_burst_is_batched_not_run_one_at_a_time_on_the_loop(bundle_dir, recording):  # noqa: F811
+def test_liveness_answers_while_a_lone_image_is_being_run(bundle_dir, recording):  # noqa: F811
+    """A lone image whose run takes 1.5 s: /healthz, asked meanwhile, answers in well under that."""
+    import requests
+    recording.delay = 1.5
+    with serve(bundle_dir) as s:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            slow = pool.submit(classify, s.url, jpeg_bytes())
+            time.sleep(0.3)
+            start = time.perf_counter()
+            assert requests.get(s.url + "/healthz", timeout=5).status_code == 200
+            took = time.perf_counter() - start
+            assert not slow.done(), "the lone request ended before the probe: the test proves nothing"
+            assert slow.result().status_code == 200
+        assert took < 0.5, took
+
+
+def test_a_burst_is_batched(bundle_dir, recording):  # noqa: F811
     """8 clients at once, 4 requests each, runs made slow enough that requests overlap: the batcher
-    forms batches. Had each request that found the engine idle run on the loop, every run would hold
-    one image and run on the loop's thread."""
+    forms batches, on the device's thread."""
     recording.delay = 0.05
     with serve(bundle_dir, MAX_BATCH=8, MAX_DELAY_MS=20) as s:
         recording.runs = []
@@ -89,5 +93,4 @@ def test_a_burst_is_batched_not_run_one_at_a_time_on_the_loop(bundle_dir, record
         sizes = [images for _, images in recording.runs]
         assert sum(sizes) == 32
         assert max(sizes) > 1 and len(sizes) <= 16, sizes
-        on_loop = [name for name, _ in recording.runs if name == s.thread.name]
-        assert len(on_loop) <= 2, recording.runs
+        assert all(name.startswith("cpu0") for name, _ in recording.runs), recording.runs

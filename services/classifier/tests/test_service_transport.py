@@ -1,0 +1,163 @@
+"""Every connection bounded in time and size, on a real server (uvicorn on a loopback port) with short
+deadlines, for both HTTP parsers: the head's deadline, size and line count; a malformed chunk inside
+a body the app is reading; the body's minimum pace; the connection cap; bodies that hold no request
+slot while they arrive; slots and memory free the moment a client goes."""
+import socket
+import time
+
+import pytest
+import requests
+
+from svc_support import ThreadServer, bundle_dir, classify, jpeg_bytes  # noqa: F401
+
+FAST = {"HEADER_TIMEOUT_SECONDS": 0.6, "BODY_GRACE_SECONDS": 0.5, "MIN_BODY_RATE": 10000, "MAX_HEADER_BYTES": 4096,
+        "MAX_HEADERS": 20, "MAX_CONCURRENT_REQUESTS": 2, "MAX_CONNECTIONS": 40, "KEEP_ALIVE_SECONDS": 5}
+
+
+@pytest.fixture(scope="module", params=["httptools", "h11"])
+def server(request, bundle_dir):  # noqa: F811
+    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, HTTP_PARSER=request.param)) as s:
+        s.parser = request.param
+        yield s
+
+
+def connect(server):
+    c = socket.create_connection(("127.0.0.1", server.port))
+    c.settimeout(5)
+    return c
+
+
+def answer(c, timeout=5):
+    """Everything the server sends until it closes (or `timeout`): (bytes, seconds)."""
+    c.settimeout(timeout)
+    start, out = time.perf_counter(), b""
+    try:
+        while True:
+            chunk = c.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    except (socket.timeout, ConnectionResetError):
+        pass
+    return out, time.perf_counter() - start
+
+
+def status_and_code(raw):
+    head, _, body = raw.partition(b"\r\n\r\n")
+    import json
+    return int(head.split()[1]), json.loads(body)["error"]["code"]
+
+
+def load(server):
+    return requests.get(server.url + "/v1/model", timeout=5).json()["serving"]["load"]
+
+
+def assert_all_free(server):
+    assert load(server) == {"requests_processing": 0, "body_bytes_held": 0, "preprocess_bytes_held": 0}
+    assert requests.get(server.url + "/readyz", timeout=5).status_code == 200
+    assert classify(server.url, jpeg_bytes()).status_code == 200
+
+
+def test_a_malformed_chunk_inside_a_body_is_answered_at_once_and_holds_nothing(server):
+    """llhttp refuses a 20-digit chunk size at once; h11 reads it as a size and waits for the bytes,
+    so there the body's pace ends the request instead. Either way nothing stays held."""
+    expected = (400, "invalid_http") if server.parser == "httptools" else (408, "body_timeout")
+    socks = []
+    for i in range(8):   # four times the request slots
+        c = connect(server)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nTransfer-Encoding: chunked\r\n\r\n"
+                  b"5\r\nhello\r\n" + b"F" * 20 + b"\r\n")
+        socks.append(c)
+    for c in socks:
+        raw, seconds = answer(c)
+        assert status_and_code(raw) == expected and seconds < 2
+        c.close()
+    assert_all_free(server)
+
+
+def test_a_head_over_its_bytes_or_lines_is_431(server):
+    c = connect(server)
+    c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 5000 + b"\r\n\r\n")
+    assert status_and_code(answer(c)[0]) == (431, "headers_too_large")
+    c = connect(server)
+    c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n" + b"X-a: b\r\n" * 25 + b"\r\n")
+    assert status_and_code(answer(c)[0]) == (431, "headers_too_large")
+    c = connect(server)   # the limits leave an ordinary head alone, body bytes in the same packet too
+    body = jpeg_bytes()
+    c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n"
+              b"Connection: close\r\n" % len(body) + b"X-a: b\r\n" * 15 + b"\r\n" + body)
+    assert answer(c)[0].startswith(b"HTTP/1.1 200")
+
+
+def test_a_head_that_does_not_arrive_in_time_is_408_and_an_idle_connection_closes(server):
+    c = connect(server)
+    c.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+    raw, seconds = answer(c)
+    assert status_and_code(raw) == (408, "header_timeout") and 0.5 < seconds < 2
+    c = connect(server)
+    raw, seconds = answer(c)
+    assert raw == b"" and seconds < 2
+
+
+def test_a_slow_body_is_408_and_slow_bodies_hold_no_slot(server):
+    """Six uploads trickle their bodies while the server has two request slots: ordinary requests
+    are served meanwhile, and each trickler is cut off once it falls behind MIN_BODY_RATE."""
+    socks = []
+    for i in range(6):
+        c = connect(server)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\nab")
+        socks.append(c)
+    for i in range(4):
+        assert classify(server.url, jpeg_bytes(seed=i)).status_code == 200
+    for c in socks:
+        raw, seconds = answer(c)
+        assert status_and_code(raw) == (408, "body_timeout"), raw
+        c.close()
+    assert_all_free(server)
+
+
+def test_an_abandoned_upload_is_499_not_a_server_fault(server):
+    for i in range(3):
+        c = connect(server)
+        c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 100000\r\n\r\n"
+                  + b"x" * 50000)
+        time.sleep(0.1)
+        c.close()
+    time.sleep(0.3)
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert 'status="499"' in metrics and 'status="500"' not in metrics
+    assert_all_free(server)
+
+
+def test_connections_past_the_cap_get_a_json_503(server):
+    socks = [connect(server) for _ in range(FAST["MAX_CONNECTIONS"] + 5)]
+    try:
+        refused = 0
+        for c in socks[-5:]:
+            raw, _ = answer(c, timeout=1)
+            if raw:
+                assert status_and_code(raw) == (503, "too_many_connections")
+                refused += 1
+        assert refused == 5
+    finally:
+        for c in socks:
+            c.close()
+    time.sleep(0.2)
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+
+def test_bodies_past_body_memory_are_503_busy(bundle_dir):  # noqa: F811
+    """BODY_MEMORY_MB=2 holds one 1 MB body (charged twice): a second one arriving meanwhile is refused."""
+    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, BODY_MEMORY_MB=2, MAX_BODY_BYTES=1 << 20)) as s:
+        first = connect(s)
+        first.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+                      + b"x" * 600000)
+        time.sleep(0.2)
+        second = connect(s)
+        second.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000000\r\n\r\n"
+                       + b"x" * 600000)
+        assert status_and_code(answer(second)[0]) == (503, "busy")
+        first.close()
+        second.close()
+        time.sleep(0.3)
+        assert load(s)["body_bytes_held"] == 0

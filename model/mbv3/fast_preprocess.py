@@ -15,14 +15,13 @@ EXIF rotations and flips commute with the central crop and with half-pixel bilin
 rotated JPEG is resized as decoded (to the transposed size when it is turned by 90 degrees) and
 only the small output is turned: no rotated copy of the whole image is made.
 """
-import io
 import threading
 
 import numpy as np
 
 from . import numpy_preprocess
 from .bundle import Preprocessing
-from .numpy_preprocess import ImageError, ImageTooLarge
+from .numpy_preprocess import UNSUPPORTED, ImageError, ImageTooLarge, check_structure
 
 CHOICES = ("auto", "fast", "reference")
 # Pillow modes whose pixels the fast resize takes as they are (8 bits a channel, after to_rgb)
@@ -90,8 +89,8 @@ JPEG_KINDS = {"Gray": "JPEG L", "YCbCr": "JPEG RGB", "RGB": "JPEG RGB", "CMYK": 
 def probe_jpeg(data):
     """probe() of a JPEG from libjpeg-turbo's header parser (C, microseconds whatever the bytes,
     so a caller may run it on its event loop); None when the bytes are not a JPEG it reads, and
-    probe() must say why."""
-    if not data.startswith(b"\xff\xd8"):
+    probe() must say why (as it does for a JPEG over MAX_JPEG_SCANS scans, counted here in C)."""
+    if not data.startswith(b"\xff\xd8") or data.count(b"\xff\xda") > numpy_preprocess.MAX_JPEG_SCANS:
         return None
     try:
         simplejpeg = _load()[0]
@@ -120,17 +119,18 @@ def model_input(data, prep=None, max_pixels=None, normalize=True):
         prep = Preprocessing(**prep)
     if not data:
         raise ImageError("empty image")
+    check_structure(data)   # a JPEG's scans, a PNG's chunks: before libjpeg-turbo or Pillow reads on
     try:
-        with Image.open(io.BytesIO(data)) as img:   # the header only: size, mode, a JPEG's orientation
+        with numpy_preprocess.open_image(data) as img:   # the header only: size, mode, a JPEG's orientation
             width, height = img.size
             fmt, mode = img.format, img.mode
             # a JPEG's EXIF is in its header; a PNG's may follow the pixels, and Pillow decodes to find it
             fast = fmt in JPEG_FORMATS and mode in TURBO_MODES
             orientation = img.getexif().get(numpy_preprocess.EXIF_ORIENTATION, 1) if fast else 1
     except UnidentifiedImageError:
-        raise ImageError("not an image in a format Pillow recognises")
+        raise ImageError(UNSUPPORTED)
     except Image.DecompressionBombError as e:
-        raise ImageTooLarge(str(e))
+        raise numpy_preprocess.pillow_error(e, "cannot read the image header", max_pixels)
     except Exception:   # a header Pillow cannot read: the reference says why in its words
         return reference_input(data, prep, max_pixels, normalize)
     if width < 1 or height < 1:

@@ -7,6 +7,8 @@ output needs, so its memory follows the output size whatever the input's shape (
 image costs what a 224 x 224 one does after decoding).
 """
 import io
+import re
+import struct
 
 import numpy as np
 
@@ -14,6 +16,16 @@ from .bundle import Preprocessing
 
 
 EXIF_ORIENTATION = 0x0112
+# The formats the API reads (MPO is what Pillow calls a camera's multi-picture JPEG), passed to every
+# Image.open: no other Pillow plugin ever sees an upload, so none that decodes while "reading the
+# header" (ICO, EPS through Ghostscript, ...) runs before the pixel limit is checked
+FORMATS = ("JPEG", "MPO", "PNG", "WEBP", "BMP", "GIF")
+UNSUPPORTED = "not an image in a format the service reads (JPEG, PNG, WebP, BMP or GIF)"
+# libjpeg-turbo's guidance against scan floods (TJPARAM_SCANLIMIT, djpeg -maxscans); a normal progressive JPEG has ~10
+MAX_JPEG_SCANS = 100
+# libpng writes 8 KiB IDAT chunks (a 10 MiB PNG has about 1,300); Pillow reads every chunk in Python
+MAX_PNG_CHUNKS = 10000
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class ImageError(ValueError):
@@ -24,16 +36,147 @@ class ImageTooLarge(ImageError):
     """More pixels than the caller allows (decompression-bomb protection)."""
 
 
+def check_structure(data):
+    """Refuse (ImageError), from the bytes alone and in milliseconds, the images whose decoding time
+    grows with something other than their pixels: a JPEG of more than MAX_JPEG_SCANS scans (each
+    scan is a pass over every block, so 100,000 empty ones cost seconds) and a PNG of more than
+    MAX_PNG_CHUNKS chunks. Scans are counted as SOS markers: in entropy-coded data 0xFF is always
+    followed by 0x00 or a restart marker, so every FF DA is a real one (an EXIF thumbnail's adds one)."""
+    if data[:2] == b"\xff\xd8":
+        scans = data.count(b"\xff\xda")
+        if scans > MAX_JPEG_SCANS:
+            raise ImageError("progressive JPEG of %d scans, over the limit of %d" % (scans, MAX_JPEG_SCANS))
+        if jpeg_header_steps(data, MAX_HEADER_STEPS + 1) > MAX_HEADER_STEPS:
+            raise ImageError("JPEG header of %d or more segments, over the limit of %d" % (MAX_HEADER_STEPS + 1, MAX_HEADER_STEPS))
+    elif data[:8] == PNG_SIGNATURE and png_chunks(data, MAX_PNG_CHUNKS + 1) > MAX_PNG_CHUNKS:
+        raise ImageError("PNG of %d or more chunks, over the limit of %d" % (MAX_PNG_CHUNKS + 1, MAX_PNG_CHUNKS))
+    elif data[:3] == b"GIF" and gif_header_steps(data, MAX_HEADER_STEPS + 1) > MAX_HEADER_STEPS:
+        raise ImageError("GIF of %d or more blocks before its first image, over the limit of %d"
+                         % (MAX_HEADER_STEPS + 1, MAX_HEADER_STEPS))
+    elif data[:2] == b"BM" and len(data) >= 34 and int.from_bytes(data[30:34], "little") in BMP_RLE:
+        # Pillow decodes run-length BMPs in Python, a run a step: 30 MB of 1-pixel runs cost 6 s
+        raise ImageError("run-length-encoded BMP: send it as PNG, or as an uncompressed BMP")
+
+
+BMP_RLE = (1, 2)   # BI_RLE8, BI_RLE4: the BITMAPINFOHEADER's compression field
+
+
+# Pillow reads a JPEG's segments before its first scan, and a GIF's blocks before its first image, in
+# Python, a step each (and junk between them a byte a step): 10 MB of 4-byte segments cost 4-5 s.
+# A camera's JPEG has about 20 such segments (a split ICC profile a few dozen more)
+MAX_HEADER_STEPS = 10000
+
+
+def jpeg_header_steps(data, stop):
+    """The steps of Pillow's JPEG header parser up to the first scan (a segment, a fill or junk
+    byte each), counting no further than `stop`."""
+    pos, steps, last = 2, 0, len(data) - 4
+    while pos <= last and steps < stop:
+        steps += 1
+        if data[pos] != 0xFF:
+            pos += 1   # junk: skipped a byte at a time
+            continue
+        marker = data[pos + 1]
+        if marker == 0xDA:
+            break
+        if marker in (0x00, 0xFF):
+            pos += 1
+        elif marker == 0x01 or 0xD0 <= marker <= 0xD9:   # TEM, RSTn, SOI, EOI: no length
+            pos += 2
+        else:
+            pos += 2 + (data[pos + 2] << 8 | data[pos + 3])
+    return steps
+
+
+def gif_header_steps(data, stop):
+    """The steps of Pillow's GIF reader up to the first image descriptor (an extension's sub-block
+    or a junk byte each), counting no further than `stop`."""
+    if len(data) < 13:
+        return 0
+    flags = data[10]
+    pos = 13 + (3 << ((flags & 7) + 1) if flags & 0x80 else 0)   # after the global colour table
+    steps, end = 0, len(data)
+    while pos < end and steps < stop:
+        steps += 1
+        if data[pos] == 0x21 and pos + 2 < end:   # an extension: label, then sub-blocks up to an empty one
+            pos += 2
+            while pos < end and data[pos] and steps < stop:
+                steps += 1
+                pos += 1 + data[pos]
+            pos += 1
+        elif data[pos] in (0x2C, 0x3B):   # the first image, or the trailer
+            break
+        else:
+            pos += 1
+    return steps
+
+
+def png_chunks(data, stop):
+    """How many chunks the PNG `data` holds up to its IEND, counting no further than `stop`: each
+    chunk's length and type are read and its data skipped, so this is at most `stop` steps."""
+    pos, count, last = 8, 0, len(data) - 8
+    while pos <= last and count < stop:
+        length, kind = struct.unpack_from(">I4s", data, pos)
+        count += 1
+        if kind == b"IEND":
+            break
+        pos += 12 + length   # length, type, data, CRC
+    return count
+
+
+_openers = None
+
+
+def open_image(data):
+    """Image.open of the bytes with formats= the FORMATS this Pillow registers an opener for
+    (Pillow 13 has none named MPO: its JPEG opener returns the MPO images, and Image.open raises
+    KeyError for a format it has no opener for)."""
+    from PIL import Image
+    global _openers
+    if _openers is None:
+        Image.init()   # every plugin imported once, so the list does not depend on what was opened before
+        _openers = tuple(name for name in FORMATS if name in Image.OPEN)
+    return Image.open(io.BytesIO(data), formats=_openers)
+
+
+# What in Pillow's messages names its internals: a module or attribute, a limit's variable, Ghostscript
+INTERNALS = re.compile(r"[A-Za-z_]\w*\.[A-Za-z_]\w*|MAX_[A-Z_]+|Ghostscript|Pillow|\bPIL\b|Plugin")
+
+
+def pillow_error(e, doing, max_pixels=None):
+    """The ImageError for an exception Pillow raised on an upload, in the API's terms: its
+    decompression-bomb guard as ImageTooLarge, its PNG text limits, otherwise its message unless
+    that names its internals."""
+    from PIL import Image, PngImagePlugin
+    text = str(e).strip()
+    if isinstance(e, Image.DecompressionBombError):   # its guard (2 x MAX_IMAGE_PIXELS), checked in open()
+        found = re.search(r"\((\d+) pixels\)", text)
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0)
+        limit = min(max_pixels, limit) if max_pixels and limit else (max_pixels or limit)
+        if found and limit:
+            return ImageTooLarge("image is %s pixels, over the limit of %d" % (found.group(1), limit))
+        return ImageTooLarge("image declares more pixels than the service decodes")
+    if "MAX_TEXT_CHUNK" in text:
+        return ImageError("a text chunk of the PNG is over %d bytes" % PngImagePlugin.MAX_TEXT_CHUNK)
+    if "MAX_TEXT_MEMORY" in text:
+        return ImageError("the PNG's text chunks are over %d bytes" % PngImagePlugin.MAX_TEXT_MEMORY)
+    if not text or INTERNALS.search(text):
+        return ImageError("%s: the data is malformed (%s)" % (doing, type(e).__name__))
+    return ImageError("%s: %s" % (doing, text))
+
+
 def decode(data, max_pixels=None):
     """RGB uint8 HxWx3 from encoded bytes: the first frame of animations, EXIF orientation applied,
     any mode (grayscale, palette, RGBA, CMYK, 16-bit) to 8-bit RGB. The pixel count is checked from
-    the header before anything is decoded, so a decompression bomb costs nothing. The result may be
+    the header before anything is decoded, so a decompression bomb costs nothing, and so are a JPEG's
+    scans and a PNG's chunks (check_structure); only FORMATS are read. The result may be
     a read-only view of the decoded image (no copy is made where none is needed)."""
     from PIL import Image, ImageOps, UnidentifiedImageError
     if not data:
         raise ImageError("empty image")
+    check_structure(data)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             width, height = img.size
             if width < 1 or height < 1:
                 raise ImageError("image is %dx%d pixels: nothing to classify" % (width, height))
@@ -45,16 +188,15 @@ def decode(data, max_pixels=None):
                 img = ImageOps.exif_transpose(img)   # a copy, so only when there is something to turn
             return to_rgb(img)
     except UnidentifiedImageError:
-        raise ImageError("not an image in a format Pillow recognises")
+        raise ImageError(UNSUPPORTED)
     except ImageError:
         raise
-    except Image.DecompressionBombError as e:  # Pillow's own guard fires in open(), before ours
-        raise ImageTooLarge(str(e))
     except MemoryError:
         raise ImageTooLarge("decoding the image needs more memory than is available")
     except Exception as e:  # OSError, SyntaxError, ValueError, EOFError, and for some codecs RuntimeError,
-        # NotImplementedError, struct.error: all are the bytes' fault, never the server's
-        raise ImageError("cannot decode image: %s" % (str(e).strip() or type(e).__name__))
+        # NotImplementedError, struct.error: all are the bytes' fault, never the server's; and Pillow's
+        # DecompressionBombError, whose guard fires in open(), before ours
+        raise pillow_error(e, "cannot decode image", max_pixels)
 
 
 def probe(data):
@@ -64,20 +206,20 @@ def probe(data):
 
 
 def header(data):
-    """(width, height, mode, format) from the image's header (Pillow's names), nothing decoded."""
+    """(width, height, mode, format) from the image's header (Pillow's names), nothing decoded:
+    FORMATS only, and check_structure's scan and chunk limits applied."""
     from PIL import Image, UnidentifiedImageError
     if not data:
         raise ImageError("empty image")
+    check_structure(data)
     try:
-        with Image.open(io.BytesIO(data)) as img:
+        with open_image(data) as img:
             width, height = img.size
             mode, fmt = img.mode, img.format
     except UnidentifiedImageError:
-        raise ImageError("not an image in a format Pillow recognises")
-    except Image.DecompressionBombError as e:
-        raise ImageTooLarge(str(e))
+        raise ImageError(UNSUPPORTED)
     except Exception as e:
-        raise ImageError("cannot read the image header: %s" % (str(e).strip() or type(e).__name__))
+        raise pillow_error(e, "cannot read the image header")
     if width < 1 or height < 1:
         raise ImageError("image is %dx%d pixels: nothing to classify" % (width, height))
     return width, height, mode, fmt

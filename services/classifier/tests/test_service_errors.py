@@ -233,9 +233,14 @@ def test_made_up_methods_and_paths_do_not_grow_metrics(request, parser):
 
 
 def test_json_headers_are_bounded_before_parsing(infer_url):
-    """10 MB of empty lists once cost json.loads about 760 MB: arrays and objects are counted first."""
+    """10 MB of empty lists once cost json.loads about 760 MB: values, then arrays and objects, are
+    counted before parsing."""
     many = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1],"data":[' + b"[]," * 200_000 + b'[]]}]}'
     r = requests.post(infer_url, data=many, timeout=30)
+    assert "over the limit of 131072 (MAX_JSON_VALUES)" in expect(r, 413, "json_too_large")["error"]
+    nests = b'{"inputs":[{"name":"input","datatype":"FP32","shape":[1],"data":' + b"[" * 20 + b"[]" + b"]" * 20 + b"}]}"
+    few = nests.replace(b"[" * 20 + b"[]" + b"]" * 20, b"[" + b"[[[[]]]]" * (kserve.MAX_JSON_CONTAINERS // 4 + 1) + b"]")
+    r = requests.post(infer_url, data=few, timeout=30)   # many arrays, few commas
     assert "more than %d arrays and objects" % kserve.MAX_JSON_CONTAINERS in expect(r, 400, "invalid_json")["error"]
     deep = json.dumps(fp32(data=[[[[v] for v in [0.0] * 16]]] * 8)).replace("[0.0]", "[" * 30 + "0.0" + "]" * 30)
     r = requests.post(infer_url, data=deep, timeout=30)

@@ -47,7 +47,8 @@ def check_structure(data):
         if scans > MAX_JPEG_SCANS:
             raise ImageError("progressive JPEG of %d scans, over the limit of %d" % (scans, MAX_JPEG_SCANS))
         if jpeg_header_steps(data, MAX_HEADER_STEPS + 1) > MAX_HEADER_STEPS:
-            raise ImageError("JPEG header of %d or more segments, over the limit of %d" % (MAX_HEADER_STEPS + 1, MAX_HEADER_STEPS))
+            raise ImageError("JPEG header of %d or more segments, over the limit of %d"
+                             % (MAX_HEADER_STEPS + 1, MAX_HEADER_STEPS))
     elif data[:8] == PNG_SIGNATURE and png_chunks(data, MAX_PNG_CHUNKS + 1) > MAX_PNG_CHUNKS:
         raise ImageError("PNG of %d or more chunks, over the limit of %d" % (MAX_PNG_CHUNKS + 1, MAX_PNG_CHUNKS))
     elif data[:3] == b"GIF" and gif_header_steps(data, MAX_HEADER_STEPS + 1) > MAX_HEADER_STEPS:
@@ -171,7 +172,7 @@ def decode(data, max_pixels=None):
     the header before anything is decoded, so a decompression bomb costs nothing, and so are a JPEG's
     scans and a PNG's chunks (check_structure); only FORMATS are read. The result may be
     a read-only view of the decoded image (no copy is made where none is needed)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import ImageOps, UnidentifiedImageError
     if not data:
         raise ImageError("empty image")
     check_structure(data)
@@ -208,7 +209,7 @@ def probe(data):
 def header(data):
     """(width, height, mode, format) from the image's header (Pillow's names), nothing decoded:
     FORMATS only, and check_structure's scan and chunk limits applied."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import UnidentifiedImageError
     if not data:
         raise ImageError("empty image")
     check_structure(data)

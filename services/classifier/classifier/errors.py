@@ -27,25 +27,49 @@ CODES = {   # code: (HTTP status, when)
     "invalid_inference_request": (400, "v2: a request the protocol or this model does not accept (schema, shape, "
                                        "datatype, value range, non-finite floats, binary sizes, unknown input/output)"),
     "not_found": (404, "no such path"),
+    "header_timeout": (408, "the request's headers did not arrive within HEADER_TIMEOUT_SECONDS (the connection closes)"),
+    "body_timeout": (408, "the body arrived slower than MIN_BODY_RATE after BODY_GRACE_SECONDS (the connection closes)"),
     "unknown_model": (404, "v2: a model name this server does not serve"),
     "method_not_allowed": (405, "the path exists, the method does not (see the Allow header)"),
     "body_too_large": (413, "a body over MAX_BODY_BYTES"),
+    "json_too_large": (413, "v2: a JSON header with more values than MAX_JSON_VALUES (send large tensors binary)"),
     "too_many_images": (413, "more images in one request than MAX_IMAGES_PER_REQUEST"),
     "image_too_large": (413, "an image over MAX_IMAGE_PIXELS, refused from its header"),
     "too_many_pixels": (413, "a request's images hold more than MAX_REQUEST_PIXELS"),
     "over_memory_budget": (413, "one request needs more preprocessing memory than PREPROCESS_MEMORY_MB"),
+    "headers_too_large": (431, "a request head over MAX_HEADER_BYTES or MAX_HEADERS lines (the connection closes)"),
     "unsupported_media_type": (415, "a Content-Type /classify does not take"),
     "invalid_top_k": (422, "top_k not an integer from 1 to the number of classes"),
     "invalid_request": (422, "a request FastAPI's own validation refuses"),
     "internal": (500, "a server fault (logged with the request id)"),
     "not_ready": (503, "the model is loading or failed to load, or no device is serving (Retry-After)"),
     "queue_full": (503, "MAX_QUEUE images already waiting (Retry-After)"),
-    "too_many_requests": (503, "MAX_CONCURRENT_REQUESTS requests in flight (Retry-After)"),
-    "busy": (503, "the preprocessing memory budget stayed full for MAX_WAIT_SECONDS (Retry-After)"),
+    "too_many_requests": (503, "MAX_CONCURRENT_REQUESTS requests being processed (Retry-After)"),
+    "too_many_connections": (503, "MAX_CONNECTIONS connections open (Retry-After; the connection closes)"),
+    "busy": (503, "the preprocessing memory budget stayed full for MAX_WAIT_SECONDS, or the bodies being received "
+                  "fill BODY_MEMORY_MB (Retry-After)"),
     "backend_error": (503, "the inference run failed (Retry-After)"),
     "shutting_down": (503, "the server is draining for shutdown (Retry-After)"),
 }
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}   # Starlette's own HTTP errors
+
+
+class ClientDisconnected(Exception):
+    """The client went away mid-request (closed the connection while its body was being read, or
+    before the answer): not a server fault. middleware.py logs it as 499 with no traceback and sends
+    nothing."""
+
+
+def safe_text(text, limit=256):
+    """`text` (a client-chosen string: a filename, a field name) made safe to put in a JSON answer:
+    lone surrogates (from charset=unicode_escape, surrogateescape) and anything else UTF-8 cannot
+    encode become backslash escapes, and it is cut at `limit` characters (None: no cap)."""
+    if text is None:
+        return None
+    text = str(text).encode("utf-8", "backslashreplace").decode("utf-8")
+    if limit is not None and len(text) > limit:
+        text = text[:limit] + "..."
+    return text
 
 
 class ApiError(Exception):
@@ -67,6 +91,7 @@ def is_v2(path):
 
 
 def error_body(path, code, message, request_id=None):
+    message = safe_text(message, None)   # a message may quote a client's string: never a lone surrogate
     out = {"error": message, "code": code} if is_v2(path) else {"error": {"code": code, "message": message}}
     if request_id:
         out["request_id"] = request_id

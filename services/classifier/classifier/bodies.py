@@ -93,6 +93,9 @@ async def image_parts(request, body, max_images, pool):
         loop = asyncio.get_running_loop()
         try:
             files = await loop.run_in_executor(pool, _parse_form, request.headers, body, max_images)
+        except (UnicodeError, LookupError) as e:   # a part's charset names a codec that cannot decode it
+            raise bad_request("invalid_multipart", "cannot decode the multipart body's names: %s"
+                              % safe_text(str(e), 120))
         except MultiPartException as e:
             if "Too many" in e.message:
                 raise ApiError(413, "too_many_images", "more than %d parts in one request (MAX_IMAGES_PER_REQUEST); "

@@ -103,19 +103,21 @@ def router(service):
         # the exporting machine): a client sees the last component of any absolute path, never where it is
         import re
         absolute = re.compile(r"""(?<![^\s"'(=,])(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\s"'(),;/\\]+[\\/][^\s"'(),;]*""")
+        whole = re.compile(r"""(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\n]*[^\s/\\][\\/]*""")   # spaces and all
 
         def last_component(match):
             return re.split(r"[\\/]", match.group(0).rstrip("/\\"))[-1]
 
-        def _without_locations(value):
-            if isinstance(value, str):
-                return absolute.sub(last_component, value)
+        def without_locations(value):
+            if isinstance(value, str):   # a string that is a path; else paths of 2+ components in a text
+                path = whole.fullmatch(value)
+                return last_component(path) if path else absolute.sub(last_component, value)
             if isinstance(value, dict):
-                return {_without_locations(k): _without_locations(v) for k, v in value.items()}
+                return {without_locations(k): without_locations(v) for k, v in value.items()}
             if isinstance(value, list):
-                return [_without_locations(v) for v in value]
+                return [without_locations(v) for v in value]
             return value
-        meta = _without_locations(dict(bundle.metadata))
+        meta = without_locations(dict(bundle.metadata))
         meta["serving"] = service.serving()
         return meta
 

@@ -52,7 +52,8 @@ def refusal(code, message, retry_after=None):
     status = CODES[code][0]
     extra = b"retry-after: %d\r\n" % retry_after if retry_after else b""
     return (b"HTTP/1.1 %d %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n%s"
-            b"connection: close\r\n\r\n" % (status, REASONS[status], len(body), extra)) + body
+            b"x-content-type-options: nosniff\r\nconnection: close\r\n\r\n"
+            % (status, REASONS[status], len(body), extra)) + body
 
 
 class Guard:

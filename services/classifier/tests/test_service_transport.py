@@ -2,11 +2,16 @@
 deadlines, for both HTTP parsers: the head's deadline, size and line count; a malformed chunk inside
 a body the app is reading; the body's minimum pace; the connection cap; bodies that hold no request
 slot while they arrive; slots and memory free the moment a client goes."""
+import concurrent.futures
 import socket
+import threading
 import time
 
 import pytest
 import requests
+
+from classifier.backends.onnxruntime import OnnxRuntimeBackend
+from mbv3 import bundle as bundle_mod
 
 from svc_support import ThreadServer, bundle_dir, classify, jpeg_bytes  # noqa: F401
 
@@ -161,3 +166,36 @@ def test_bodies_past_body_memory_are_503_busy(bundle_dir):  # noqa: F811
         second.close()
         time.sleep(0.3)
         assert load(s)["body_bytes_held"] == 0
+
+
+class Held(OnnxRuntimeBackend):
+    """ONNX Runtime whose runs after warm-up wait for `release` (set)."""
+    release = threading.Event()
+    warm = 0
+
+    def run(self, batch):
+        type(self).warm += 1
+        if type(self).warm > 2:
+            self.release.wait(20)
+        return super().run(batch)
+
+
+def test_readiness_is_503_while_every_request_slot_is_held(bundle_dir):  # noqa: F811
+    Held.release.clear()
+    Held.warm = 0
+
+    def factory(bundle, *, threads, max_batch, **choices):
+        return Held(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
+    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, MAX_CONCURRENT_REQUESTS=1), factory) as s:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            held = pool.submit(classify, s.url, jpeg_bytes())
+            deadline = time.time() + 10
+            while load(s)["requests_processing"] < 1 and time.time() < deadline:
+                time.sleep(0.05)
+            ready = requests.get(s.url + "/readyz", timeout=5)
+            assert ready.status_code == 503 and "request slots" in ready.json()["error"]["message"]
+            assert classify(s.url, jpeg_bytes(seed=1)).json()["error"]["code"] == "too_many_requests"
+            assert requests.get(s.url + "/healthz", timeout=5).status_code == 200   # alive, not ready
+            Held.release.set()
+            assert held.result().status_code == 200
+        assert requests.get(s.url + "/readyz", timeout=5).status_code == 200

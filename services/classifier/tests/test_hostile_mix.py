@@ -44,7 +44,6 @@ PHASE_START_SLACK = 0.0
 # the attackers that ask for them (phase 6's near-limit uploads, phase 7's budget hogs), never for a probe.
 SHED_CODES = {"busy", "too_many_requests", "queue_full"}
 HARD_LIMIT_SECONDS = 600       # the probes stop by themselves even if the module never tears down
-MEMORY_BOUND_FALLBACK_MB = 2400
 
 
 class Checks:
@@ -122,9 +121,8 @@ class Mix:
         self.model_name = model["name"]
         self.input_size = tuple(model["input"]["shape"][1:3])
         # serving.limits.memory_bound_mb: the enforced worst case of memory in flight above the ready
-        # server's baseline. Fallback while the service does not publish it yet.
-        self.memory_bound_mb = model.get("serving", {}).get("limits", {}).get("memory_bound_mb",
-                                                                               MEMORY_BOUND_FALLBACK_MB)
+        # server's baseline, as the service computes it from its settings (docs/api.md).
+        self.memory_bound_mb = model["serving"]["limits"]["memory_bound_mb"]
         for _ in range(5):   # warm: first requests allocate pools and arenas that stay
             requests.post(self.url + "/classify", data=self.ordinary, headers={"Content-Type": "image/jpeg"}, timeout=30)
         self.baseline_rss = proc_status(self.pid, "VmRSS")

@@ -85,6 +85,32 @@ async def read_body(request, limits, memory, account):
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+async def while_connected(request, work):
+    """The result of the coroutine `work`, or ClientDisconnected as soon as the client goes: `work`
+    is cancelled then, so whatever it holds (a slot, preprocessing memory, a place in the queue) is
+    released at once rather than when work nobody will read is done. Call it once the body is in."""
+    task = asyncio.ensure_future(work)
+    watch = asyncio.ensure_future(_disconnect(request.receive))
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    except BaseException:   # this request was cancelled itself (shutdown)
+        task.cancel()
+        watch.cancel()
+        raise
+    watch.cancel()
+    if task.done():
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    raise ClientDisconnected("the client closed the connection before its answer")
+
+
+async def _disconnect(receive):
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
 async def image_parts(request, body, max_images, pool):
     """[Upload] from a raw image body or a multipart form (its file parts, in order); a form is
     parsed on `pool`."""

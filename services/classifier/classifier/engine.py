@@ -37,6 +37,11 @@ class EngineError(RuntimeError):
     """A device could not be loaded at start-up."""
 
 
+def backend_error(error):
+    """The answer to the images of a failed run."""
+    return unavailable("backend_error", "inference failed: %s" % error)
+
+
 class Item:
     __slots__ = ("image", "future", "enqueued", "timings")
 
@@ -224,16 +229,26 @@ class Engine:
             ran = time.perf_counter()
             row = worker.run(image[np.newaxis])[0]
             return row, {"preprocess": ran - start, "queue": 0.0, "inference": time.perf_counter() - ran}
+
+        def finished(future):
+            """The device's books, when the run ends: a caller that stopped waiting does not end it."""
+            self._done(worker, 1, start)
+            error = None if future.cancelled() else future.exception()
+            if isinstance(error, BackendError):
+                self._failed(worker, error, 1)
+            elif not future.cancelled() and error is None:
+                self._succeeded(worker, 1, future.result()[1]["inference"])
         worker.in_flight += 1
         start = time.perf_counter()
+        future = loop.run_in_executor(worker.executor, run)
+        future.add_done_callback(finished)
         try:
-            row, timings = await loop.run_in_executor(worker.executor, run)
+            return await asyncio.shield(future)
         except BackendError as e:
-            raise self._failed(worker, e, 1)
-        finally:
-            self._done(worker, 1, start)
-        self._succeeded(worker, 1, timings["inference"])
-        return row, timings
+            raise backend_error(e)
+        except asyncio.CancelledError:   # the caller is gone; what it holds for this run stays held until it ends
+            await asyncio.wait([future])
+            raise
 
     # --- the batcher -------------------------------------------------------------------------
     async def _batch_loop(self):
@@ -347,7 +362,7 @@ class Engine:
         if error.fatal and worker.state == "ready" and not self._stopping:
             self._set_state(worker, "reloading", str(error))
             self._spawn(self._reload(worker))
-        return unavailable("backend_error", "inference failed: %s" % error)
+        return backend_error(error)
 
     async def _reload(self, worker):
         loop = asyncio.get_running_loop()

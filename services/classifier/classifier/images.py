@@ -124,8 +124,16 @@ class Preprocessor:
         return upload
 
     async def prepare_all(self, uploads, uint8):
-        loop = asyncio.get_running_loop()
-        await asyncio.gather(*[loop.run_in_executor(self.pool, self.prepare, u, uint8) for u in uploads])
+        """prepare() each upload on the pool. Cancelled (the client left), it returns only once no
+        thread decodes for it any more, so the memory the caller reserved is held while it is used."""
+        jobs = [self.pool.submit(self.prepare, u, uint8) for u in uploads]
+        try:
+            await asyncio.gather(*[asyncio.wrap_future(job) for job in jobs])
+        except asyncio.CancelledError:
+            running = [job for job in jobs if not job.cancel()]   # those not started never will
+            if running:
+                await asyncio.wait([asyncio.wrap_future(job) for job in running])
+            raise
 
 
 def _probe(probe, data):

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import errors as errors_mod
-from .bodies import IMAGE_TYPES, image_parts, received
+from .bodies import IMAGE_TYPES, image_parts, received, while_connected
 from .errors import ApiError
 
 
@@ -56,7 +56,7 @@ def router(service):
             service.require_ready()
             with service.slots.hold():
                 start = time.perf_counter()
-                await pipeline.infer_uploads(uploads)
+                await while_connected(request, pipeline.infer_uploads(uploads))
         return answer(request, uploads, top_k, start)
 
     def answer(request, uploads, top_k, start):

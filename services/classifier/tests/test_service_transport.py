@@ -199,3 +199,37 @@ def test_readiness_is_503_while_every_request_slot_is_held(bundle_dir):  # noqa:
             Held.release.set()
             assert held.result().status_code == 200
         assert requests.get(s.url + "/readyz", timeout=5).status_code == 200
+
+
+def test_a_client_that_leaves_while_its_request_waits_frees_its_slot_at_once(bundle_dir):  # noqa: F811
+    """The device is held by a first request; a second one waits in the queue and its client leaves:
+    its slot is free again at once (not when the device is), and it counts as 499, not 500."""
+    Held.release.clear()
+    Held.warm = 0
+
+    def factory(bundle, *, threads, max_batch, **choices):
+        return Held(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
+    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, MAX_CONCURRENT_REQUESTS=2), factory) as s:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            first = pool.submit(classify, s.url, jpeg_bytes())
+            wait_for(lambda: load(s)["requests_processing"] == 1)
+            body = jpeg_bytes(seed=1)
+            c = connect(s)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                      % len(body) + body)
+            wait_for(lambda: load(s)["requests_processing"] == 2)
+            c.close()
+            wait_for(lambda: load(s)["requests_processing"] == 1, timeout=2)
+            assert not first.done()   # the device is still held: the slot came back before it
+            Held.release.set()
+            assert first.result().status_code == 200
+        metrics = requests.get(s.url + "/metrics", timeout=5).text
+        assert 'status="499"' in metrics and 'status="500"' not in metrics
+        assert_all_free(s)
+
+
+def wait_for(condition, timeout=10):
+    deadline = time.time() + timeout
+    while not condition():
+        assert time.time() < deadline, "not within %s s" % timeout
+        time.sleep(0.02)

@@ -7,7 +7,10 @@ Every connection is bounded in time and size before the app sees a request:
   no byte of it came), so a client trickling headers holds a socket for seconds, not forever;
 - the head is at most MAX_HEADER_BYTES and MAX_HEADERS lines, counted on the bytes as they arrive,
   before the parser buffers them; else 431 `headers_too_large`;
-- at most MAX_CONNECTIONS connections at once; one more gets 503 `too_many_connections` and is closed;
+- at most MAX_CONNECTIONS connections at once. A connection past it makes room by closing the one
+  that has waited longest for a request head (idle, or trickling one): clients that hold sockets
+  without sending requests cannot lock newcomers out. Only when every connection has a request in
+  the app does the newcomer get 503 `too_many_connections`;
 - an idle keep-alive connection closes after KEEP_ALIVE_SECONDS (uvicorn's own timer).
 The body's pace is the app's to enforce (bodies.py), since only it knows when it reads one.
 
@@ -67,11 +70,32 @@ class Guard:
         self._head_bytes = self._head_lines = 0
         self._tail = b""
         self._head_timer = None
-        if len(self.connections) > self.limits.max_connections:
+        self._waiting_since = self.loop.time()
+        if len(self.connections) > self.limits.max_connections and not self._evict_one():
             self._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
                          retry_after=1)
             return
         self._arm_head_timer()
+
+    def _waiting_for_head(self):
+        """Whether this connection holds no request in the app: idle, or its head still arriving."""
+        return not self.transport.is_closing() and self._in_head() and (
+            self.cycle is None or self.cycle.response_complete) and not getattr(self, "pipeline", None)
+
+    def _evict_one(self):
+        """Close the connection that has waited longest for a request head; False when every other
+        connection has a request in the app."""
+        waiting = [c for c in self.connections if c is not self and isinstance(c, Guard) and c._waiting_for_head()]
+        if not waiting:
+            return False
+        oldest = min(waiting, key=lambda c: c._waiting_since)
+        if oldest._head_bytes:
+            oldest._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
+                           retry_after=1)
+        else:
+            oldest._cancel_head_timer()
+            oldest.transport.close()
+        return True
 
     def connection_lost(self, exc):
         self._cancel_head_timer()
@@ -105,6 +129,7 @@ class Guard:
 
     def on_response_complete(self):
         super().on_response_complete()
+        self._waiting_since = self.loop.time()
         if self._refused:
             self._refuse("invalid_http", MESSAGES["invalid_http"])
         elif not self.transport.is_closing() and self._head_timer is None:

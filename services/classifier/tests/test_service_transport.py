@@ -134,21 +134,43 @@ def test_an_abandoned_upload_is_499_not_a_server_fault(server):
     assert_all_free(server)
 
 
-def test_connections_past_the_cap_get_a_json_503(server):
-    socks = [connect(server) for _ in range(FAST["MAX_CONNECTIONS"] + 5)]
-    try:
-        refused = 0
-        for c in socks[-5:]:
-            raw, _ = answer(c, timeout=1)
-            if raw:
-                assert status_and_code(raw) == (503, "too_many_connections")
-                refused += 1
-        assert refused == 5
-    finally:
-        for c in socks:
-            c.close()
-    time.sleep(0.2)
-    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+def test_idle_connections_at_the_cap_make_room_for_newcomers(bundle_dir):  # noqa: F811
+    """MAX_CONNECTIONS sockets that send nothing or trickle a head cannot lock anyone out: each
+    newcomer closes the connection that has waited longest for a request."""
+    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, MAX_CONNECTIONS=10, HEADER_TIMEOUT_SECONDS=30)) as s:
+        socks = [connect(s) for _ in range(10)]
+        socks[0].sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")   # the oldest: a head trickling in
+        try:
+            time.sleep(0.1)
+            assert [classify(s.url, jpeg_bytes(seed=i)).status_code for i in range(5)] == [200] * 5
+            assert status_and_code(answer(socks[0], timeout=2)[0]) == (503, "too_many_connections")   # told why
+            socks += [connect(s) for _ in range(3)]   # 9 + 3 idle ones: the two oldest make room
+            evicted = [answer(c, timeout=0.5) for c in socks[1:6]]
+            assert [raw for raw, _ in evicted] == [b""] * 5
+            assert [seconds < 0.4 for _, seconds in evicted] == [True] * 2 + [False] * 3, evicted
+        finally:
+            for c in socks:
+                c.close()
+
+
+def test_a_newcomer_is_refused_only_when_every_connection_has_a_request(bundle_dir):  # noqa: F811
+    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, MAX_CONNECTIONS=6, BODY_GRACE_SECONDS=20)) as s:
+        busy = []
+        for i in range(6):   # each has a request in the app, its body still arriving
+            c = connect(s)
+            c.sendall(b"POST /classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\nContent-Length: 1000\r\n\r\nab")
+            busy.append(c)
+        time.sleep(0.2)
+        late = connect(s)
+        try:
+            raw, _ = answer(late, timeout=2)
+            assert status_and_code(raw) == (503, "too_many_connections")
+        finally:
+            late.close()
+            for c in busy:
+                c.close()
+        time.sleep(0.3)
+        assert requests.get(s.url + "/healthz", timeout=5).status_code == 200
 
 
 def test_bodies_past_body_memory_are_503_busy(bundle_dir):  # noqa: F811

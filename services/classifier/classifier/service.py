@@ -161,6 +161,7 @@ class Service:
                 "max_concurrent_requests": s.MAX_CONCURRENT_REQUESTS, "max_connections": s.MAX_CONNECTIONS,
                 "max_header_bytes": s.MAX_HEADER_BYTES, "max_headers": s.MAX_HEADERS,
                 "header_timeout_seconds": s.HEADER_TIMEOUT_SECONDS, "keep_alive_seconds": s.KEEP_ALIVE_SECONDS,
+                "send_timeout_seconds": s.SEND_TIMEOUT_SECONDS,
                 "min_body_rate": s.MIN_BODY_RATE, "body_grace_seconds": s.BODY_GRACE_SECONDS,
                 "max_json_values": s.MAX_JSON_VALUES, "max_queue": s.MAX_QUEUE, "max_top_k": self.pipeline.max_top_k,
                 "memory_bound_mb": round(memory_bound(

@@ -51,6 +51,7 @@ class Settings:
     MAX_HEADER_BYTES: int = 32768             # a request's head: request line and headers
     MAX_HEADERS: int = 100                    # header lines in a request's head
     KEEP_ALIVE_SECONDS: float = 5.0           # an idle keep-alive connection closes after this
+    SEND_TIMEOUT_SECONDS: float = 30.0        # an answer the client leaves unread this long closes the connection
     MAX_CONNECTIONS: int = 1000               # connections open at once
     # numbers and strings in a v2 JSON header: parsing holds the interpreter (about 45 ms for 131,072
     # floats), so larger tensors (one 224x224x3 input is 150,528 values) go binary
@@ -217,7 +218,7 @@ def _validate(s: Settings):
     if min(s.MAX_DELAY_MS, s.MAX_WAIT_SECONDS, s.PREPROCESS_WORKERS, s.ONE_HOP_MAX_PIXELS, s.BODY_GRACE_SECONDS) < 0:
         raise SettingsError("MAX_DELAY_MS, MAX_WAIT_SECONDS, PREPROCESS_WORKERS, ONE_HOP_MAX_PIXELS and "
                             "BODY_GRACE_SECONDS must not be negative")
-    for name in ("HEADER_TIMEOUT_SECONDS", "KEEP_ALIVE_SECONDS"):
+    for name in ("HEADER_TIMEOUT_SECONDS", "KEEP_ALIVE_SECONDS", "SEND_TIMEOUT_SECONDS"):
         if getattr(s, name) <= 0:
             raise SettingsError("%s must be above 0, got %s" % (name, getattr(s, name)))
     if s.BODY_MEMORY_MB * 1024 * 1024 < 2 * s.MAX_BODY_BYTES:

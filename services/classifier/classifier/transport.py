@@ -11,6 +11,8 @@ Every connection is bounded in time and size before the app sees a request:
   that has waited longest for a request head (idle, or trickling one): clients that hold sockets
   without sending requests cannot lock newcomers out. Only when every connection has a request in
   the app does the newcomer get 503 `too_many_connections`;
+- an answer the client does not read closes the connection after SEND_TIMEOUT_SECONDS with the
+  answer stuck in the send buffer, so a client that asks and never reads holds nothing for long;
 - an idle keep-alive connection closes after KEEP_ALIVE_SECONDS (uvicorn's own timer).
 The body's pace is the app's to enforce (bodies.py), since only it knows when it reads one.
 
@@ -47,6 +49,7 @@ class ConnectionLimits:
     max_header_bytes: int = 32768
     max_headers: int = 100
     max_connections: int = 1000
+    send_timeout: float = 30.0
 
 
 def refusal(code, message, retry_after=None):
@@ -99,7 +102,25 @@ class Guard:
 
     def connection_lost(self, exc):
         self._cancel_head_timer()
+        self._cancel_send_timer()
         super().connection_lost(exc)
+
+    _send_timer = None
+
+    def pause_writing(self):
+        """The send buffer is full (the client is not reading): it has SEND_TIMEOUT_SECONDS to drain it."""
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(self.limits.send_timeout, self.transport.abort)
+
+    def resume_writing(self):
+        self._cancel_send_timer()
+        super().resume_writing()
+
+    def _cancel_send_timer(self):
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
 
     def _in_head(self):
         """Whether the next bytes belong to a request's head: no request yet, or the last one's
@@ -218,7 +239,8 @@ def protocol(parser="auto", limits=None):
 
 def limits_from(settings):
     return ConnectionLimits(header_timeout=settings.HEADER_TIMEOUT_SECONDS, max_header_bytes=settings.MAX_HEADER_BYTES,
-                            max_headers=settings.MAX_HEADERS, max_connections=settings.MAX_CONNECTIONS)
+                            max_headers=settings.MAX_HEADERS, max_connections=settings.MAX_CONNECTIONS,
+                            send_timeout=settings.SEND_TIMEOUT_SECONDS)
 
 
 def server_config(app, settings, **overrides):

@@ -255,3 +255,40 @@ def wait_for(condition, timeout=10):
     while not condition():
         assert time.time() < deadline, "not within %s s" % timeout
         time.sleep(0.02)
+
+
+def test_an_answer_left_unread_aborts_the_connection_after_the_send_timeout():
+    """The guard's send deadline on its own (on loopback the kernel's buffers take every answer this
+    service has, so a real socket never fills the process's): pause_writing arms it, resume_writing
+    disarms it, and when it fires the connection is aborted."""
+    import asyncio
+
+    from classifier.transport import ConnectionLimits, Guard
+
+    class Transport:
+        aborted = False
+
+        def abort(self):
+            self.aborted = True
+
+    class Base:
+        def pause_writing(self):
+            pass
+
+        def resume_writing(self):
+            pass
+
+    class Guarded(Guard, Base):
+        limits = ConnectionLimits(send_timeout=0.05)
+
+    async def main():
+        g = Guarded()
+        g.loop, g.transport = asyncio.get_running_loop(), Transport()
+        g.pause_writing()
+        g.resume_writing()   # drained in time: nothing happens
+        await asyncio.sleep(0.1)
+        assert not g.transport.aborted
+        g.pause_writing()
+        await asyncio.sleep(0.1)
+        assert g.transport.aborted
+    asyncio.run(main())

@@ -13,7 +13,9 @@ Every connection is bounded in time and size before the app sees a request:
   the app does the newcomer get 503 `too_many_connections`;
 - an answer the client does not read closes the connection after SEND_TIMEOUT_SECONDS with the
   answer stuck in the send buffer, so a client that asks and never reads holds nothing for long;
-- an idle keep-alive connection closes after KEEP_ALIVE_SECONDS (uvicorn's own timer).
+- an idle keep-alive connection closes after KEEP_ALIVE_SECONDS (uvicorn's own timer);
+- at most MAX_PIPELINED requests queue behind the one being answered on a connection; more, and the
+  queue is dropped and the connection refused (400 `invalid_http` after that answer).
 The body's pace is the app's to enforce (bodies.py), since only it knows when it reads one.
 
 Every refusal here is the service's JSON error, answered at once and followed by a close. A request
@@ -35,12 +37,15 @@ MESSAGES = {
     "header_timeout": "the request's headers did not arrive within %g s",
     "headers_too_large": "the request's headers are over %d bytes or %d lines",
     "too_many_connections": "the server has %d connections open, its limit; retry shortly",
+    "too_many_pipelined": "more than %d requests pipelined behind the one being answered",
 }
 REASONS = {400: b"Bad Request", 408: b"Request Timeout", 431: b"Request Header Fields Too Large",
            503: b"Service Unavailable"}
 # scope["state"] key by which a refused request's status reaches the access log (middleware.py)
 REFUSED = "transport_refused"
 TERMINATOR = b"\r\n\r\n"
+HEAD_SLICE = 4096      # bytes parsed at a time while they may hold request heads
+MAX_PIPELINED = 16     # requests queued behind the one being answered on a connection (httptools)
 
 
 @dataclass(frozen=True)
@@ -128,8 +133,23 @@ class Guard:
         return self.cycle is None or not self.cycle.more_body
 
     def data_received(self, data):
-        if self.transport.is_closing():
-            return
+        """Parse `data` a slice at a time while it may hold request heads, so that a packet of
+        thousands of pipelined requests is refused after the first MAX_PIPELINED, not parsed whole
+        into as many queued requests."""
+        while data and not self.transport.is_closing() and not self._refused:
+            if self._in_head() and len(data) > HEAD_SLICE:
+                piece, data = data[:HEAD_SLICE], data[HEAD_SLICE:]
+            else:
+                piece, data = data, b""
+            if not self._feed(piece):
+                return
+            if len(getattr(self, "pipeline", ())) > MAX_PIPELINED:
+                self.pipeline.clear()   # the queued requests are dropped; the one being answered is not
+                self._refuse_soon("invalid_http", MESSAGES["too_many_pipelined"] % MAX_PIPELINED)
+                return
+
+    def _feed(self, data):
+        """The head's limits on `data`, then the parser; False once the connection is refused."""
         if self._in_head():
             seen = self._tail + data
             end = seen.find(TERMINATOR)
@@ -138,21 +158,22 @@ class Guard:
             self._head_lines += head.count(b"\n")
             self._tail = b"" if end >= 0 else seen[-3:]
             if self._head_bytes > self.limits.max_header_bytes or self._head_lines > self.limits.max_headers + 2:
-                self._refuse("headers_too_large", MESSAGES["headers_too_large"]
-                             % (self.limits.max_header_bytes, self.limits.max_headers))
-                return
+                self._refuse_soon("headers_too_large", MESSAGES["headers_too_large"]
+                                  % (self.limits.max_header_bytes, self.limits.max_headers))
+                return False
         before = self.cycle
         super().data_received(data)
         if self.cycle is not before:   # a head was parsed: the request is the app's now
             self._cancel_head_timer()
             self._head_bytes = self._head_lines = 0
             self._tail = b""
+        return True
 
     def on_response_complete(self):
         super().on_response_complete()
         self._waiting_since = self.loop.time()
         if self._refused:
-            self._refuse("invalid_http", MESSAGES["invalid_http"])
+            self._refuse(*self._refused)
         elif not self.transport.is_closing() and self._head_timer is None:
             self._arm_head_timer()
 
@@ -174,25 +195,28 @@ class Guard:
         else:
             self.transport.close()
 
-    _refused = False
+    _refused = None   # (code, message) of the refusal this connection ends with
 
     def send_400_response(self, msg):
+        self._refuse_soon("invalid_http", MESSAGES["invalid_http"])
+
+    def _refuse_soon(self, code, message):
+        """End this connection with `code`: at once, unless the request before the refused bytes is
+        whole and being answered (bytes past its Content-Length, pipelined requests): then after its
+        answer (on_response_complete), which its own deadlines bound."""
         if self._refused:
             return
-        self._refused = True
+        self._refused = (code, message)
         cycle = self.cycle
         if cycle is not None and not cycle.response_complete:
-            if cycle.more_body:
-                # the malformed bytes are in the body the app is reading: that request ends here
-                cycle.scope.setdefault("state", {})[REFUSED] = 400
-                cycle.disconnected = True
-                cycle.message_event.set()
-            else:
-                # they follow a whole request (bytes past its Content-Length): it is answered first,
-                # then the refusal (on_response_complete); its deadlines bound the wait
+            if not cycle.more_body:
                 self.transport.pause_reading()
                 return
-        self._refuse("invalid_http", MESSAGES["invalid_http"])
+            # the refused bytes are in the body the app is reading: that request ends here
+            cycle.scope.setdefault("state", {})[REFUSED] = CODES[code][0]
+            cycle.disconnected = True
+            cycle.message_event.set()
+        self._refuse(code, message)
 
     def _refuse(self, code, message, retry_after=None):
         self._cancel_head_timer()

@@ -292,3 +292,19 @@ def test_an_answer_left_unread_aborts_the_connection_after_the_send_timeout():
         await asyncio.sleep(0.1)
         assert g.transport.aborted
     asyncio.run(main())
+
+
+def test_a_packet_of_pipelined_requests_is_cut_off_after_the_queue_limit(server):
+    """7,000 GETs in one burst would queue 7,000 requests (about 600 bytes each) on one connection:
+    the first are answered in order (h11 reads one at a time; httptools queues at most
+    MAX_PIPELINED behind the one being answered), then the connection closes."""
+    from classifier.transport import MAX_PIPELINED
+    one = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    c = connect(server)
+    c.sendall(one * 7000)
+    raw, seconds = answer(c, timeout=5)
+    answered = raw.count(b"HTTP/1.1 200")
+    assert 1 <= answered < 7000 and seconds < 5, (answered, seconds)
+    if server.parser == "httptools":
+        assert answered <= MAX_PIPELINED + 1 and raw.count(b"invalid_http") == 1
+    assert_all_free(server)

@@ -2,8 +2,10 @@
 limits: images per request (count), pixels per image and per request (from the headers), and the
 service-wide preprocessing memory budget (the worst case of decoding, reserved before decoding).
 
-Decoding and preprocessing run on a thread pool sized to the cores, never on the device's thread,
-so a slow image delays only its own request.
+Decoding and preprocessing run on a thread pool sized to the cores (a lone small image on an idle
+engine on the device's thread: the pipeline's one hop), never on the event loop. Large images (more
+than the memory budget's small share to decode) have a thread of their own, so a client sending
+huge or slow-to-decode images never makes an ordinary photo wait for a decoding thread.
 """
 from __future__ import annotations
 
@@ -63,8 +65,11 @@ class Preprocessor:
     run on any thread (the engine's one-hop path runs it on the device thread); it raises
     numpy_preprocess.ImageError."""
 
-    def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels, preprocessing="auto"):
+    def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels, preprocessing="auto",
+                 large_pool=None, large_bytes=None):
+        """large_pool: where images costing more than large_bytes to decode go (None: the pool)."""
         self.prep, self.pool = prep, pool
+        self.large_pool, self.large_bytes = large_pool, large_bytes
         self.transform, self.description = fast_preprocess.select(preprocessing)
         fast = self.transform is fast_preprocess.model_input
         self._probe = fast_preprocess.probe if fast else numpy_preprocess.probe
@@ -109,6 +114,11 @@ class Preprocessor:
         """Worst-case bytes of preprocessing these uploads, as if all were decoded at once."""
         return sum(decode_cost(u.width, u.height, u.mode) + self.transform_bytes for u in uploads)
 
+    def _pool_for(self, upload):
+        if self.large_pool is not None and self.cost([upload]) > self.large_bytes:
+            return self.large_pool
+        return self.pool
+
     def tensors_cost(self, n):
         return n * self.tensor_bytes
 
@@ -126,7 +136,7 @@ class Preprocessor:
     async def prepare_all(self, uploads, uint8):
         """prepare() each upload on the pool. Cancelled (the client left), it returns only once no
         thread decodes for it any more, so the memory the caller reserved is held while it is used."""
-        jobs = [self.pool.submit(self.prepare, u, uint8) for u in uploads]
+        jobs = [self._pool_for(u).submit(self.prepare, u, uint8) for u in uploads]
         try:
             await asyncio.gather(*[asyncio.wrap_future(job) for job in jobs])
         except asyncio.CancelledError:

@@ -36,10 +36,12 @@ class Service:
         self.engine = Engine(self._workers(backend_factory or backends.create), max_batch=s.MAX_BATCH,
                              max_delay_ms=s.MAX_DELAY_MS, max_queue=s.MAX_QUEUE, metrics=self.metrics, log=log.info)
         self.pool = concurrent.futures.ThreadPoolExecutor(s.preprocess_workers, thread_name_prefix="preprocess")
+        self.large_pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="preprocess-large")
         self.budget = MemoryBudget(s.PREPROCESS_MEMORY_MB * 1024 * 1024, s.MAX_WAIT_SECONDS, self.metrics)
         try:
             self.images = Preprocessor(self.bundle.preprocessing, self.pool, s.MAX_IMAGES_PER_REQUEST,
-                                       s.MAX_IMAGE_PIXELS, s.MAX_REQUEST_PIXELS, s.PREPROCESSING)
+                                       s.MAX_IMAGE_PIXELS, s.MAX_REQUEST_PIXELS, s.PREPROCESSING,
+                                       large_pool=self.large_pool, large_bytes=self.budget.small)
         except ImportError as e:
             raise SettingsError("PREPROCESSING=%s: %s" % (s.PREPROCESSING, e))
         self.slots = Slots(s.MAX_CONCURRENT_REQUESTS)
@@ -112,6 +114,7 @@ class Service:
         self.metrics.ready.set(0)
         await self.engine.stop()
         self.pool.shutdown(wait=True)
+        self.large_pool.shutdown(wait=True)
         backends.release_process_resources()
 
     def require_ready(self):
@@ -165,7 +168,7 @@ class Service:
                 "min_body_rate": s.MIN_BODY_RATE, "body_grace_seconds": s.BODY_GRACE_SECONDS,
                 "max_json_values": s.MAX_JSON_VALUES, "max_queue": s.MAX_QUEUE, "max_top_k": self.pipeline.max_top_k,
                 "memory_bound_mb": round(memory_bound(
-                    s, self.images.tensor_bytes, s.preprocess_workers + len(self.engine.workers)) / 2 ** 20)}
+                    s, self.images.tensor_bytes, s.preprocess_workers + 1 + len(self.engine.workers)) / 2 ** 20)}
 
 
 # Per connection beyond its head: uvicorn's body buffer (64 KiB before it stops reading) and one read

@@ -140,3 +140,26 @@ def test_slots_refuse_past_the_limit_and_free_on_exit():
         with slots.hold():
             raise RuntimeError("a request that fails still gives its slot back")
     assert slots.used == 0 and not slots.full
+
+
+def test_large_images_are_decoded_on_their_own_thread():
+    """An image costing more than the budget's small share to decode goes to the large pool, so
+    ordinary photos never queue behind it for a decoding thread."""
+    import concurrent.futures
+    import threading
+
+    from classifier.images import Preprocessor, Upload
+    from mbv3.bundle import Preprocessing
+
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="small")
+    large = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="large")
+    images = Preprocessor(Preprocessing(size=(32, 32)), pool, 8, 10 ** 8, 10 ** 8, "reference",
+                          large_pool=large, large_bytes=20 * MB)
+    seen = {}
+    images.prepare = lambda upload, uint8: seen.setdefault(upload.name, threading.current_thread().name)
+    photo, huge = Upload(b"", name="photo", width=640, height=480, mode="RGB"), \
+        Upload(b"", name="huge", width=8000, height=5000, mode="RGB")
+    run(images.prepare_all([photo, huge], uint8=False))
+    assert seen["photo"].startswith("small") and seen["huge"].startswith("large"), seen
+    pool.shutdown()
+    large.shutdown()

@@ -202,18 +202,21 @@ class Held(OnnxRuntimeBackend):
         return super().run(batch)
 
 
-def test_readiness_is_503_while_every_request_slot_is_held(bundle_dir):  # noqa: F811
+def held_server(bundle, slots):
+    """A server with `slots` request slots whose device holds each run until Held.release is set."""
     Held.release.clear()
     Held.warm = 0
 
     def factory(bundle, *, threads, max_batch, **choices):
         return Held(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
-    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, MAX_CONCURRENT_REQUESTS=1), factory) as s:
+    return ThreadServer(dict(FAST, MODEL_DIR=bundle, MAX_CONCURRENT_REQUESTS=slots), factory)
+
+
+def test_readiness_is_503_while_every_request_slot_is_held(bundle_dir):  # noqa: F811
+    with held_server(bundle_dir, 1) as s:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             held = pool.submit(classify, s.url, jpeg_bytes())
-            deadline = time.time() + 10
-            while load(s)["requests_processing"] < 1 and time.time() < deadline:
-                time.sleep(0.05)
+            wait_for(lambda: load(s)["requests_processing"] == 1)
             ready = requests.get(s.url + "/readyz", timeout=5)
             assert ready.status_code == 503 and "request slots" in ready.json()["error"]["message"]
             assert classify(s.url, jpeg_bytes(seed=1)).json()["error"]["code"] == "too_many_requests"
@@ -226,12 +229,7 @@ def test_readiness_is_503_while_every_request_slot_is_held(bundle_dir):  # noqa:
 def test_a_client_that_leaves_while_its_request_waits_frees_its_slot_at_once(bundle_dir):  # noqa: F811
     """The device is held by a first request; a second one waits in the queue and its client leaves:
     its slot is free again at once (not when the device is), and it counts as 499, not 500."""
-    Held.release.clear()
-    Held.warm = 0
-
-    def factory(bundle, *, threads, max_batch, **choices):
-        return Held(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
-    with ThreadServer(dict(FAST, MODEL_DIR=bundle_dir, MAX_CONCURRENT_REQUESTS=2), factory) as s:
+    with held_server(bundle_dir, 2) as s:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:
             first = pool.submit(classify, s.url, jpeg_bytes())
             wait_for(lambda: load(s)["requests_processing"] == 1)

@@ -72,7 +72,7 @@ class Engine:
         failed (the loaded ones stay loaded until stop())."""
         loop = asyncio.get_running_loop()
         for worker in self.workers:
-            self._account_state(worker)
+            worker.set_state(worker.state)   # publishes its readiness metric
         results = await asyncio.gather(*[loop.run_in_executor(w.executor, w.load) for w in self.workers],
                                        return_exceptions=True)
         failed = []
@@ -237,8 +237,8 @@ class Engine:
             if isinstance(error, BackendError):
                 self._failed(worker, error, 1)
             elif not future.cancelled() and error is None:
-                self._succeeded(worker, 1, future.result()[1]["inference"])
-        worker.in_flight += 1
+                self._succeeded(worker, 1)
+        worker.begin(1)
         start = time.perf_counter()
         future = loop.run_in_executor(worker.executor, run)
         future.add_done_callback(finished)
@@ -277,7 +277,7 @@ class Engine:
                     continue
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
             self.metrics.queue_depth.set(len(self._queue))
-            worker.in_flight += len(batch)   # taken now, so the next turn picks another device
+            worker.begin(len(batch))   # taken now, so the next turn picks another device
             self._spawn(self._process(worker, batch))
 
     def _spawn(self, coroutine):
@@ -316,7 +316,7 @@ class Engine:
         finally:
             self._done(worker, len(batch), start)
         seconds = time.perf_counter() - start
-        self._succeeded(worker, len(batch), seconds)
+        self._succeeded(worker, len(batch))
         for item in batch:
             item.timings["inference"] = seconds
         self._settle(batch, rows=logits)
@@ -330,29 +330,21 @@ class Engine:
                 else:
                     item.future.set_result(rows[i])
 
-    # --- accounting --------------------------------------------------------------------------
+    # --- accounting: the workers keep their own books; the engine, the service-wide ones ------
     def _done(self, worker, images, start):
         """A run ended, well or not: the device is free again (unless it failed fatally)."""
-        worker.in_flight -= images
-        worker.finished = time.perf_counter()
-        seconds = worker.finished - start
-        worker.busy_seconds += seconds
-        self.metrics.device_busy.labels(worker.label).inc(seconds)
+        worker.end(images, start)
         if self._wakeup is not None:
             self._wakeup.set()
 
-    def _succeeded(self, worker, images, seconds):
-        worker.batches += 1
-        worker.images += images
+    def _succeeded(self, worker, images):
+        worker.succeeded(images)
         self.metrics.batch_size.observe(images)
         self.metrics.images.inc(images)
-        self.metrics.device_batches.labels(worker.label).inc()
-        self.metrics.device_images.labels(worker.label).inc(images)
 
     def _count_failure(self, worker, fatal):
-        worker.failures += 1
+        worker.failed(fatal)
         self.metrics.backend_errors.labels(fatal=str(fatal).lower()).inc()
-        self.metrics.device_failures.labels(worker.label, str(fatal).lower()).inc()
 
     def _failed(self, worker, error, images):
         """Account for a failed run on `worker`; after a fatal one, take the device out of the pool
@@ -378,16 +370,12 @@ class Engine:
                 pause = min(pause * 2, longest)
                 self._set_state(worker, "reloading", worker.error)
                 continue
-            worker.reloads += 1
+            worker.reloaded()
             self._set_state(worker, "ready")
             self.log("device %s: reloaded, serving again" % worker.label)
             return
 
     def _set_state(self, worker, state, error=None):
-        worker.state, worker.error = state, error
-        self._account_state(worker)
+        worker.set_state(state, error)
         if self._wakeup is not None:
             self._wakeup.set()   # the batcher may now use this device, or must refuse what waits
-
-    def _account_state(self, worker):
-        self.metrics.device_ready.labels(worker.label).set(1 if worker.state == "ready" else 0)

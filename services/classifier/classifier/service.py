@@ -64,9 +64,10 @@ class Service:
         load = functools.partial(create, self.bundle, backend=s.BACKEND, threads=s.threads(count),
                                  max_batch=s.MAX_BATCH, cache_dir=s.OPENVINO_CACHE_DIR, log=log.info)
         if ids:
-            return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d) for d in ids]
+            return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d, self.metrics) for d in ids]
         first = s.device_ids[0] if s.device_ids != ALL_DEVICES else 0   # what BACKEND=auto probes, if pyACL appears
-        return [Worker("cpu%d" % i, functools.partial(load, device_id=first), "cpu%d" % i) for i in range(count)]
+        return [Worker("cpu%d" % i, functools.partial(load, device_id=first), "cpu%d" % i, self.metrics)
+                for i in range(count)]
 
     def _device_ids(self):
         """DEVICE_IDS, with `all` counted by pyACL; None when BACKEND=auto finds no device to count."""

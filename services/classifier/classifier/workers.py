@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 
 import numpy as np
 
@@ -16,11 +17,13 @@ STATES = ("loading", "ready", "reloading", "failed", "stopped")
 
 
 class Worker:
-    def __init__(self, label, load_backend, thread_name):
+    def __init__(self, label, load_backend, thread_name, metrics):
         """label: the device as metrics and /v1/model name it ("0", or "cpu0" for an ONNX Runtime
         worker); load_backend: called with no arguments on the worker's thread, returns a Backend
-        (again after a fatal error); thread_name: the prefix of that thread's name."""
+        (again after a fatal error); thread_name: the prefix of that thread's name; metrics: the
+        service's Metrics, whose per-device series this worker keeps."""
         self.label = label
+        self.metrics = metrics
         self.load_backend = load_backend
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self.thread = None
@@ -42,6 +45,35 @@ class Worker:
                 "in_flight": self.in_flight, "batches": self.batches, "images": self.images,
                 "busy_seconds": round(self.busy_seconds, 3), "failures": self.failures, "reloads": self.reloads,
                 "error": self.error}
+
+    # --- its books, on the event loop (the engine reports what it had the device do) ---------------
+    def begin(self, images):
+        self.in_flight += images
+
+    def end(self, images, start):
+        """A run that began at `start` (perf_counter) ended, well or not."""
+        self.in_flight -= images
+        self.finished = time.perf_counter()
+        seconds = self.finished - start
+        self.busy_seconds += seconds
+        self.metrics.device_busy.labels(self.label).inc(seconds)
+
+    def succeeded(self, images):
+        self.batches += 1
+        self.images += images
+        self.metrics.device_batches.labels(self.label).inc()
+        self.metrics.device_images.labels(self.label).inc(images)
+
+    def failed(self, fatal):
+        self.failures += 1
+        self.metrics.device_failures.labels(self.label, str(fatal).lower()).inc()
+
+    def reloaded(self):
+        self.reloads += 1
+
+    def set_state(self, state, error=None):
+        self.state, self.error = state, error
+        self.metrics.device_ready.labels(self.label).set(1 if state == "ready" else 0)
 
     # --- on the worker's thread (the engine submits these to self.executor) ------------------------
     def load(self):

@@ -52,8 +52,9 @@ class Fake(Backend):
 
 
 def engine(script, delay_ms=20.0):
-    worker = Worker("0", lambda: Fake(script), "device0")
-    return Engine([worker], max_batch=8, max_delay_ms=delay_ms, max_queue=16, metrics=Metrics(), log=lambda m: None,
+    metrics = Metrics()
+    worker = Worker("0", lambda: Fake(script), "device0", metrics)
+    return Engine([worker], max_batch=8, max_delay_ms=delay_ms, max_queue=16, metrics=metrics, log=lambda m: None,
                   reload_pauses=(0.01, 0.05))
 
 

@@ -20,13 +20,11 @@ from mbv3 import fast_preprocess, numpy_preprocess
 
 from .errors import ApiError, bad_request
 
-# Peak bytes per decoded pixel of decoding + eval_transform, by Pillow mode, measured with VmHWM on
-# 4000x3000 images and rounded up. Pillow's decode (mbv3.numpy_preprocess; the fast path's fallback
-# for every image but the JPEGs below): JPEG RGB 10, with EXIF rotation 14, WebP 18.3, RGBA/CMYK 14,
-# P/L 6-11, I;16 18, F 28. libjpeg-turbo's (mbv3.fast_preprocess, "JPEG RGB"/"JPEG L"): RGB 3.1
-# baseline, 3.1 EXIF-rotated (only the output is turned), 6.0 progressive 4:2:0, 9.0 progressive
-# 4:4:4; grayscale 1.1, 3.0 progressive. ROW_BYTES covers Pillow's per-row bookkeeping, which
-# dominates for images one pixel wide. test_service_limits.py checks the sum against VmHWM.
+# Bytes per decoded pixel budgeted for decoding + eval_transform, by what decodes the image: Pillow
+# (by its mode: the reference, and the fast path's fallback) or libjpeg-turbo ("JPEG RGB"/"JPEG L",
+# the fast path). Each is a peak measured with VmHWM on 4000x3000 images, rounded up (docs/api.md,
+# "Limits", has the measurements); ROW_BYTES covers Pillow's per-row bookkeeping, which dominates
+# for images one pixel wide. test_service_limits.py checks the sum against VmHWM.
 BYTES_PER_PIXEL = {"1": 12, "L": 12, "P": 12, "RGB": 19, "RGBA": 18, "RGBX": 18, "CMYK": 18, "YCbCr": 18, "LA": 18,
                    "PA": 18, "I;16": 22, "I;16B": 22, "I;16L": 22, "I;16N": 22, "I": 32, "F": 32,
                    "JPEG RGB": 12, "JPEG L": 6}

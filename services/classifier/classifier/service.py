@@ -151,7 +151,7 @@ class Service:
         backend = self.engine.backend
         return {"backend": self.backend_description, "max_batch": self.engine.max_batch,
                 "max_delay_ms": s.MAX_DELAY_MS, "ready": self.ready,
-                "threads": getattr(backend, "threads", None), "preprocess_workers": s.preprocess_workers,
+                "threads": backend.threads if backend else None, "preprocess_workers": s.preprocess_workers,
                 "preprocessing": self.images.description,
                 "devices": self.engine.devices(), "limits": self.limits(),
                 "load": {"requests_processing": self.slots.used, "body_bytes_held": self.bodies.used,

@@ -22,6 +22,7 @@ class Backend:
     name = "base"
     image_shape = None   # (H, W, 3) of one input image: each backend sets it from the bundle's record
     num_classes = None   # logits per image, likewise
+    threads = None       # CPU threads a run uses (the CPU backends; None where a device runs it)
 
     @property
     def max_batch(self) -> int:

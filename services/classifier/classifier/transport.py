@@ -24,6 +24,7 @@ once: the app sees the client gone, so nothing it holds waits for bytes that wil
 """
 from __future__ import annotations
 
+import collections
 import json
 from dataclasses import dataclass
 
@@ -78,12 +79,20 @@ class Guard:
         self._head_bytes = self._head_lines = 0
         self._tail = b""
         self._head_timer = None
-        self._waiting_since = self.loop.time()
         if len(self.connections) > self.limits.max_connections and not self._evict_one():
             self._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
                          retry_after=1)
             return
+        self._waiting()[self] = None
         self._arm_head_timer()
+
+    def _waiting(self):
+        """The server's connections that wait for a request head, longest-waiting first (kept on
+        uvicorn's per-server state, so both parsers' connections share it)."""
+        waiting = getattr(self.server_state, "waiting_for_head", None)
+        if waiting is None:
+            waiting = self.server_state.waiting_for_head = collections.OrderedDict()
+        return waiting
 
     def _waiting_for_head(self):
         """Whether this connection holds no request in the app: idle, or its head still arriving."""
@@ -92,11 +101,18 @@ class Guard:
 
     def _evict_one(self):
         """Close the connection that has waited longest for a request head; False when every other
-        connection has a request in the app."""
-        waiting = [c for c in self.connections if c is not self and isinstance(c, Guard) and c._waiting_for_head()]
-        if not waiting:
+        connection has a request in the app. The oldest waiting ones come first, so this takes one
+        step unless stale entries (connections that have since started a request) are passed."""
+        waiting = self._waiting()
+        oldest = None
+        for c in list(waiting):
+            if c is not self and c._waiting_for_head():
+                oldest = c
+                break
+            waiting.pop(c, None)   # it has a request now; it is added again when that is answered
+        if oldest is None:
             return False
-        oldest = min(waiting, key=lambda c: c._waiting_since)
+        waiting.pop(oldest, None)
         if oldest._head_bytes:
             oldest._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
                            retry_after=1)
@@ -106,6 +122,7 @@ class Guard:
         return True
 
     def connection_lost(self, exc):
+        self._waiting().pop(self, None)
         self._cancel_head_timer()
         self._cancel_send_timer()
         super().connection_lost(exc)
@@ -164,6 +181,7 @@ class Guard:
         before = self.cycle
         super().data_received(data)
         if self.cycle is not before:   # a head was parsed: the request is the app's now
+            self._waiting().pop(self, None)
             self._cancel_head_timer()
             self._head_bytes = self._head_lines = 0
             self._tail = b""
@@ -171,7 +189,10 @@ class Guard:
 
     def on_response_complete(self):
         super().on_response_complete()
-        self._waiting_since = self.loop.time()
+        waiting = self._waiting()
+        waiting.pop(self, None)
+        if not self.transport.is_closing():
+            waiting[self] = None   # waits again, the newest
         if self._refused:
             self._refuse(*self._refused)
         elif not self.transport.is_closing() and self._head_timer is None:

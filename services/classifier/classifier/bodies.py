@@ -27,31 +27,28 @@ class BodyLimits:
 
 class Received:
     """A request's body; `take()` hands it over once (so the reader's frame keeps no reference), and
-    `charge()` adds what parsing it will cost to the request's account."""
+    `charge()` adds what parsing it will cost to the request's account of body memory."""
 
-    def __init__(self, data, memory, account):
-        self._data, self._memory, self._account = data, memory, account
+    def __init__(self, data, account):
+        self._data, self.charge = data, account.charge
 
     def take(self):
         data, self._data = self._data, None
         return data
-
-    def charge(self, nbytes):
-        self._memory.charge(self._account, nbytes)
 
 
 @contextlib.asynccontextmanager
 async def received(request, limits, memory):
     """The body (a Received), charged to `memory` (budget.BodyMemory) from its first byte until the
     block ends, each byte twice: the chunks, then the body they are joined into."""
-    account = [0]
+    account = memory.account()
     try:
-        yield Received(await read_body(request, limits, memory, account), memory, account)
+        yield Received(await read_body(request, limits, account), account)
     finally:
-        memory.release(account)
+        account.release()
 
 
-async def read_body(request, limits, memory, account):
+async def read_body(request, limits, account):
     """The body, refused with 413 as soon as it passes the byte limit, 408 once it falls behind
     the minimum pace (the client then holds a socket for seconds, not a slot or memory for ever)."""
     declared = request.headers.get("content-length")
@@ -76,14 +73,15 @@ async def read_body(request, limits, memory, account):
                 if size > limits.max_bytes:
                     raise ApiError(413, "body_too_large", "body is over the limit of %d bytes" % limits.max_bytes,
                                    CLOSE)
-                memory.charge(account, 2 * len(chunk))
+                account.charge(2 * len(chunk))
                 chunks.append(chunk)
             if not message.get("more_body", False):
                 break
             pace.move(start + limits.grace + size / limits.min_rate)
     except asyncio.CancelledError:
-        if not pace.expired:
+        if not pace.cancel.fired:
             raise
+        pace.cancel.handled()
         raise ApiError(408, "body_timeout", "the body arrived slower than %d bytes a second (%d bytes in %.1f s)"
                        % (limits.min_rate, size, loop.time() - start), CLOSE)
     finally:
@@ -91,26 +89,37 @@ async def read_body(request, limits, memory, account):
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
+class _Canceller:
+    """Cancels the current task for a reason of the caller's (a deadline, a client gone) and says
+    whether it did, so the caller can tell its cancellation from anyone else's."""
+
+    def __init__(self):
+        self.task, self.fired = asyncio.current_task(), False
+
+    def fire(self):
+        self.fired = True
+        self.task.cancel()
+
+    def handled(self):
+        """The caller has answered the cancellation it fired (Python 3.11+ counts it off the task)."""
+        if hasattr(self.task, "uncancel"):
+            self.task.uncancel()
+
+
 class _Pace:
-    """A deadline for the current task: past it, the task is cancelled and `expired` is set."""
+    """A deadline for the current task, moved on as bytes arrive: past it, `cancel` fires."""
 
     def __init__(self, loop, deadline):
-        self.loop, self.task, self.expired = loop, asyncio.current_task(), False
-        self.handle = loop.call_at(deadline, self._expire)
+        self.loop, self.cancel = loop, _Canceller()
+        self.handle = loop.call_at(deadline, self.cancel.fire)
 
     def move(self, deadline):
         if deadline != self.handle.when():
             self.handle.cancel()
-            self.handle = self.loop.call_at(deadline, self._expire)
+            self.handle = self.loop.call_at(deadline, self.cancel.fire)
 
     def stop(self):
         self.handle.cancel()
-        if self.expired and hasattr(self.task, "uncancel"):   # Python 3.11+: the cancellation is handled
-            self.task.uncancel()
-
-    def _expire(self):
-        self.expired = True
-        self.task.cancel()
 
 
 async def while_connected(request, work):
@@ -118,26 +127,23 @@ async def while_connected(request, work):
     is cancelled then, so whatever it holds (a slot, preprocessing memory, a place in the queue) is
     released at once rather than when work nobody will read is done. Call it once the body is in.
     `work` runs in this task; one watcher task cancels it (a task of its own would cost another)."""
-    task = asyncio.current_task()
-    gone = []
-    watch = asyncio.ensure_future(_cancel_when_gone(request.receive, task, gone))
+    cancel = _Canceller()
+    watch = asyncio.ensure_future(_cancel_when_gone(request.receive, cancel))
     try:
         return await work
     except asyncio.CancelledError:
-        if not gone:
+        if not cancel.fired:
             raise   # cancelled for another reason (shutdown)
-        if hasattr(task, "uncancel"):   # Python 3.11+: the cancellation is handled here
-            task.uncancel()
+        cancel.handled()
         raise ClientDisconnected("the client closed the connection before its answer")
     finally:
         watch.cancel()
 
 
-async def _cancel_when_gone(receive, task, gone):
+async def _cancel_when_gone(receive, cancel):
     while (await receive())["type"] != "http.disconnect":
         pass
-    gone.append(True)
-    task.cancel()
+    cancel.fire()
 
 
 async def image_parts(request, body, max_images, pool):

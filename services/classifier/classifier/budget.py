@@ -118,18 +118,28 @@ class BodyMemory:
         self.used = 0
         self.peak = 0
 
-    def charge(self, account, nbytes):
-        """Add `nbytes` to `account` (a one-request list of [bytes]); ApiError 503 when over."""
-        if self.used + nbytes > self.total:
+    def account(self):
+        """A request's account: what it charges, given back at once by release()."""
+        return BodyAccount(self)
+
+
+class BodyAccount:
+    def __init__(self, memory):
+        self.memory, self.bytes = memory, 0
+
+    def charge(self, nbytes):
+        """Add `nbytes`; ApiError 503 when the service's total would pass its limit."""
+        m = self.memory
+        if m.used + nbytes > m.total:
             raise ApiError(503, "busy", "the request bodies being received fill the server's BODY_MEMORY_MB; "
                            "retry shortly", {"Retry-After": "1", "Connection": "close"})
-        self.used += nbytes
-        self.peak = max(self.peak, self.used)
-        account[0] += nbytes
+        m.used += nbytes
+        m.peak = max(m.peak, m.used)
+        self.bytes += nbytes
 
-    def release(self, account):
-        self.used -= account[0]
-        account[0] = 0
+    def release(self):
+        self.memory.used -= self.bytes
+        self.bytes = 0
 
 
 class Slots:

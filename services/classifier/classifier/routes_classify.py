@@ -2,6 +2,7 @@
 readiness, Prometheus metrics and the bundle's metadata at /v1/model."""
 from __future__ import annotations
 
+import re
 import time
 
 from fastapi import APIRouter, Request
@@ -9,7 +10,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from . import errors as errors_mod
-from .bodies import IMAGE_TYPES, image_parts, received, while_connected
+from .bodies import IMAGE_TYPES, image_parts, received
 from .errors import ApiError
 
 
@@ -36,6 +37,29 @@ def parse_top_k(request, max_top_k):
     return top_k
 
 
+# model.json records where export read from (source.checkpoint, source.run: absolute paths on the
+# exporting machine): a client sees the last component of any absolute path, never where it is
+ABSOLUTE = re.compile(r"""(?<![^\s"'(=,])(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\s"'(),;/\\]+[\\/][^\s"'(),;]*""")
+WHOLE = re.compile(r"""(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\n]*[^\s/\\][\\/]*""")   # a path, spaces and all
+
+
+def _last_component(match):
+    return re.split(r"[\\/]", match.group(0).rstrip("/\\"))[-1]
+
+
+def without_locations(value):
+    """`value` (model.json's metadata) with every absolute path cut to its last component: a string
+    that is a path, else paths of two or more components inside a text; keys too."""
+    if isinstance(value, str):
+        path = WHOLE.fullmatch(value)
+        return _last_component(path) if path else ABSOLUTE.sub(_last_component, value)
+    if isinstance(value, dict):
+        return {without_locations(k): without_locations(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [without_locations(v) for v in value]
+    return value
+
+
 def router(service):
     """The routes, on `service` (service.Service)."""
     settings, pipeline, bundle = service.settings, service.pipeline, service.bundle
@@ -53,10 +77,8 @@ def router(service):
         top_k = parse_top_k(request, pipeline.max_top_k)
         async with received(request, service.body_limits, service.bodies) as body:
             uploads = await image_parts(request, body.take(), settings.MAX_IMAGES_PER_REQUEST, service.pool)
-            service.require_ready()
-            with service.slots.hold():
-                start = time.perf_counter()
-                await while_connected(request, pipeline.infer_uploads(uploads))
+            start = time.perf_counter()
+            await service.process(request, pipeline.infer_uploads, uploads)
         return answer(request, uploads, top_k, start)
 
     def answer(request, uploads, top_k, start):
@@ -97,28 +119,10 @@ def router(service):
         service.metrics.queue_depth.set(service.engine.depth)
         return Response(generate_latest(service.metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
+    public = without_locations(bundle.metadata)   # the bundle does not change while it is served
+
     @api.get("/v1/model", summary="The bundle's model.json")
     async def model_metadata():
-        # model.json records where export read from (source.checkpoint, source.run: absolute paths on
-        # the exporting machine): a client sees the last component of any absolute path, never where it is
-        import re
-        absolute = re.compile(r"""(?<![^\s"'(=,])(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\s"'(),;/\\]+[\\/][^\s"'(),;]*""")
-        whole = re.compile(r"""(?:~?/|[A-Za-z]:[\\/]|\\\\)[^\n]*[^\s/\\][\\/]*""")   # spaces and all
-
-        def last_component(match):
-            return re.split(r"[\\/]", match.group(0).rstrip("/\\"))[-1]
-
-        def without_locations(value):
-            if isinstance(value, str):   # a string that is a path; else paths of 2+ components in a text
-                path = whole.fullmatch(value)
-                return last_component(path) if path else absolute.sub(last_component, value)
-            if isinstance(value, dict):
-                return {without_locations(k): without_locations(v) for k, v in value.items()}
-            if isinstance(value, list):
-                return [without_locations(v) for v in value]
-            return value
-        meta = without_locations(dict(bundle.metadata))
-        meta["serving"] = service.serving()
-        return meta
+        return dict(public, serving=service.serving())
 
     return api

@@ -13,7 +13,7 @@ from mbv3.onnx_classifier import softmax
 
 from . import __version__, kserve
 from . import errors as errors_mod
-from .bodies import received, while_connected
+from .bodies import received
 from .errors import ApiError
 
 OUTPUTS = ("logits", "probabilities")
@@ -79,9 +79,7 @@ def router(service):
         async with received(request, service.body_limits, service.bodies) as body:
             head, tensors = await parse(body, request.headers.get(kserve.HEADER))
             outputs = kserve.requested_outputs(head, OUTPUTS)
-            service.require_ready()
-            with service.slots.hold():
-                logits = await while_connected(request, v2_logits(tensors))
+            logits = await service.process(request, v2_logits, tensors)
             del tensors
         if not np.isfinite(logits).all():   # finite inputs far outside [-1, 1] can overflow the model
             raise kserve.ProtocolError("the model's output for this input is not finite: send 'input' values in [-1, 1]")

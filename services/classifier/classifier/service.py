@@ -14,7 +14,7 @@ from mbv3 import bundle
 from mbv3.fast_preprocess import REUSED_BYTES
 
 from . import backends
-from .bodies import BodyLimits
+from .bodies import BodyLimits, while_connected
 from .budget import BodyMemory, MemoryBudget, Slots
 from .engine import Engine
 from .errors import unavailable
@@ -123,6 +123,13 @@ class Service:
         answers for its devices: images wait while one is reloading)."""
         if not self.ready:
             raise unavailable("not_ready", self.failure or "the model is loading; retry shortly", retry_after=2)
+
+    async def process(self, request, work, *args):
+        """`await work(*args)` for a request whose body is in: the model must be ready and a request
+        slot free (MAX_CONCURRENT_REQUESTS), held until it ends; cancelled if the client leaves."""
+        self.require_ready()
+        with self.slots.hold():
+            return await while_connected(request, work(*args))
 
     def readiness(self):
         """For /readyz: ready once every device loaded, while at least one of them serves, and

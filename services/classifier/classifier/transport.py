@@ -51,11 +51,12 @@ MAX_PIPELINED = 16     # requests queued behind the one being answered on a conn
 
 @dataclass(frozen=True)
 class ConnectionLimits:
-    header_timeout: float = 10.0
-    max_header_bytes: int = 32768
-    max_headers: int = 100
-    max_connections: int = 1000
-    send_timeout: float = 30.0
+    """The settings the guard enforces (limits_from(settings); their defaults are the Settings')."""
+    header_timeout: float
+    max_header_bytes: int
+    max_headers: int
+    max_connections: int
+    send_timeout: float
 
 
 def refusal(code, message, retry_after=None):
@@ -70,9 +71,8 @@ def refusal(code, message, retry_after=None):
 
 class Guard:
     """Mixed into uvicorn's protocol classes (which keep their names for everything else): the
-    head's deadline and size, the connection cap, and refusals in JSON that never wait on the app."""
-
-    limits = ConnectionLimits()
+    head's deadline and size, the connection cap, and refusals in JSON that never wait on the app.
+    `limits` (ConnectionLimits) is set on the class protocol() makes."""
 
     def connection_made(self, transport):
         super().connection_made(transport)
@@ -80,8 +80,7 @@ class Guard:
         self._tail = b""
         self._head_timer = None
         if len(self.connections) > self.limits.max_connections and not self._evict_one():
-            self._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
-                         retry_after=1)
+            self._refuse_full()
             return
         self._waiting()[self] = None
         self._arm_head_timer()
@@ -114,12 +113,15 @@ class Guard:
             return False
         waiting.pop(oldest, None)
         if oldest._head_bytes:
-            oldest._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
-                           retry_after=1)
+            oldest._refuse_full()
         else:
             oldest._cancel_head_timer()
             oldest.transport.close()
         return True
+
+    def _refuse_full(self):
+        self._refuse("too_many_connections", MESSAGES["too_many_connections"] % self.limits.max_connections,
+                     retry_after=1)
 
     def connection_lost(self, exc):
         self._waiting().pop(self, None)
@@ -208,9 +210,8 @@ class Guard:
 
     def _head_timed_out(self):
         self._head_timer = None
-        if self.transport.is_closing() or not self._in_head() or (self.cycle is not None
-                                                                   and not self.cycle.response_complete):
-            return   # the app has the connection (a response is being made): its own deadlines apply
+        if not self._waiting_for_head():
+            return   # the app has the connection (a body, a response being made): its own deadlines apply
         if self._head_bytes:
             self._refuse("header_timeout", MESSAGES["header_timeout"] % self.limits.header_timeout)
         else:
@@ -266,7 +267,7 @@ def httptools_protocol():
     return _httptools_class
 
 
-def protocol(parser="auto", limits=None):
+def protocol(parser, limits):
     """(protocol class, name) for HTTP_PARSER=parser with `limits` (ConnectionLimits): `httptools`
     needs it installed (ImportError naming it otherwise), `h11` always works, `auto` takes httptools
     when it imports."""
@@ -279,7 +280,7 @@ def protocol(parser="auto", limits=None):
         except ImportError as e:
             if parser == "httptools":
                 raise ImportError("HTTP_PARSER=httptools needs the httptools package (%s)" % e)
-    return type(base.__name__, (base,), {"limits": limits or ConnectionLimits()}), name
+    return type(base.__name__, (base,), {"limits": limits}), name
 
 
 def limits_from(settings):

@@ -117,14 +117,14 @@ def test_a_grant_that_arrives_as_the_wait_times_out_is_given_back():
 
 def test_body_memory_charges_as_bytes_arrive_and_refuses_past_its_total():
     memory = BodyMemory(10 * MB)
-    a, b = [0], [0]
-    memory.charge(a, 6 * MB)
+    a, b = memory.account(), memory.account()
+    a.charge(6 * MB)
     with pytest.raises(ApiError) as e:
-        memory.charge(b, 5 * MB)
+        b.charge(5 * MB)
     assert e.value.status == 503 and e.value.code == "busy" and e.value.headers["Connection"] == "close"
-    assert b == [0] and memory.used == 6 * MB
-    memory.release(a)
-    memory.charge(b, 5 * MB)
+    assert b.bytes == 0 and memory.used == 6 * MB
+    a.release()
+    b.charge(5 * MB)
     assert memory.used == 5 * MB and memory.peak == 6 * MB
 
 

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from classifier import kserve, transport
+from classifier.settings import Settings
 from classifier.errors import CODES
 
 from svc_support import SIZE, Server, bundle_dir, model_json  # noqa: F401
@@ -37,7 +38,7 @@ def h11_server(bundle_dir):  # noqa: F811
 
 
 def test_the_default_parser_is_httptools_and_h11_is_a_setting_away(h11_server):
-    assert transport.protocol("auto")[1] == "httptools"
+    assert transport.protocol("auto", transport.limits_from(Settings()))[1] == "httptools"
     assert "HTTP parser: h11 (HTTP_PARSER=h11)" in h11_server.stderr()
 
 

@@ -261,7 +261,10 @@ def test_an_answer_left_unread_aborts_the_connection_after_the_send_timeout():
     disarms it, and when it fires the connection is aborted."""
     import asyncio
 
-    from classifier.transport import ConnectionLimits, Guard
+    import dataclasses
+
+    from classifier.settings import Settings
+    from classifier.transport import Guard, limits_from
 
     class Transport:
         aborted = False
@@ -277,7 +280,7 @@ def test_an_answer_left_unread_aborts_the_connection_after_the_send_timeout():
             pass
 
     class Guarded(Guard, Base):
-        limits = ConnectionLimits(send_timeout=0.05)
+        limits = dataclasses.replace(limits_from(Settings()), send_timeout=0.05)
 
     async def main():
         g = Guarded()

@@ -90,7 +90,7 @@ def probe_jpeg(data):
     """probe() of a JPEG from libjpeg-turbo's header parser (C, microseconds whatever the bytes,
     so a caller may run it on its event loop); None when the bytes are not a JPEG it reads, and
     probe() must say why (as it does for a JPEG over MAX_JPEG_SCANS scans, counted here in C)."""
-    if not data.startswith(b"\xff\xd8") or data.count(b"\xff\xda") > numpy_preprocess.MAX_JPEG_SCANS:
+    if not data.startswith(b"\xff\xd8") or numpy_preprocess.jpeg_scans(data) > numpy_preprocess.MAX_JPEG_SCANS:
         return None
     try:
         simplejpeg = _load()[0]

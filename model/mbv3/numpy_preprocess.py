@@ -40,10 +40,9 @@ def check_structure(data):
     """Refuse (ImageError), from the bytes alone and in milliseconds, the images whose decoding time
     grows with something other than their pixels: a JPEG of more than MAX_JPEG_SCANS scans (each
     scan is a pass over every block, so 100,000 empty ones cost seconds) and a PNG of more than
-    MAX_PNG_CHUNKS chunks. Scans are counted as SOS markers: in entropy-coded data 0xFF is always
-    followed by 0x00 or a restart marker, so every FF DA is a real one (an EXIF thumbnail's adds one)."""
+    MAX_PNG_CHUNKS chunks."""
     if data[:2] == b"\xff\xd8":
-        scans = data.count(b"\xff\xda")
+        scans = jpeg_scans(data)
         if scans > MAX_JPEG_SCANS:
             raise ImageError("progressive JPEG of %d scans, over the limit of %d" % (scans, MAX_JPEG_SCANS))
         if jpeg_header_steps(data, MAX_HEADER_STEPS + 1) > MAX_HEADER_STEPS:
@@ -57,6 +56,12 @@ def check_structure(data):
     elif data[:2] == b"BM" and len(data) >= 34 and int.from_bytes(data[30:34], "little") in BMP_RLE:
         # Pillow decodes run-length BMPs in Python, a run a step: 30 MB of 1-pixel runs cost 6 s
         raise ImageError("run-length-encoded BMP: send it as PNG, or as an uncompressed BMP")
+
+
+def jpeg_scans(data):
+    """A JPEG's scans, counted in C as its SOS markers: in entropy-coded data 0xFF is always followed
+    by 0x00 or a restart marker, so every FF DA is a real one (an EXIF thumbnail's adds one)."""
+    return data.count(b"\xff\xda")
 
 
 BMP_RLE = (1, 2)   # BI_RLE8, BI_RLE4: the BITMAPINFOHEADER's compression field

@@ -40,3 +40,12 @@ class BundleError(MbV3Error):
 
 class WriteError(MbV3Error):
     """A file that could not be written (disk full, read-only, no permission), named with the reason."""
+
+
+class ImageError(MbV3Error, ValueError):
+    """The bytes are not an image the preprocessing can decode, or one it refuses (its structure,
+    its size). Both transforms raise it, and the service answers it as 400 invalid_image."""
+
+
+class ImageTooLarge(ImageError):
+    """More pixels than the caller allows (decompression-bomb protection): 413 image_too_large."""

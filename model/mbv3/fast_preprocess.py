@@ -21,7 +21,8 @@ import numpy as np
 
 from . import numpy_preprocess
 from .bundle import Preprocessing
-from .numpy_preprocess import UNSUPPORTED, ImageError, ImageTooLarge, check_structure
+from .errors import ImageError, ImageTooLarge
+from .numpy_preprocess import UNSUPPORTED, check_structure
 
 CHOICES = ("auto", "fast", "reference")
 # Pillow modes whose pixels the fast resize takes as they are (8 bits a channel, after to_rgb)

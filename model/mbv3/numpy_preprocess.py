@@ -13,6 +13,7 @@ import struct
 import numpy as np
 
 from .bundle import Preprocessing
+from .errors import ImageError, ImageTooLarge
 
 
 EXIF_ORIENTATION = 0x0112
@@ -26,14 +27,6 @@ MAX_JPEG_SCANS = 100
 # libpng writes 8 KiB IDAT chunks (a 10 MiB PNG has about 1,300); Pillow reads every chunk in Python
 MAX_PNG_CHUNKS = 10000
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-
-
-class ImageError(ValueError):
-    """The bytes are not an image Pillow can decode."""
-
-
-class ImageTooLarge(ImageError):
-    """More pixels than the caller allows (decompression-bomb protection)."""
 
 
 def check_structure(data):

@@ -191,8 +191,9 @@ class InProcess:
         loaded = bundle.load(bundle_dir)
         self.prep, self.photos = loaded.preprocessing, photos
         self.transform, described = fast_preprocess.select("auto")
-        self.engine = backends.create(loaded, backend=backend, device_id=0, threads=threads or available_cpus(),
-                                      max_batch=8, log=lambda m: None)
+        plan = backends.plan(backend=backend, device_ids=(0,), cpu_workers=1, threads=threads, max_batch=8,
+                             cpus=available_cpus())
+        self.engine = backends.create(loaded, backend=plan.backend, device_id=0, threads=plan.threads, max_batch=8)
         self.what = "decode + preprocess (%s) + %s batch 1, in this process" % (described, self.engine.describe())
         self.measure(warmup)
 

@@ -17,6 +17,7 @@ from typing import Optional
 import numpy as np
 
 from mbv3 import fast_preprocess, numpy_preprocess
+from mbv3.errors import ImageError, ImageTooLarge
 
 from .errors import ApiError, bad_request
 
@@ -61,7 +62,7 @@ class Preprocessor:
 
     `transform(data, prep, max_pixels, normalize)` is a pure function of its arguments, so it may
     run on any thread (the engine's one-hop path runs it on the device thread); it raises
-    numpy_preprocess.ImageError."""
+    ImageError."""
 
     def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels, preprocessing="auto",
                  large_pool=None, large_bytes=None):
@@ -93,7 +94,7 @@ class Preprocessor:
             headers = await asyncio.get_running_loop().run_in_executor(
                 self.pool, lambda: [_probe(self._probe, u.data) for u in uploads])
         for upload, found in zip(uploads, headers):
-            if isinstance(found, numpy_preprocess.ImageError):
+            if isinstance(found, ImageError):
                 upload.error = image_error(found)
                 continue
             upload.width, upload.height, upload.mode = found
@@ -126,7 +127,7 @@ class Preprocessor:
         start = time.perf_counter()
         try:
             upload.image = self.transform(upload.data, self.prep, self.max_image_pixels, not uint8)
-        except numpy_preprocess.ImageError as e:
+        except ImageError as e:
             upload.error = image_error(e)
         upload.timings["preprocess"] = time.perf_counter() - start
         return upload
@@ -147,12 +148,12 @@ class Preprocessor:
 def _probe(probe, data):
     try:
         return probe(data)
-    except numpy_preprocess.ImageError as e:
+    except ImageError as e:
         return e
 
 
 def image_error(e):
     """The API's answer to an image that cannot be decoded or is too large."""
-    if isinstance(e, numpy_preprocess.ImageTooLarge):
+    if isinstance(e, ImageTooLarge):
         return ApiError(413, "image_too_large", str(e))
     return bad_request("invalid_image", str(e))

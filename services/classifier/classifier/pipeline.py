@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mbv3 import numpy_preprocess
+from mbv3.errors import ImageError
 from mbv3.onnx_classifier import softmax, top_k
 
 from .errors import ApiError, unavailable
@@ -76,7 +76,7 @@ class Pipeline:
         try:
             upload.logits, timings = await self.engine.infer_alone(
                 self.images.transform, upload.data, self.prep, self.images.max_image_pixels, not uint8)
-        except numpy_preprocess.ImageError as e:
+        except ImageError as e:
             upload.error = image_error(e)
         else:
             upload.timings.update(timings)

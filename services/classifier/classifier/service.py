@@ -21,7 +21,7 @@ from .errors import unavailable
 from .images import Preprocessor
 from .metrics import Metrics
 from .pipeline import Pipeline
-from .settings import ALL_DEVICES, SettingsError
+from .settings import SettingsError, available_cpus
 from .workers import Worker
 
 log = logging.getLogger("classifier")
@@ -33,6 +33,13 @@ class Service:
         s = self.settings = settings
         self.metrics = Metrics()
         self.bundle = bundle.load(s.MODEL_DIR, verify=True)  # schema, sha256s, labels; shapes at load
+        try:
+            self.plan = backends.plan(backend=s.BACKEND, device_ids=s.device_ids, cpu_workers=s.CPU_WORKERS,
+                                      threads=s.THREADS, max_batch=s.MAX_BATCH, cpus=available_cpus())
+        except backends.BackendError as e:
+            raise SettingsError(str(e))
+        if self.plan.why:
+            log.info(self.plan.why)
         self.engine = Engine(self._workers(backend_factory or backends.create), max_batch=s.MAX_BATCH,
                              max_delay_ms=s.MAX_DELAY_MS, max_queue=s.MAX_QUEUE, metrics=self.metrics, log=log.info)
         self.pool = concurrent.futures.ThreadPoolExecutor(s.preprocess_workers, thread_name_prefix="preprocess")
@@ -53,50 +60,19 @@ class Service:
         self.failure = None
 
     def _workers(self, create):
-        """One worker per Ascend device (DEVICE_IDS), or CPU_WORKERS CPU workers; each builds
-        its backend from explicit arguments on its own thread."""
-        s = self.settings
-        if backends.runs_on_devices(s.BACKEND):
-            ids = self._device_ids()
-        else:
-            ids = None
-        count = len(ids) if ids else s.CPU_WORKERS
-        load = functools.partial(create, self.bundle, backend=s.BACKEND, threads=s.threads(count),
-                                 max_batch=s.MAX_BATCH, cache_dir=s.OPENVINO_CACHE_DIR, log=log.info)
-        if ids:
-            return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d, self.metrics) for d in ids]
-        first = s.device_ids[0] if s.device_ids != ALL_DEVICES else 0   # what BACKEND=auto probes, if pyACL appears
-        return [Worker("cpu%d" % i, functools.partial(load, device_id=first), "cpu%d" % i, self.metrics)
-                for i in range(count)]
-
-    def _device_ids(self):
-        """DEVICE_IDS, with `all` counted by pyACL; None when BACKEND=auto finds no device to count."""
-        s = self.settings
-        if s.device_ids != ALL_DEVICES:
-            return s.device_ids
-        try:
-            count = backends.count_devices()
-        except backends.BackendError as e:
-            if s.BACKEND == "auto":
-                log.info("DEVICE_IDS=all: pyACL counts no device (%s); BACKEND=auto serves on the CPU", e)
-                return None
-            raise SettingsError("DEVICE_IDS=all: pyACL cannot count the devices: %s" % e)
-        if not count:
-            if s.BACKEND == "auto":
-                log.info("DEVICE_IDS=all: pyACL sees no device; BACKEND=auto serves on the CPU")
-                return None
-            raise SettingsError("DEVICE_IDS=all: pyACL sees no Ascend device")
-        return tuple(range(count))
+        """One worker per Ascend device or per CPU worker, as the Plan says; each builds its backend
+        on its own thread."""
+        s, plan = self.settings, self.plan
+        load = functools.partial(create, self.bundle, backend=plan.backend, threads=plan.threads,
+                                 max_batch=plan.max_batch, cache_dir=s.OPENVINO_CACHE_DIR)
+        if plan.on_devices:
+            return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d, self.metrics)
+                    for d in plan.devices]
+        return [Worker("cpu%d" % i, load, "cpu%d" % i, self.metrics) for i in range(plan.cpu_workers)]
 
     async def start(self):
         try:
             await self.engine.start()
-            kinds = {w.backend.name for w in self.engine.workers}
-            if len(kinds) > 1:
-                raise RuntimeError("the devices loaded different backends (%s): with BACKEND=auto a device that does "
-                                   "not answer falls back to the CPU; fix DEVICE_IDS, or set BACKEND=acl to require "
-                                   "every device" % ", ".join("%s: %s" % (w.label, w.backend.name)
-                                                             for w in self.engine.workers))
         except Exception as e:
             self.failure = "model failed to load: %s" % e
             log.error(self.failure)

@@ -78,10 +78,6 @@ class Settings:
         """DEVICE_IDS as a tuple of device numbers, or ALL_DEVICES."""
         return parse_device_ids(self.DEVICE_IDS)
 
-    def threads(self, workers):
-        """Engine threads (ONNX Runtime intra-op, OpenVINO inference) for each of `workers` workers."""
-        return self.THREADS or max(1, available_cpus() // workers)
-
 
 ALL_DEVICES = "all"
 # An older single-device name, read as the list setting it is now part of.

@@ -91,7 +91,7 @@ def reference(bundles):
 
 def acl_backend(bundle, device_id=0):
     """The Ascend backend for `bundle`, as the service builds it with BACKEND=acl."""
-    return backends.create(bundle, backend="acl", device_id=device_id, threads=1, max_batch=8)
+    return backends.create(bundle, backend="acl", device_id=device_id)
 
 
 def images(n, seed=0):
@@ -364,8 +364,9 @@ def test_auto_selects_acl_and_the_service_never_imports_tensorflow(bundles):
         import numpy as np
         from classifier import backends
         from mbv3 import bundle
-        b = backends.create(bundle.load(sys.argv[1]), backend="auto", device_id=0, threads=1, max_batch=8,
-                            log=lambda m: print(m))
+        plan = backends.plan(backend="auto", device_ids=(0,), cpu_workers=1, threads=1, max_batch=8, cpus=2)
+        print(plan.why)
+        b = backends.create(bundle.load(sys.argv[1]), backend=plan.backend, device_id=plan.devices[0])
         print(b.name, b.run(np.zeros((2, 64, 64, 3), np.float32)).shape)
         b.close()
         assert "tensorflow" not in sys.modules, "the service imported TensorFlow"

@@ -64,10 +64,11 @@ def test_cache_dir(loaded, tmp_path):
 
 
 def test_auto_prefers_the_cpu_backend_the_benchmark_chose(loaded):
-    logged = []
-    backend = backends.create(loaded, backend="auto", device_id=0, threads=1, max_batch=4, log=logged.append)
-    assert backend.name == backends.CPU_PREFERENCE[0]
-    assert "BACKEND=auto: using %s" % backend.name in logged[0]
+    plan = backends.plan(backend="auto", device_ids=(0,), cpu_workers=1, threads=1, max_batch=4, cpus=2)
+    assert plan.backend == backends.CPU_PREFERENCE[0] and plan.why.startswith("BACKEND=auto: using %s" % plan.backend)
+    backend = backends.create(loaded, backend=plan.backend, threads=plan.threads, max_batch=plan.max_batch)
+    assert backend.name == plan.backend
+    backend.close()
 
 
 def test_serves_over_http_with_onnx_runtimes_answers(bundle_dir):  # noqa: F811

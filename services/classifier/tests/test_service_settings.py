@@ -42,14 +42,8 @@ def test_available_cpus_takes_the_quota_rounded_up(monkeypatch):
     monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: None)
     assert settings_mod.available_cpus() == affinity
     monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: 1.5)
-    s = settings_mod.load(environ={}, dotenv=None)
-    assert s.threads(1) == s.preprocess_workers == min(affinity, math.ceil(1.5))
-    s = settings_mod.load(environ={"THREADS": "3", "PREPROCESS_WORKERS": "5"}, dotenv=None)
-    assert (s.threads(1), s.threads(4), s.preprocess_workers) == (3, 3, 5)
-    monkeypatch.setattr(settings_mod, "_cgroup_cpu_quota", lambda: 4)
-    if affinity >= 4:   # ONNX Runtime workers split the CPUs between them
-        assert settings_mod.load(environ={}, dotenv=None).threads(2) == 2
-    assert settings_mod.load(environ={}, dotenv=None).threads(64) == 1
+    assert settings_mod.load(environ={}, dotenv=None).preprocess_workers == min(affinity, math.ceil(1.5))
+    assert settings_mod.load(environ={"PREPROCESS_WORKERS": "5"}, dotenv=None).preprocess_workers == 5
 
 
 def test_an_empty_value_means_the_default_or_the_layer_below(tmp_path):

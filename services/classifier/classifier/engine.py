@@ -27,13 +27,13 @@ import time
 import numpy as np
 
 from .backends.base import BackendError
-from .errors import unavailable
+from .errors import ServiceError, unavailable
 
 # Pauses between reload attempts of a device whose reload failed: the first, doubling up to the last.
 RELOAD_PAUSES = (0.5, 30.0)
 
 
-class EngineError(RuntimeError):
+class EngineError(ServiceError, RuntimeError):
     """A device could not be loaded at start-up."""
 
 

@@ -54,7 +54,14 @@ CODES = {   # code: (HTTP status, when)
 HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}   # Starlette's own HTTP errors
 
 
-class ClientDisconnected(Exception):
+class ServiceError(Exception):
+    """The base of every error the service raises on purpose; anything else is a bug. Its kinds:
+    ApiError (a request's answer), ClientDisconnected (the client left), and, by where they stop
+    start-up or a run: settings.SettingsError, kserve.ProtocolError, engine.EngineError,
+    backends.BackendError."""
+
+
+class ClientDisconnected(ServiceError):
     """The client went away mid-request (closed the connection while its body was being read, or
     before the answer): not a server fault. middleware.py logs it as 499 with no traceback and sends
     nothing."""
@@ -72,7 +79,7 @@ def safe_text(text, limit=256):
     return text
 
 
-class ApiError(Exception):
+class ApiError(ServiceError):
     def __init__(self, status, code, message, headers=None):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}

@@ -20,6 +20,8 @@ from typing import Any, List, Literal, Optional
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError, conint
 
+from .errors import ServiceError
+
 HEADER = "Inference-Header-Content-Length"
 DTYPES = {"FP32": np.dtype("<f4"), "FP16": np.dtype("<f2"), "FP64": np.dtype("<f8"), "UINT8": np.dtype("u1"),
           "INT32": np.dtype("<i4"), "INT64": np.dtype("<i8")}
@@ -29,7 +31,7 @@ MAX_DIMS = 8
 MAX_TENSORS = 16
 
 
-class ProtocolError(ValueError):
+class ProtocolError(ServiceError, ValueError):
     """A request that breaks the protocol: 400 with one of the codes below (errors.CODES)."""
 
     def __init__(self, message, code="invalid_inference_request"):

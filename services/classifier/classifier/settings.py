@@ -12,10 +12,11 @@ from dataclasses import dataclass, fields
 from mbv3.fast_preprocess import CHOICES as PREPROCESSING_CHOICES
 
 from .backends import CHOICES
+from .errors import ServiceError
 from .transport import PARSERS as HTTP_PARSERS
 
 
-class SettingsError(ValueError):
+class SettingsError(ServiceError, ValueError):
     pass
 
 

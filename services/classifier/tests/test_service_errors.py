@@ -333,3 +333,24 @@ def test_depth_scan_is_linear_on_hostile_input():
         start = time.perf_counter()
         kserve.nests_deeper_than(text, 32)
         assert time.perf_counter() - start < 3, text[:10]
+
+
+def test_every_exception_the_service_defines_is_a_service_error():
+    """One hierarchy: a handler (or a reader) catching ServiceError catches every error the service
+    raises on purpose, and anything else is a bug."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import classifier
+    from classifier.errors import ServiceError
+    defined = []
+    for info in pkgutil.walk_packages(classifier.__path__, "classifier."):
+        if info.name.endswith("__main__"):
+            continue
+        module = importlib.import_module(info.name)
+        defined += [obj for _, obj in inspect.getmembers(module, inspect.isclass)
+                    if issubclass(obj, BaseException) and obj.__module__ == module.__name__]
+    names = {c.__name__ for c in defined}
+    assert {"ApiError", "SettingsError", "EngineError", "ProtocolError", "BackendError", "ClientDisconnected"} <= names
+    assert [c for c in defined if not issubclass(c, ServiceError)] == []

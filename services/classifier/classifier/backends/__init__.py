@@ -92,7 +92,7 @@ def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, system=S
     return Plan(name, cpu_workers=count, threads=threads or max(1, cpus // count), max_batch=max_batch, why=why)
 
 
-class _NoDevice(Exception):
+class _NoDevice(BackendError):
     """No Ascend device to serve on: BACKEND=acl stops, BACKEND=auto serves on the CPU."""
 
 

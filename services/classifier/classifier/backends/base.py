@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..errors import ServiceError
 
-class BackendError(RuntimeError):
+
+class BackendError(ServiceError, RuntimeError):
     """Inference failed (the batch answers 503); `fatal` means the device is gone and the backend
     must be closed and loaded again before it can serve."""
 

@@ -71,8 +71,6 @@ class Engine:
         """Load every device at once, each on its own thread; EngineError naming each device that
         failed (the loaded ones stay loaded until stop())."""
         loop = asyncio.get_running_loop()
-        for worker in self.workers:
-            worker.set_state(worker.state)   # publishes its readiness metric
         results = await asyncio.gather(*[loop.run_in_executor(w.executor, w.load) for w in self.workers],
                                        return_exceptions=True)
         failed = []

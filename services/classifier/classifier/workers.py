@@ -28,8 +28,7 @@ class Worker:
         self.executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=thread_name)
         self.thread = None
         self.backend = None
-        self.state = "loading"
-        self.error = None          # why the worker is not ready (the fatal error, the failed reload)
+        self.set_state("loading")  # error: why the worker is not ready (the fatal error, the failed reload)
         self.in_flight = 0         # images on the device now
         self.finished = 0.0        # when its last run ended (perf_counter), to spread work over idle devices
         self.batches = self.images = self.failures = self.reloads = 0

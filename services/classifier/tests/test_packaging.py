@@ -62,12 +62,19 @@ def test_a_fresh_venv_with_the_cpu_extra_serves_with_the_fast_parts(tmp_path, bu
     import requests
     from svc_support import Server
 
+    import shutil
+    # copies: a build from the checkout would leave build/ and *.egg-info there, and a stale build/lib
+    # would ship modules the sources no longer have
+    sources = {}
+    for name, path in (("model", ("model",)), ("classifier", ("services", "classifier"))):
+        sources[name] = str(tmp_path / name)
+        shutil.copytree(os.path.join(ROOT, *path), sources[name],
+                        ignore=shutil.ignore_patterns("build", "*.egg-info", "tests", "benchmarks", "__pycache__"))
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
     python = str(venv / "bin" / "python")
     done = subprocess.run([python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                           "-c", os.path.join(REQ, "service.txt"), os.path.join(ROOT, "model"),
-                           os.path.join(ROOT, "services", "classifier") + "[cpu]"],
+                           "-c", os.path.join(REQ, "service.txt"), sources["model"], sources["classifier"] + "[cpu]"],
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, universal_newlines=True, timeout=900)
     assert done.returncode == 0, done.stdout[-3000:]
     with Server(bundle_dir, [python, "-m", "classifier"], BACKEND="", PREPROCESSING="", HTTP_PARSER="",

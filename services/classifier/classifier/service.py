@@ -81,11 +81,13 @@ class Service:
                 log.info("DEVICE_IDS=all: pyACL counts no device (%s); BACKEND=auto serves on the CPU", e)
                 return None
             raise SettingsError("DEVICE_IDS=all: pyACL cannot count the devices: %s" % e)
+        chips, how = backends.device_visibility()
         if not count:
             if s.BACKEND == "auto":
-                log.info("DEVICE_IDS=all: pyACL sees no device; BACKEND=auto serves on the CPU")
+                log.info("DEVICE_IDS=all: pyACL sees no device (%s); BACKEND=auto serves on the CPU", how)
                 return None
-            raise SettingsError("DEVICE_IDS=all: pyACL sees no Ascend device")
+            raise SettingsError("DEVICE_IDS=all: pyACL sees no Ascend device: %s" % how)
+        log.info("DEVICE_IDS=all: pyACL counts %d device(s); chips in the container: %s", count, how)
         return tuple(range(count))
 
     async def start(self):

@@ -47,6 +47,13 @@ def count_devices():
         raise BackendError("pyACL not importable (%s)" % e)
 
 
+def device_visibility():
+    """(chips, text): the /dev/davinciN in this container and how they got here, or what is missing
+    (acl_runtime.device_visibility; reads /dev and the environment, imports no pyACL)."""
+    from .acl_runtime import device_visibility as visibility
+    return visibility()
+
+
 def cpu_choice():
     """(name, why) of BACKEND=auto's CPU backend: the first of CPU_PREFERENCE whose package imports."""
     missing = []

@@ -73,6 +73,9 @@ class Service:
         """DEVICE_IDS, with `all` counted by pyACL; None when BACKEND=auto finds no device to count."""
         s = self.settings
         if s.device_ids != ALL_DEVICES:
+            if s.BACKEND == "acl":
+                log.info("DEVICE_IDS=%s; chips in the container: %s", ",".join(map(str, s.device_ids)),
+                         backends.device_visibility()[1])
             return s.device_ids
         try:
             count = backends.count_devices()

@@ -46,3 +46,23 @@ def test_nothing_at_all_says_no_chip_was_handed_over(tmp_path):
     assert chips == []
     assert "no chip was handed to it" in text and "huawei.com/Ascend310P" in text
     assert device_visibility({}, str(tmp_path / "absent"))[0] == []
+
+
+def test_the_services_no_device_error_says_what_is_missing(tmp_path, monkeypatch):
+    import types
+
+    import pytest
+
+    from classifier import backends, service, settings
+
+    dev = fake_dev(tmp_path, *SHARED)
+    monkeypatch.setattr(backends, "count_devices", lambda: 0)
+    monkeypatch.setattr(backends, "device_visibility",
+                        lambda: device_visibility({"ASCEND_VISIBLE_DEVICES": "0"}, dev))
+    stub = types.SimpleNamespace(settings=settings.load(environ={"BACKEND": "acl", "DEVICE_IDS": "all"}, dotenv=None))
+    with pytest.raises(settings.SettingsError) as raised:
+        service.Service._device_ids(stub)
+    assert str(raised.value).startswith("DEVICE_IDS=all: pyACL sees no Ascend device: ASCEND_VISIBLE_DEVICES=0 is "
+                                        "set but no %s/davinci<N>" % dev)
+    stub.settings = settings.load(environ={"BACKEND": "auto", "DEVICE_IDS": "all"}, dotenv=None)
+    assert service.Service._device_ids(stub) is None   # auto: the CPU serves, as before

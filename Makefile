@@ -13,8 +13,8 @@ RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
-# `make om`: empty = mbv3 om's defaults (soc_version: this machine's chip from npu-smi, else atc.py's
-# DEFAULT_SOC_VERSION; profiles: DEFAULT_PROFILES)
+# `make om`: empty = mbv3 om's defaults (soc_version: ASCEND_CHIP's, below; `auto`: this machine's chip
+# from npu-smi; profiles: DEFAULT_PROFILES)
 SOC_VERSION ?=
 PROFILES   ?=
 # the host's Ascend card, /dev/davinci$(DEVICE), that `make infer` and `make finetune-npu` mount
@@ -34,6 +34,22 @@ INIT_FROM  ?=
 TRAIN_USER ?= $(shell id -u):$(shell id -g)
 # finetune-npu's user: empty = the image's uid 10001 in group HwHiAiUser; NPU_USER=root if the driver refuses it
 NPU_USER   ?=
+# The serving chip: 310 (Atlas 300I) or 310P3 (Atlas 300I Pro / 300V Pro), the keys of model/mbv3/atc.py's
+# CHIPS; empty = DEFAULT_CHIP there (read, not copied). It picks, together, the infer image's base
+# (ASCEND_INFER_BASE_<chip> below; ASCEND_INFER_BASE_IMAGE=... overrides it), `make om`'s --soc_version
+# (mbv3 om reads ASCEND_CHIP) and, on Kubernetes, deploy/overlays/ascend310 or ascend310p.
+ASCEND_CHIP ?=
+# 310: Huawei's nnrt inference image, built locally from Ascend/ascend-docker-image (Dockerfile/latest/ascend-infer;
+# its README tags it ascend-infer:<a tag of your choosing>); 310P3: Ascend/cann-container-image's 310p toolkit image
+# (cann/8.2.rc1-310p-ubuntu22.04-py3.11, published as ascendai/cann and quay.io/ascend/cann). docs/containers.md.
+ASCEND_INFER_BASE_310 = ascend-infer:latest
+ASCEND_INFER_BASE_310P3 = ascendai/cann:8.2.rc1-310p-ubuntu22.04-py3.11
+ASCEND_INFER_BASE_IMAGE ?=
+serving_chip = $(or $(ASCEND_CHIP),$(shell sed -n 's/^DEFAULT_CHIP = "\([^"]*\)".*/\1/p' model/mbv3/atc.py))
+infer_base = $(or $(ASCEND_INFER_BASE_IMAGE),$(ASCEND_INFER_BASE_$(serving_chip)),$(error ASCEND_CHIP=$(serving_chip): \
+  no infer image base for it; the chips are model/mbv3/atc.py's CHIPS))
+# what the Ascend targets hand compose (and `make om` hands mbv3 om): the chip only when set, the base always
+ascend_chip_env = $(if $(ASCEND_CHIP),ASCEND_CHIP=$(ASCEND_CHIP)) ASCEND_INFER_BASE_IMAGE=$(infer_base)
 # the host's HwHiAiUser gid, which owns /dev/davinci*: given to the Ascend containers (compose's default: 1000)
 ASCEND_GID ?= $(shell getent group HwHiAiUser 2>/dev/null | cut -d: -f3)
 COMPOSE    ?= docker compose
@@ -87,7 +103,7 @@ export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen grap
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
 
 om: venv ## BUNDLE -> model.om with ATC (needs the CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
-	$(MBV3) om --bundle $(BUNDLE) $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
+	$(if $(ASCEND_CHIP),ASCEND_CHIP=$(ASCEND_CHIP)) $(MBV3) om --bundle $(BUNDLE) $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
 	  $(if $(PROFILES),--batch-profiles $(PROFILES)) $(if $(AIPP),--aipp)
 
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
@@ -123,8 +139,8 @@ bench-ab: venv ## A/B a service setting: make bench-ab B="ONE_HOP_MAX_PIXELS=0" 
 bench-devices: venv ## service throughput on 1, 2, 4 simulated Ascend devices (pyACL simulator), 32 clients, as ratios
 	$(PY) services/classifier/benchmarks/device_scaling.py --json $(BENCH_DIR)/devices.json --plot $(BENCH_DIR)/devices.png
 
-images: ## build the four images (infer-cpu, infer-ascend, train-gpu, train-npu) with docker compose
-	$(COMPOSE) --profile ascend --profile train build
+images: ## build the four images (infer-cpu, infer-ascend for ASCEND_CHIP, train-gpu, train-npu) with docker compose
+	$(ascend_chip_env) $(COMPOSE) --profile ascend --profile train build
 
 engine: ## start a private Docker engine (root, docker.io); prints the DOCKER_HOST to export
 	docker/engine.sh start
@@ -145,16 +161,17 @@ finetune-npu: ## NPU_RECIPE from INIT_FROM on an Ascend 910 in the train-npu con
 	  train --config $(NPU_RECIPE) --data /data --model-dir /runs/npu $(if $(INIT_FROM),--set train.init_from=$(INIT_FROM)) \
 	  $(foreach s,$(SET),--set $(s))
 
-infer: ## the Ascend 310 service on 127.0.0.1:PORT for BUNDLE (with model.om from `make om`) on card DEVICE, or chips DEVICES=0,1,..
+infer: ## the Ascend service (ASCEND_CHIP's image) on 127.0.0.1:PORT for BUNDLE (with model.om from `make om`) on card DEVICE, or chips DEVICES=0,1,..
 ifneq ($(ASCEND_RUNTIME),)
 	BUNDLE=$(abspath $(BUNDLE)) DEVICES=$(DEVICES) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) \
-	  COMPOSE_FILE=compose.yaml:docker/compose.ascend-runtime.yaml $(COMPOSE) up infer
+	  $(ascend_chip_env) COMPOSE_FILE=compose.yaml:docker/compose.ascend-runtime.yaml $(COMPOSE) up infer
 else ifneq ($(DEVICES),)
 	mkdir -p build && $(PYTHON) docker/infer_devices.py "$(DEVICES)" > build/compose.infer-devices.yaml
-	BUNDLE=$(abspath $(BUNDLE)) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) \
+	BUNDLE=$(abspath $(BUNDLE)) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) $(ascend_chip_env) \
 	  COMPOSE_FILE=compose.yaml:build/compose.infer-devices.yaml $(COMPOSE) up infer
 else
-	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) $(COMPOSE) up infer
+	BUNDLE=$(abspath $(BUNDLE)) DEVICE=$(DEVICE) PORT=$(PORT) $(if $(ASCEND_GID),ASCEND_GID=$(ASCEND_GID)) $(ascend_chip_env) \
+	  $(COMPOSE) up infer
 endif
 
 clean: ## remove build outputs (not .venv, runs/ or bundles/)

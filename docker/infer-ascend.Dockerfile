@@ -1,7 +1,9 @@
 # The classifier on an Ascend 310/310P through pyACL: `docker compose up infer`.
-# BASE_IMAGE: a CANN inference runtime image (nnrt / ascend-infer) with Python 3.8+ and pyACL; the
-# default tag is an assumption to check against the CANN version of the host's driver.
-ARG BASE_IMAGE=ascendai/cann:8.0.0-310p-ubuntu22.04-py3.10
+# BASE_IMAGE follows the serving chip (the Makefile's ASCEND_CHIP table, docs/containers.md): for a 310,
+# Huawei's nnrt inference image `ascend-infer`, built locally from Ascend/ascend-docker-image (the default
+# here); for a 310P3, Ascend/cann-container-image's ascendai/cann:8.2.rc1-310p-ubuntu22.04-py3.11. Either
+# needs Python 3.8+ and pyACL, and a CANN version the host's driver supports.
+ARG BASE_IMAGE=ascend-infer:latest
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="mbv3 classifier (Ascend 310, pyACL)" \
       org.opencontainers.image.description="MobileNetV3 HTTP classifier serving an ATC-built .om through pyACL" \

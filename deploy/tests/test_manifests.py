@@ -30,9 +30,17 @@ K8S_VERSIONS = ("1.29.0", kubernetes_validate.latest_version())
 KUSTOMIZATIONS = {"base": {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
                   "overlays/cpu": {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
                   "overlays/ascend310": {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
+                  "overlays/ascend310p": {"Deployment", "Service", "HorizontalPodAutoscaler", "PodDisruptionBudget"},
                   "kserve": {"ServingRuntime", "InferenceService"},
                   "training": {"Service", "Job"}}
 KSERVE_GROUP = "serving.kserve.io"
+# The serving chips (model/mbv3/atc.py's CHIPS) -> their overlay, the resource Huawei's device plugin
+# advertises and the node label its DaemonSet selects (Ascend/ascend-device-plugin build/ascendplugin-310.yaml,
+# build/ascendplugin-310P.yaml: nodeSelector accelerator: huawei-Ascend310 / huawei-Ascend310P)
+ASCEND_OVERLAYS = {"310": ("overlays/ascend310", "huawei.com/Ascend310", "huawei-Ascend310"),
+                   "310P3": ("overlays/ascend310p", "huawei.com/Ascend310P", "huawei-Ascend310P")}
+ASCEND_PATHS = sorted(path for path, _, _ in ASCEND_OVERLAYS.values())
+SERVICE_PATHS = ["overlays/cpu"] + ASCEND_PATHS
 Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)   # the InferenceService CRD is 2 MB of YAML
 
 
@@ -163,7 +171,8 @@ def mount_target(volume):
 def test_images_are_the_ones_compose_builds():
     services = compose_services()
     assert container("overlays/cpu")["image"] == services["infer-cpu"]["image"]
-    assert container("overlays/ascend310")["image"] == services["infer"]["image"]
+    for path in ASCEND_PATHS:
+        assert container(path)["image"] == services["infer"]["image"]
     assert one("kserve", "ServingRuntime")["spec"]["containers"][0]["image"] == services["infer-cpu"]["image"]
     assert container("training", "Job")["image"] == services["train-gpu"]["image"]
 
@@ -176,7 +185,7 @@ def image_port(name):
     return int(exposed)
 
 
-@pytest.mark.parametrize("path,image", [("overlays/cpu", "infer-cpu"), ("overlays/ascend310", "infer-ascend")])
+@pytest.mark.parametrize("path,image", [("overlays/cpu", "infer-cpu")] + [(p, "infer-ascend") for p in ASCEND_PATHS])
 def test_the_port_probes_and_service_reach_the_services_port(path, image):
     port = image_port(image)
     assert int(compose_services()["infer-cpu"]["ports"][0].rsplit(":", 1)[1]) == port
@@ -205,7 +214,7 @@ def test_probe_paths_are_the_services_health_routes():
         assert "127.0.0.1:%d/readyz" % image_port(image) in dockerfile(image)
 
 
-@pytest.mark.parametrize("path", ["overlays/cpu", "overlays/ascend310"])
+@pytest.mark.parametrize("path", SERVICE_PATHS)
 def test_the_bundle_is_mounted_read_only_where_the_images_and_compose_put_it(path):
     spec = one(path, "Deployment")["spec"]["template"]["spec"]
     c = container(path)
@@ -223,8 +232,7 @@ def test_the_bundle_is_mounted_read_only_where_the_images_and_compose_put_it(pat
         assert compose_services()[name]["environment"]["MODEL_DIR"] == "/models/bundle"
 
 
-@pytest.mark.parametrize("path,kind", [("overlays/cpu", "Deployment"), ("overlays/ascend310", "Deployment"),
-                                       ("kserve", "ServingRuntime")])
+@pytest.mark.parametrize("path,kind", [(p, "Deployment") for p in SERVICE_PATHS] + [("kserve", "ServingRuntime")])
 def test_env_names_and_values_are_the_services_settings(path, kind):
     """Every variable the service containers get is a setting the service reads (or one of CANN's
     that compose.yaml sets too), and the service accepts the values."""
@@ -240,7 +248,7 @@ def test_env_names_and_values_are_the_services_settings(path, kind):
 
 def test_containers_run_as_the_images_user_read_only_without_capabilities():
     (user,) = set(re.findall(r"^USER (\d+)$", dockerfile("infer-cpu") + dockerfile("infer-ascend"), re.M))
-    for path in ("overlays/cpu", "overlays/ascend310"):
+    for path in SERVICE_PATHS:
         pod = one(path, "Deployment")["spec"]["template"]["spec"]
         assert pod["securityContext"]["runAsUser"] == int(user) and pod["securityContext"]["runAsNonRoot"]
         sc = container(path)["securityContext"]
@@ -252,22 +260,30 @@ def test_containers_run_as_the_images_user_read_only_without_capabilities():
         "runAsUser"] == int(re.findall(r"^USER (\d+)$", dockerfile("train-gpu"), re.M)[-1])
 
 
-def test_the_ascend_overlay_serves_on_the_chips_the_device_plugin_hands_it():
-    c = container("overlays/ascend310")
+@pytest.mark.parametrize("chip", sorted(ASCEND_OVERLAYS))
+def test_the_ascend_overlays_serve_on_the_chips_the_device_plugin_hands_them(chip):
+    path, resource, label = ASCEND_OVERLAYS[chip]
+    c = container(path)
     resources = c["resources"]
-    chips = resources["limits"]["huawei.com/Ascend310"]
-    assert int(chips) >= 1 and resources["requests"]["huawei.com/Ascend310"] == chips   # extended: requests = limits
+    chips = resources["limits"][resource]
+    assert int(chips) >= 1 and resources["requests"][resource] == chips   # extended: requests = limits
+    assert [r for r in resources["limits"] if r.startswith("huawei.com/")] == [resource]
     assert settings_mod.load(environ={"DEVICE_IDS": env_of(c)["DEVICE_IDS"]}, dotenv=None).device_ids == \
         settings_mod.ALL_DEVICES
-    # the driver from the node, read-only, where compose.yaml's infer mounts it
+    pod = one(path, "Deployment")["spec"]["template"]["spec"]
+    # the nodes the plugin's DaemonSet runs on, and the taint it tolerates
+    assert pod["nodeSelector"] == {"accelerator": label}
+    assert {"key": resource, "operator": "Exists", "effect": "NoSchedule"} in pod["tolerations"]
+    # the driver from the node, read-only, where compose.yaml's infer mounts it; no file mounts (npu-smi's
+    # place differs between drivers, and a missing file keeps the pod from starting)
     infer = compose_services()["infer"]
     compose_driver = {mount_target(v) for v in infer["volumes"] if isinstance(v, str) and v.startswith("/usr/local")}
-    assert compose_driver == {"/usr/local/Ascend/driver", "/usr/local/dcmi", "/usr/local/bin/npu-smi"}
+    assert compose_driver == {"/usr/local/Ascend/driver", "/usr/local/dcmi"}
     mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
-    pod = one("overlays/ascend310", "Deployment")["spec"]["template"]["spec"]
-    host = {v["name"]: v["hostPath"]["path"] for v in pod["volumes"] if "hostPath" in v}
+    host = {v["name"]: v["hostPath"] for v in pod["volumes"] if "hostPath" in v}
     assert {mounts[p]["mountPath"] for p in compose_driver} == compose_driver
-    assert all(mounts[p]["readOnly"] and host[mounts[p]["name"]] == p for p in compose_driver)
+    assert all(mounts[p]["readOnly"] and host[mounts[p]["name"]]["path"] == p for p in compose_driver)
+    assert {h["path"] for h in host.values()} == compose_driver and {h["type"] for h in host.values()} == {"Directory"}
     # the device nodes' group, and a writable /tmp on a read-only root, as compose gives them
     gid = re.search(r'"\$\{ASCEND_GID:-(\d+)\}"', open(os.path.join(ROOT, "compose.yaml")).read()).group(1)
     assert pod["securityContext"]["supplementalGroups"] == [int(gid)]
@@ -275,8 +291,14 @@ def test_the_ascend_overlay_serves_on_the_chips_the_device_plugin_hands_it():
     assert tmp["emptyDir"]["medium"] == "Memory" and infer["tmpfs"] == ["/tmp:size=64m"]
 
 
+def test_every_serving_chip_has_its_overlay():
+    from mbv3 import atc
+    assert sorted(ASCEND_OVERLAYS) == sorted(atc.CHIPS)
+    assert len({resource for _, resource, _ in ASCEND_OVERLAYS.values()}) == len(ASCEND_OVERLAYS)
+
+
 def test_objects_select_the_pods_they_mean():
-    for path in ("overlays/cpu", "overlays/ascend310"):
+    for path in SERVICE_PATHS:
         deployment = one(path, "Deployment")
         labels = deployment["spec"]["template"]["metadata"]["labels"]
         assert deployment["spec"]["selector"]["matchLabels"].items() <= labels.items()
@@ -345,3 +367,58 @@ def test_training_workers_share_data_and_runs_like_compose():
     assert {mount_target(v) for v in train_gpu["volumes"]} == {"/data", "/runs"}
     assert "/dev/shm" in mounts and train_gpu["shm_size"] == "8gb"
     assert c["resources"]["limits"]["nvidia.com/gpu"] == c["resources"]["requests"]["nvidia.com/gpu"]
+
+
+# --- Kubernetes details of the chip-holding pods, metrics and KServe ------------------------------
+
+@pytest.mark.parametrize("path", ASCEND_PATHS)
+def test_chip_holding_deployments_replace_a_pod_without_surging(path):
+    """A surge pod asks for chips that the pod it replaces still holds: on a full node it never schedules."""
+    strategy = one(path, "Deployment")["spec"]["strategy"]
+    assert strategy == {"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 0, "maxUnavailable": 1}}
+    assert "strategy" not in one("overlays/cpu", "Deployment")["spec"]   # CPU pods surge as usual
+
+
+def test_the_hwhiaiuser_gid_is_a_parameter(tmp_path):
+    """The gid comes from the component's params.env (the node's `getent group HwHiAiUser`), not from the
+    patch, and the ConfigMap that carries it is never applied."""
+    import shutil
+    copy_root = tmp_path / "deploy"
+    shutil.copytree(DEPLOY, str(copy_root), ignore=shutil.ignore_patterns("tests"))
+    params = copy_root / "overlays" / "ascend" / "params.env"
+    assert params.read_text().strip() == "HWHIAIUSER_GID=1000"
+    params.write_text("HWHIAIUSER_GID=1234\n")
+    for path in ASCEND_PATHS:
+        assert "ConfigMap" not in {o["kind"] for o in render(path)}
+        result = subprocess.run([KUBECTL, "kustomize", str(copy_root / path)], stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        (deployment,) = [d for d in yaml.safe_load_all(result.stdout) if d and d["kind"] == "Deployment"]
+        assert deployment["spec"]["template"]["spec"]["securityContext"]["supplementalGroups"] == [1234]
+        kubernetes_validate.validate(deployment, K8S_VERSIONS[-1], strict=True)
+    patch = load_yaml("deploy", "overlays", "ascend", "classifier.yaml")
+    assert patch["spec"]["template"]["spec"]["securityContext"]["supplementalGroups"] == [0]   # a placeholder
+
+
+@pytest.mark.parametrize("path", SERVICE_PATHS)
+def test_pods_carry_scrape_annotations_for_the_metrics_route(path):
+    annotations = one(path, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/scrape"] == "true"
+    assert int(annotations["prometheus.io/port"]) == container(path)["ports"][0]["containerPort"]
+    assert annotations["prometheus.io/path"] in service_routes() and annotations["prometheus.io/path"] == "/metrics"
+
+
+def test_kserve_waits_for_the_model_and_scrapes_the_metrics():
+    """KServe adds a TCP readiness probe when the runtime has none (ready before the model loads): the
+    runtime gives the service's own HTTP probes, and the InferenceService turns on KServe's scraping of
+    the port and path the runtime names."""
+    runtime = one("kserve", "ServingRuntime")
+    c = runtime["spec"]["containers"][0]
+    port = c["ports"][0]["containerPort"]
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": port}
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": port}
+    assert {"/readyz", "/healthz", "/metrics"} <= service_routes()
+    isvc = one("kserve", "InferenceService")
+    assert isvc["metadata"]["annotations"]["serving.kserve.io/enable-prometheus-scraping"] == "true"
+    assert runtime["spec"]["annotations"] == {"prometheus.kserve.io/port": str(port),
+                                              "prometheus.kserve.io/path": "/metrics"}

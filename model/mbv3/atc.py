@@ -10,8 +10,10 @@ command.
 --soc_version is "Ascend" plus the chip name `npu-smi info` reports for the card that will run the
 model (its Name column: 310, 310P3, 910A, 910B3, ... -> Ascend310, Ascend310P3, ...), as Huawei's
 ATC samples build it (Ascend/ModelZoo-PyTorch's ACL_PyTorch READMEs: `--soc_version=Ascend${chip_name}`
-after `npu-smi info`). The user gives it, or npu-smi on this machine does; only its form is checked
-here: ATC knows which chips the installed toolkit supports.
+after `npu-smi info`). It is the serving chip's, not the converting machine's: the conversion usually
+runs on the 910 fine-tune host, whose npu-smi would name the wrong target, so npu-smi is asked only
+when the user says `--soc-version auto`. Only its form is checked here: ATC knows which chips the
+installed toolkit supports.
 """
 import io
 import os
@@ -24,7 +26,15 @@ from .errors import MbV3Error
 
 SOC_VERSION_FORM = re.compile(r"^Ascend[0-9]{3}[A-Za-z0-9_]*$")
 SOC_VERSION_EXAMPLES = "Ascend310, Ascend310P3, Ascend910A, Ascend910B3"
-DEFAULT_SOC_VERSION = "Ascend310"   # without --soc-version and npu-smi: the Atlas 300I the infer image serves on
+# The serving chip, the one choice (ASCEND_CHIP for make, compose and `mbv3 om`) that sets together the
+# inference image's base (docker/infer-ascend.Dockerfile's stage per chip), ATC's --soc_version (this table) and
+# the Kubernetes overlay (deploy/overlays/ascend310, ascend310p: resource huawei.com/Ascend310 or Ascend310P).
+# Keys are the Name column of `npu-smi info` on the serving card; 310 = Atlas 300I (Ascend/ascend-docker-image's
+# nnrt `ascend-infer` base), 310P3 = Atlas 300I Pro / 300V (Ascend/cann-container-image's 310p base).
+CHIPS = {"310": "Ascend310", "310P3": "Ascend310P3"}
+DEFAULT_CHIP = "310"
+DEFAULT_SOC_VERSION = CHIPS[DEFAULT_CHIP]
+AUTO = "auto"   # --soc-version auto: "Ascend" + the chip `npu-smi info` reports on this machine
 NPU_SMI = "npu-smi"
 # `npu-smi info`'s device rows read `| <NPU> <Name> | <Health> | ...`, the chip rows under them
 # `| <Chip> <Device> | <Bus-Id> | ...`; Health is one of these (the Atlas 300I Pro manual's npu-smi info page)
@@ -84,16 +94,29 @@ def local_chip(npu_smi=NPU_SMI):
     return chips[0]
 
 
-def resolve_soc_version(given=None, npu_smi=NPU_SMI):
-    """(soc_version, where it came from): the user's, else "Ascend" + the chip npu-smi reports here, else
-    DEFAULT_SOC_VERSION."""
-    if given:
+def chip_soc_version(chip):
+    """ATC's --soc_version for a serving chip named as in CHIPS."""
+    if chip not in CHIPS:
+        raise MbV3Error("ASCEND_CHIP %r: one of %s (the serving card's chip as `npu-smi info` names it)"
+                        % (chip, ", ".join(sorted(CHIPS))))
+    return CHIPS[chip]
+
+
+def resolve_soc_version(given=None, chip=None, npu_smi=NPU_SMI):
+    """(soc_version, where it came from): the user's; "auto": "Ascend" + the chip npu-smi reports here;
+    else the serving chip's (ASCEND_CHIP, default DEFAULT_CHIP)."""
+    if given and given != AUTO:
         return check_soc_version(given), "given"
-    chip = local_chip(npu_smi)
-    if chip is not None:
-        return check_soc_version("Ascend" + chip), "the chip `npu-smi info` reports on this machine; the .om runs " \
-                                                   "on that chip only, --soc-version builds for another"
-    return DEFAULT_SOC_VERSION, "no --soc-version and no npu-smi here: the infer image's Atlas 300I"
+    if given == AUTO:
+        found = local_chip(npu_smi)
+        if found is None:
+            raise MbV3Error("--soc-version auto: no `%s` on this machine; give --soc-version or ASCEND_CHIP" % npu_smi)
+        return check_soc_version("Ascend" + found), "the chip `npu-smi info` reports on this machine; the .om runs " \
+                                                    "on that chip only"
+    if chip:
+        return chip_soc_version(chip), "ASCEND_CHIP=%s" % chip
+    return DEFAULT_SOC_VERSION, "the default serving chip %s (ASCEND_CHIP); the .om runs on that chip only" \
+        % DEFAULT_CHIP
 
 
 def command(bundle_dir, info, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DEFAULT_PROFILES, aipp=False,

@@ -176,7 +176,7 @@ def cmd_default_bundle(args):
 def cmd_om(args):
     from . import atc, bundle
     profiles = [] if args.static else args.batch_profiles
-    soc_version, source = atc.resolve_soc_version(args.soc_version)
+    soc_version, source = atc.resolve_soc_version(args.soc_version, os.environ.get("ASCEND_CHIP") or None)
     if source != "given":
         say("soc_version %s (%s)" % (soc_version, source))
     if args.print:
@@ -280,8 +280,9 @@ def parser():
     s.add_argument("--bundle", required=True)
     s.add_argument("--soc-version",
                    help="\"Ascend\" + the chip name `npu-smi info` reports on the card that will run the model (%s, "
-                   "...); default: this machine's chip when npu-smi is here, else %s"
-                   % (atc.SOC_VERSION_EXAMPLES, atc.DEFAULT_SOC_VERSION))
+                   "...), or %s for this machine's chip; default: the serving chip's (env ASCEND_CHIP: %s; unset: %s)"
+                   % (atc.SOC_VERSION_EXAMPLES, atc.AUTO, ", ".join("%s=%s" % kv for kv in sorted(atc.CHIPS.items())),
+                      atc.DEFAULT_CHIP))
     s.add_argument("--batch-profiles", type=_positive, nargs="+", default=list(atc.DEFAULT_PROFILES),
                    help="dynamic batch profiles (ATC --dynamic_batch_size), so the service can micro-batch "
                    "(default: %s)" % " ".join(str(b) for b in atc.DEFAULT_PROFILES))

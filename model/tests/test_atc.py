@@ -134,27 +134,43 @@ def _fake_npu_smi(tmp_path, output, exit_code=0):
     return dict(os.environ, PATH="%s:%s" % (folder, os.environ.get("PATH", "")))
 
 
-def test_soc_version_comes_from_the_user_then_npu_smi_then_the_default(bundle_dir, tmp_path, monkeypatch):
+def test_soc_version_comes_from_the_user_then_the_serving_chip_and_npu_smi_only_when_asked(bundle_dir, tmp_path,
+                                                                                             monkeypatch):
     assert atc.npu_smi_chips(NPU_SMI_310P3) == ["310P3", "310P3"]
     assert atc.npu_smi_chips(NPU_SMI_310P3.replace("310P3", "910B3").replace("| OK ", "| Warning ")) == ["910B3"] * 2
     assert atc.npu_smi_chips(NPU_SMI_310P3.replace("310P3", "310")) == ["310", "310"]   # Atlas 300I: Ascend310
-    env = _fake_npu_smi(tmp_path, NPU_SMI_310P3)
+    assert atc.CHIPS[atc.DEFAULT_CHIP] == atc.DEFAULT_SOC_VERSION
+    for chip, soc in atc.CHIPS.items():   # every serving chip's key is npu-smi's name for it
+        assert soc == "Ascend" + chip and atc.check_soc_version(soc) == soc
+    # a 910 host (the fine-tune machine) does not decide the target unless asked with "auto"
+    env = _fake_npu_smi(tmp_path, NPU_SMI_310P3.replace("310P3", "910B3"))
     monkeypatch.setenv("PATH", env["PATH"])
-    assert atc.resolve_soc_version("Ascend910B3") == ("Ascend910B3", "given")
-    assert atc.resolve_soc_version()[0] == "Ascend310P3"
+    monkeypatch.delenv("ASCEND_CHIP", raising=False)
+    env.pop("ASCEND_CHIP", None)
+    assert atc.resolve_soc_version("Ascend310P3") == ("Ascend310P3", "given")
+    assert atc.resolve_soc_version()[0] == atc.DEFAULT_SOC_VERSION
+    assert atc.resolve_soc_version(None, "310P3") == ("Ascend310P3", "ASCEND_CHIP=310P3")
+    assert atc.resolve_soc_version("auto")[0] == "Ascend910B3"
+    with pytest.raises(MbV3Error, match="ASCEND_CHIP '910B3': one of 310, 310P3"):
+        atc.resolve_soc_version(None, "910B3")
     shown = run_cli("om", "--bundle", bundle_dir, "--print", env=env)
+    assert shown.returncode == 0 and "--soc_version=%s" % atc.DEFAULT_SOC_VERSION in shown.stdout.split(), shown.stderr
+    assert "the default serving chip %s" % atc.DEFAULT_CHIP in shown.stderr
+    shown = run_cli("om", "--bundle", bundle_dir, "--print", env=dict(env, ASCEND_CHIP="310P3"))
     assert shown.returncode == 0 and "--soc_version=Ascend310P3" in shown.stdout.split(), shown.stderr
-    assert "soc_version Ascend310P3 (the chip `npu-smi info` reports on this machine" in shown.stderr
+    shown = run_cli("om", "--bundle", bundle_dir, "--print", "--soc-version", "auto", env=env)
+    assert shown.returncode == 0 and "--soc_version=Ascend910B3" in shown.stdout.split(), shown.stderr
+    assert "soc_version Ascend910B3 (the chip `npu-smi info` reports on this machine" in shown.stderr
     mixed = NPU_SMI_310P3.replace("| 1       310P3", "| 1       310  ")
     monkeypatch.setenv("PATH", _fake_npu_smi(tmp_path / "mixed", mixed)["PATH"])
     with pytest.raises(MbV3Error, match="lists several chips \\(310, 310P3\\); give --soc-version"):
-        atc.resolve_soc_version()
+        atc.resolve_soc_version("auto")
     broken = _fake_npu_smi(tmp_path / "broken", "dcmi module initialize failed. ret is -8005\n", exit_code=8)
-    assert_one_line_error(run_cli("om", "--bundle", bundle_dir, "--print", env=broken),
+    assert_one_line_error(run_cli("om", "--bundle", bundle_dir, "--print", "--soc-version", "auto", env=broken),
                           "`npu-smi info` (exit 8) named no chip: dcmi module initialize failed", "--soc-version")
     bare = dict(os.environ, PATH=os.path.dirname(sys.executable))   # no npu-smi
-    shown = run_cli("om", "--bundle", bundle_dir, "--print", env=bare)
-    assert shown.returncode == 0 and "--soc_version=Ascend310" in shown.stdout.split(), shown.stderr
-    assert "no --soc-version and no npu-smi here" in shown.stderr
+    bare.pop("ASCEND_CHIP", None)
+    assert_one_line_error(run_cli("om", "--bundle", bundle_dir, "--print", "--soc-version", "auto", env=bare),
+                          "--soc-version auto: no `npu-smi` on this machine")
     assert_one_line_error(run_cli("om", "--bundle", bundle_dir, "--print", "--soc-version", "Ascend-910B", env=bare),
                           "soc_version 'Ascend-910B'")

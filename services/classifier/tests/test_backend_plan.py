@@ -24,6 +24,9 @@ class FakeSystem:
             raise BackendError(self.count_error)
         return self.devices
 
+    def visibility(self):
+        return list(range(self.devices)), "%d chip(s) mounted" % self.devices
+
     def probe(self, device):
         self.probed.append(device)
         return (True, "") if device in self.answering else (False, "no Ascend device %d" % device)
@@ -50,7 +53,8 @@ def test_auto_with_pyacl_and_answering_devices_serves_on_every_listed_device():
     system = FakeSystem(installed=("acl", "openvino"), devices=4)
     p = plan(backend="auto", device_ids=(1, 3), cpu_workers=2, threads=0, max_batch=4, cpus=4, system=system)
     assert (p.backend, p.devices, p.cpu_workers, p.threads, p.max_batch) == ("acl", (1, 3), 0, 0, 4)
-    assert system.probed == [1, 3] and p.why == "BACKEND=auto: using acl on device(s) 1,3"
+    assert system.probed == [1, 3]
+    assert p.why == "BACKEND=auto: using acl on device(s) 1,3; chips in the container: 4 chip(s) mounted"
 
 
 def test_auto_with_pyacl_but_no_device_falls_back_to_the_cpu_saying_why():
@@ -70,9 +74,10 @@ def test_auto_refuses_a_mix_of_answering_and_silent_devices():
 def test_acl_counts_all_and_never_falls_back():
     system = FakeSystem(installed=("acl",), devices=3)
     p = plan(backend="acl", device_ids="all", cpu_workers=1, threads=2, max_batch=8, cpus=4, system=system)
-    assert (p.backend, p.devices, p.why) == ("acl", (0, 1, 2), "")
+    assert (p.backend, p.devices, p.why) == ("acl", (0, 1, 2), "using acl on device(s) 0,1,2; chips in the "
+                                                                 "container: 3 chip(s) mounted")
     assert system.probed == []   # BACKEND=acl: each worker's load reports its own device's failure
-    with pytest.raises(BackendError, match="DEVICE_IDS=all: pyACL sees no Ascend device"):
+    with pytest.raises(BackendError, match="DEVICE_IDS=all: pyACL sees no Ascend device: 0 chip\\(s\\) mounted"):
         make(backend="acl", device_ids="all", installed=())
     with pytest.raises(BackendError, match="pyACL cannot count the devices: pyACL not importable"):
         make(backend="acl", device_ids="all", count_error="pyACL not importable (No module named 'acl')")

@@ -39,6 +39,13 @@ class System:
             raise BackendError("pyACL not importable (%s)" % e)
 
     @staticmethod
+    def visibility():
+        """(chips, text): the /dev/davinciN in this container and how they got here, or what is
+        missing (acl_runtime.device_visibility; reads /dev and the environment, imports no pyACL)."""
+        from .acl_runtime import device_visibility
+        return device_visibility()
+
+    @staticmethod
     def probe(device_id):
         """(True, "") when pyACL initialises and device `device_id` can be opened, else (False, reason)."""
         from .acl_runtime import probe_device
@@ -76,8 +83,9 @@ def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, system=S
             if backend == "auto":
                 _require_all_or_none(devices, system)
             return Plan("acl", devices=devices, max_batch=max_batch,
-                        why="BACKEND=auto: using acl on device(s) %s" % ",".join(map(str, devices))
-                        if backend == "auto" else "")
+                        why="%susing acl on device(s) %s; chips in the container: %s" % (
+                            "BACKEND=auto: " if backend == "auto" else "", ",".join(map(str, devices)),
+                            system.visibility()[1]))
         except _NoDevice as e:
             if backend == "acl":
                 raise BackendError(str(e))
@@ -102,7 +110,7 @@ def _counted(system):
     except BackendError as e:
         raise _NoDevice("DEVICE_IDS=all: pyACL cannot count the devices: %s" % e)
     if not count:
-        raise _NoDevice("DEVICE_IDS=all: pyACL sees no Ascend device")
+        raise _NoDevice("DEVICE_IDS=all: pyACL sees no Ascend device: %s" % system.visibility()[1])
     return tuple(range(count))
 
 

@@ -11,6 +11,8 @@ never finalized by us.
 from __future__ import annotations
 
 import atexit
+import os
+import re
 import threading
 
 from mbv3.errors import first_line
@@ -191,6 +193,49 @@ def probe_device(device_id):
         return False, "pyACL device probe failed: %s" % e
     finally:
         runtime.release()
+
+
+# The device nodes a container needs besides its chips' /dev/davinciN (Huawei's `docker run --device` lists)
+SHARED_DEVICE_NODES = ("davinci_manager", "devmm_svm", "hisi_hdc")
+CHIP_NODE = re.compile(r"^davinci(\d+)$")
+VISIBLE_ENV = "ASCEND_VISIBLE_DEVICES"
+
+
+def chip_nodes(dev="/dev"):
+    """The chip numbers N of the /dev/davinciN nodes in `dev`, sorted."""
+    try:
+        names = os.listdir(dev)
+    except OSError:
+        return []
+    return sorted(int(m.group(1)) for m in map(CHIP_NODE.match, names) if m)
+
+
+def device_visibility(environ=None, dev="/dev"):
+    """(chips, text): the /dev/davinciN numbers in this container and how they got here -- the Ascend
+    Docker Runtime mounts what ASCEND_VISIBLE_DEVICES names (Huawei's device plugin with
+    -useAscendDocker=true only sets that variable), while the plugin with -useAscendDocker=false, or
+    `docker run --device`, mounts the nodes itself -- or, with no chip, which of the two is missing."""
+    environ = os.environ if environ is None else environ
+    chips = chip_nodes(dev)
+    visible = environ.get(VISIBLE_ENV, "").strip()
+    missing = [n for n in SHARED_DEVICE_NODES if not os.path.exists(os.path.join(dev, n))]
+    lacking = "; also missing %s" % ", ".join("%s/%s" % (dev, n) for n in missing) if missing else ""
+    nodes = ", ".join("%s/davinci%d" % (dev, n) for n in chips)
+    if chips and visible:
+        return chips, "%s (%s=%s: mounted by the Ascend Docker Runtime)%s" % (nodes, VISIBLE_ENV, visible, lacking)
+    if chips:
+        return chips, "%s (no %s: mounted as devices by the device plugin with -useAscendDocker=false or by " \
+                      "`docker run --device`)%s" % (nodes, VISIBLE_ENV, lacking)
+    if visible:
+        return chips, "%s=%s is set but no %s/davinci<N> is in the container: nothing mounted the chips it names. " \
+                      "The Ascend Docker Runtime is not installed on this node, or is not the container runtime " \
+                      "(Docker: the `ascend` runtime; containerd: its runtime handler); install it, or run Huawei's " \
+                      "device plugin with -useAscendDocker=false so that the plugin mounts the chips" \
+                      % (VISIBLE_ENV, visible, dev)
+    return chips, "no %s/davinci<N> in the container and no %s: no chip was handed to it (Kubernetes: request " \
+                  "huawei.com/Ascend310 or huawei.com/Ascend310P from Huawei's device plugin; Docker: --device " \
+                  "%s/davinci<N> plus %s, or the Ascend Docker Runtime with %s)" \
+                  % (dev, VISIBLE_ENV, dev, ", ".join("%s/%s" % (dev, n) for n in SHARED_DEVICE_NODES), VISIBLE_ENV)
 
 
 def device_count():

@@ -54,7 +54,15 @@ if [ "$count" -eq 1 ]; then
     exec "$@"
 fi
 pids=""
+interrupted=0
+stopping=0
+# set before the first start: as PID 1 of a container, bash ignores a SIGTERM it has no trap for
+# shellcheck disable=SC2086
+trap 'interrupted=1; stopping=1; kill -TERM $pids 2>/dev/null || true' TERM INT
 for i in "${!ranks[@]}"; do
+    if [ "$stopping" = 1 ]; then
+        break
+    fi
     bind=()
     if [ "${NPU_CPU_BIND:-0}" = 1 ]; then
         bind=(taskset -c "$("$PYTHON" -m mbv3.ranktable cpus "$count" "$i")")
@@ -64,9 +72,6 @@ for i in "${!ranks[@]}"; do
     pids="$pids $!"
 done
 interrupted=0
-stopping=0
-# shellcheck disable=SC2086
-trap 'interrupted=1; stopping=1; kill -TERM $pids 2>/dev/null || true' TERM INT
 status=0
 while :; do
     rc=0

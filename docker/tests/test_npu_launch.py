@@ -11,6 +11,8 @@ import time
 
 import pytest
 
+from mbv3 import ranktable
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 LAUNCH = os.path.join(ROOT, "docker", "npu-launch.sh")
 
@@ -131,3 +133,18 @@ def test_sigterm_reaches_every_rank(env, tmp_path):
             proc.kill()
         proc.communicate()
     assert len([f for f in os.listdir(env["OUT_DIR"]) if f.endswith(".saved")]) == 3
+
+
+def test_cpu_binding_gives_each_rank_its_share_of_the_cpus(env, tmp_path):
+    allowed = sorted(os.sched_getaffinity(0))
+    if len(allowed) < 2:
+        pytest.skip("one CPU: nothing to share")
+    table = tmp_path / "rank_table.json"
+    table.write_text("{}")
+    recorder = tmp_path / "bin" / "mbv3"   # records the CPUs it may run on instead
+    recorder.write_text('#!/bin/bash\ngrep Cpus_allowed_list /proc/self/status | cut -f2 > "$OUT_DIR/rank$RANK_ID.cpus"\n')
+    result = launch(env, "train", RANK_SIZE="2", RANK_TABLE_FILE=str(table), NPU_CPU_BIND="1")
+    assert result.returncode == 0, result.stderr
+    got = [open(os.path.join(env["OUT_DIR"], "rank%d.cpus" % rank)).read().strip() for rank in (0, 1)]
+    assert got == [ranktable.cpu_ranges(2, rank) for rank in (0, 1)]   # the kernel's list format is taskset's
+    assert got[0] != got[1]

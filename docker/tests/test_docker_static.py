@@ -277,3 +277,14 @@ def test_the_service_settings_defaults_live_in_the_service():
             {n: getattr(defaults, n) for n in names if n not in FIXED[name]}, name
         assert {n: getattr(loaded, n) for n in FIXED[name]} == FIXED[name], name
         assert {k: changed[name]["environment"][k] for k in keys} == {k: passed[k] for k in keys}, name
+
+
+def test_the_npu_image_installs_for_the_interpreter_its_tensorflow_is_for():
+    """Huawei's tensorflow-modelzoo image has TensorFlow under the apt Python 3.7 (/usr/bin/python);
+    `python3 -m pip` may install for another one."""
+    text = open(_dockerfile("train-npu")).read()
+    assert re.search(r"^ARG PYTHON=\S+$", text, re.M) and "MBV3_PYTHON=${PYTHON}" in text
+    pips = [line for line in text.splitlines() if "pip install" in line]
+    assert len(pips) == 2 and all('"$PYTHON" -m pip install' in line for line in pips)
+    assert not any("python3" in line for line in text.splitlines() if not line.startswith("#"))
+    assert text.index("import sys, tensorflow") < text.index("pip install")   # stops on the wrong interpreter

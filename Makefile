@@ -13,10 +13,14 @@ RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
-# `make om`: empty = mbv3 om's defaults (soc_version: this machine's chip from npu-smi, else atc.py's
-# DEFAULT_SOC_VERSION; profiles: DEFAULT_PROFILES)
+# `make om` (ATC in the convert container, no card needed): SOC_VERSION is the serving chip's
+# (Ascend310, Ascend310P3, ...); empty = mbv3 om's defaults (the chip ASCEND_CHIP names, which compose
+# passes on, else model/mbv3/atc.py's default; never the converting host's: the container has no
+# npu-smi; profiles: DEFAULT_PROFILES)
 SOC_VERSION ?=
 PROFILES   ?=
+# who owns the model.om and model.json that `make om` writes into BUNDLE
+CONVERT_USER ?= $(shell id -u):$(shell id -g)
 # the host's Ascend card, /dev/davinci$(DEVICE), that `make infer` and `make finetune-npu` mount
 # (empty = compose.yaml's default); inside the container it is the only card, so CANN numbers it 0
 DEVICE     ?=
@@ -86,8 +90,9 @@ demo: venv ## the whole path on scikit-learn's digits (about a minute): images -
 export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen graph + model.json + labels)
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
 
-om: venv ## BUNDLE -> model.om with ATC (needs the CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
-	$(MBV3) om --bundle $(BUNDLE) $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
+om: ## BUNDLE -> model.om for SOC_VERSION with ATC in the convert container (CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
+	BUNDLE=$(abspath $(BUNDLE)) $(COMPOSE) --profile convert run --rm --user $(CONVERT_USER) convert \
+	  om --bundle /bundle $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
 	  $(if $(PROFILES),--batch-profiles $(PROFILES)) $(if $(AIPP),--aipp)
 
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
@@ -123,13 +128,13 @@ bench-ab: venv ## A/B a service setting: make bench-ab B="ONE_HOP_MAX_PIXELS=0" 
 bench-devices: venv ## service throughput on 1, 2, 4 simulated Ascend devices (pyACL simulator), 32 clients, as ratios
 	$(PY) services/classifier/benchmarks/device_scaling.py --json $(BENCH_DIR)/devices.json --plot $(BENCH_DIR)/devices.png
 
-images: ## build the four images (infer-cpu, infer-ascend, train-gpu, train-npu) with docker compose
-	$(COMPOSE) --profile ascend --profile train build
+images: ## build the five images (infer-cpu, infer-ascend, convert-ascend, train-gpu, train-npu) with docker compose
+	$(COMPOSE) --profile ascend --profile convert --profile train build
 
 engine: ## start a private Docker engine (root, docker.io); prints the DOCKER_HOST to export
 	docker/engine.sh start
 
-standins: ## build the four images on local stand-ins for their registry bases (no registry needed; see docker/standins)
+standins: ## build the images on local stand-ins for their registry bases, the Ascend ones on both CANN layouts (no registry needed; see docker/standins)
 	DOCKER_HOST="$$(docker/engine.sh start)" $(PY) docker/standins/build.py
 
 test-containers: venv ## only the container tests: the images built on stand-ins, run on the private engine

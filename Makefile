@@ -13,10 +13,13 @@ RUN        ?= runs/mbv3
 RECIPE     ?= digits-cpu
 DEMO_DIR   ?= build/digits
 MODEL      ?=
-# `make om`: empty = mbv3 om's defaults (soc_version: ASCEND_CHIP's, below; `auto`: this machine's chip
-# from npu-smi; profiles: DEFAULT_PROFILES)
+# `make om` (ATC in the convert container, no card needed): SOC_VERSION is the serving chip's
+# (Ascend310, Ascend310P3, ...); empty = mbv3 om's default, the chip ASCEND_CHIP names (below; compose
+# passes it on), never the converting host's (the container has no npu-smi); profiles: DEFAULT_PROFILES
 SOC_VERSION ?=
 PROFILES   ?=
+# who owns the model.om and model.json that `make om` writes into BUNDLE
+CONVERT_USER ?= $(shell id -u):$(shell id -g)
 # the host's Ascend card, /dev/davinci$(DEVICE), that `make infer` and `make finetune-npu` mount
 # (empty = compose.yaml's default); inside the container it is the only card, so CANN numbers it 0
 DEVICE     ?=
@@ -102,8 +105,9 @@ demo: venv ## the whole path on scikit-learn's digits (about a minute): images -
 export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen graph + model.json + labels)
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
 
-om: venv ## BUNDLE -> model.om with ATC (needs the CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
-	$(if $(ASCEND_CHIP),ASCEND_CHIP=$(ASCEND_CHIP)) $(MBV3) om --bundle $(BUNDLE) $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
+om: ## BUNDLE -> model.om for the serving chip with ATC in the convert container (CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
+	BUNDLE=$(abspath $(BUNDLE)) $(if $(ASCEND_CHIP),ASCEND_CHIP=$(ASCEND_CHIP)) $(COMPOSE) --profile convert run --rm \
+	  --user $(CONVERT_USER) convert om --bundle /bundle $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
 	  $(if $(PROFILES),--batch-profiles $(PROFILES)) $(if $(AIPP),--aipp)
 
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)
@@ -139,13 +143,13 @@ bench-ab: venv ## A/B a service setting: make bench-ab B="ONE_HOP_MAX_PIXELS=0" 
 bench-devices: venv ## service throughput on 1, 2, 4 simulated Ascend devices (pyACL simulator), 32 clients, as ratios
 	$(PY) services/classifier/benchmarks/device_scaling.py --json $(BENCH_DIR)/devices.json --plot $(BENCH_DIR)/devices.png
 
-images: ## build the four images (infer-cpu, infer-ascend for ASCEND_CHIP, train-gpu, train-npu) with docker compose
-	$(ascend_chip_env) $(COMPOSE) --profile ascend --profile train build
+images: ## build the five images (infer-cpu, infer-ascend for ASCEND_CHIP, convert-ascend, train-gpu, train-npu) with docker compose
+	$(ascend_chip_env) $(COMPOSE) --profile ascend --profile convert --profile train build
 
 engine: ## start a private Docker engine (root, docker.io); prints the DOCKER_HOST to export
 	docker/engine.sh start
 
-standins: ## build the four images on local stand-ins for their registry bases (no registry needed; see docker/standins)
+standins: ## build the images on local stand-ins for their registry bases, the Ascend ones on both CANN layouts (no registry needed; see docker/standins)
 	DOCKER_HOST="$$(docker/engine.sh start)" $(PY) docker/standins/build.py
 
 test-containers: venv ## only the container tests: the images built on stand-ins, run on the private engine

@@ -9,6 +9,8 @@ LABEL org.opencontainers.image.title="mbv3 classifier (Ascend 310, pyACL)" \
       org.opencontainers.image.description="MobileNetV3 HTTP classifier serving an ATC-built .om through pyACL" \
       org.opencontainers.image.licenses="Apache-2.0"
 ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+# ascend-infer (the nnrt base) ends with `USER HwHiAiUser`: the installs below need root.
+USER root
 WORKDIR /app
 # No ONNX Runtime and no TensorFlow: pyACL comes from the base image (set_env.sh puts it on PYTHONPATH).
 # Ranges, not the CPU image's pins: the base image's Python decides; numpy < 2 for CANN.

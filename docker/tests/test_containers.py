@@ -1,7 +1,7 @@
-"""The four images built from the real Dockerfiles and run on a real Docker engine.
+"""The project's images built from the real Dockerfiles and run on a real Docker engine.
 
 What is real: the engine (dockerd 20.10), every `docker build` of docker/*.Dockerfile, compose.yaml
-run by `docker-compose up` / `run` (through `make serve-container`, `make train-gpu`, `make
+run by `docker-compose up` / `run` (through `make serve-container`, `make om`, `make train-gpu`, `make
 finetune-npu`, with an override file that only removes the GPU reservation and Ascend device nodes),
 the images' healthchecks and entrypoints, signals from `docker stop`, HTTP from the host on
 127.0.0.1, and the model bundle, TFRecords and checkpoints crossing the host/container boundary.
@@ -10,10 +10,14 @@ What is a stand-in (no registry is reachable here; docker/standins/ says what ea
   - python:3.11-slim             Debian bookworm's CPython 3.11 with pip;
   - tensorflow/...:2.17.0-gpu    TensorFlow 2.17 CPU wheel, no CUDA: train-gpu trains on the CPU target
                                  and its GPU recipe is shown to stop with a clear "no GPU" error;
-  - ascendai/cann (infer)        the CANN layout (nnrt/set_env.sh, pyACL's site-packages folder) with the
-                                 pyACL simulator in place of pyACL: the ACL backend runs, no Ascend 310;
-  - tensorflow-modelzoo (CANN TF) the toolkit's set_env.sh with mbv3's recording double as `npu_device`
-                                 and a stand-in `atc` (writes a simulated .om): no 910, no real ATC.
+  - ascendai/cann (toolkit)      cann-container-image's layout (the toolkit's environment in ENV, pyACL in
+                                 ascend-toolkit/latest/python/site-packages, `atc` in latest/bin) with the
+                                 pyACL simulator and a stand-in `atc` (writes a simulated .om): the base of
+                                 infer-ascend (310P) and convert-ascend (`make om`); no 310P, no real ATC;
+  - ascend-infer (nnrt)          ascend-infer's layout (ENV PYTHONPATH to nnrt/latest/pyACL/.../acl,
+                                 USER HwHiAiUser) with the pyACL simulator: infer-ascend-nnrt (310), no 310;
+  - tensorflow-modelzoo (CANN TF) nnae + tfplugin, no toolkit and no atc, with mbv3's recording double
+                                 as `npu_device`: no 910.
 Nothing here has run on a GPU or an Ascend card.
 
 The engine comes from DOCKER_HOST, else docker/engine.sh's socket. Without one these tests skip,
@@ -82,7 +86,7 @@ def engine():
 
 @pytest.fixture(scope="module")
 def images(engine):
-    """The stand-in bases and the four images (cached layers make a warm run take seconds)."""
+    """The stand-in bases and the project's images (cached layers make a warm run take seconds)."""
     t0 = time.time()
     standins.build(sorted(standins.IMAGES))
     sys.stderr.write("container images ready in %.0f s\n" % (time.time() - t0))
@@ -253,10 +257,11 @@ def test_infer_cpu_runs_read_only_within_its_limits_and_takes_a_3mb_multipart_pa
 
 
 ASCEND_OVERRIDE = """\
-# The test machine has no Ascend devices or driver: compose.yaml's `infer` service without them,
-# plus a writable folder for the pyACL simulator's exit report.
+# The test machine has no Ascend devices or driver: compose.yaml's `infer` service without them, on
+# the image built on the layout under test, plus a writable folder for the pyACL simulator's exit report.
 services:
   infer:
+    image: %(image)s
     devices: !reset []
     volumes: !override
       - "%(bundle)s:/models/bundle:ro"
@@ -266,27 +271,73 @@ services:
 """
 
 
-def test_infer_ascend_serves_through_the_acl_backend_on_an_om_made_in_the_train_npu_image(images, bundle, tmp_path):
-    work = readable_dir(str(tmp_path / "ascend"))
-    om_bundle = os.path.join(work, "bundle")
-    shutil.copytree(bundle, om_bundle)
-    for d in (work, om_bundle):
-        os.chmod(d, 0o777)
-    # `mbv3 om` inside the training image: the entrypoint sources the toolkit's set_env.sh (atc on PATH).
-    out = run([DOCKER, "run", "--rm", "-v", "%s:/bundle" % om_bundle, images["train-npu"],
-               "om", "--bundle", "/bundle", "--aipp", "--batch-profiles", "1", "2", "4", "8"]).stdout
-    meta = json.load(open(os.path.join(om_bundle, "model.json")))
+@pytest.fixture(scope="module")
+def om_bundle(images, bundle, tmp_path_factory):
+    """`make om` on a copy of the bundle, as a user who is neither root nor the image's: ATC (the
+    toolkit stand-in's) in the convert container, for the chip given, with AIPP and four profiles."""
+    work = readable_dir(str(tmp_path_factory.mktemp("om")))
+    om_dir = os.path.join(work, "bundle")
+    shutil.copytree(bundle, om_dir)
+    os.chmod(om_dir, 0o777)
+    for name in os.listdir(om_dir):
+        os.chmod(os.path.join(om_dir, name), 0o666)
+    try:
+        out = run(["make", "-C", ROOT, "om", "BUNDLE=%s" % om_dir, "SOC_VERSION=Ascend310P3", "PROFILES=1 2 4 8", "AIPP=1",
+                   "CONVERT_USER=4321:4321", "COMPOSE=%s" % os.path.join(BIN, "docker-compose")],
+                  env={"COMPOSE_PROJECT_NAME": PROJECT, "CONVERT_CPUS": CPUS}).stdout
+    finally:
+        Compose({})("--profile", "convert", "down", check=False)   # the project network `run` made
+    return om_dir, out
+
+
+def test_make_om_converts_in_the_toolkit_image_for_the_chip_given(om_bundle):
+    om_dir, out = om_bundle
+    assert "--profile convert run --rm --user 4321:4321 convert" in " ".join(out.split()), out
+    assert "running: atc --framework=3" in out and "--soc_version=Ascend310P3 " in out, out
+    with open(os.path.join(om_dir, "model.om")) as f:
+        assert json.load(f)["format"] == "acl-sim-om"   # written by the stand-in atc on the toolkit layout's PATH
+    meta = json.load(open(os.path.join(om_dir, "model.json")))
+    assert meta["om"]["soc_version"] == "Ascend310P3", meta["om"]
     assert meta["om"]["aipp"] and meta["om"]["batch_profiles"] == [1, 2, 4, 8], out
+    assert os.stat(os.path.join(om_dir, "model.om")).st_uid == 4321   # written as CONVERT_USER
+
+
+def test_only_the_convert_image_has_atc_and_it_never_asks_the_host_for_the_chip(images, bundle):
+    found = run([DOCKER, "run", "--rm", "--entrypoint", "sh", images["convert-ascend"], "-c", "command -v atc"]).stdout
+    assert found.strip() == "/usr/local/Ascend/ascend-toolkit/latest/bin/atc"   # from ENV, as cann-container-image sets it
+    # Huawei's TensorFlow training image installs nnae + tfplugin, not the toolkit: no atc there
+    missing = run([DOCKER, "run", "--rm", "--entrypoint", "/usr/local/bin/ascend-entrypoint", images["train-npu"],
+                   "sh", "-c", "command -v atc"], check=False)
+    assert missing.returncode != 0 and not missing.stdout.strip(), missing.stdout
+    from mbv3 import atc
+    printed = run([DOCKER, "run", "--rm", "-v", "%s:/bundle:ro" % bundle, images["convert-ascend"],
+                   "om", "--bundle", "/bundle", "--print"]).stdout
+    assert "--soc_version=%s " % atc.DEFAULT_SOC_VERSION in printed, printed   # no npu-smi to ask: the default chip
+
+
+# layout -> (image, where `import acl` must find pyACL with nothing but the image's ENV)
+LAYOUTS = {"toolkit": ("infer-ascend", standins.TOOLKIT_ACL), "nnrt": ("infer-ascend-nnrt", standins.NNRT_ACL)}
+
+
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_infer_ascend_serves_an_om_from_make_om_through_the_acl_backend(layout, images, bundle, om_bundle, tmp_path):
+    """The inference image on each CANN layout Huawei publishes (cann-container-image's toolkit for
+    310P, ascend-infer's nnrt for 310) serves the .om `make om` wrote, through the pyACL simulator
+    found where that layout keeps pyACL."""
+    name, acl_path = LAYOUTS[layout]
+    work = readable_dir(str(tmp_path / "ascend"))
     report = readable_dir(os.path.join(work, "report"))
     override = os.path.join(work, "override.yaml")
     with open(override, "w") as f:
-        f.write(ASCEND_OVERRIDE % {"bundle": om_bundle, "report": report})
+        f.write(ASCEND_OVERRIDE % {"image": images[name], "bundle": om_bundle[0], "report": report})
     port = free_port()
     compose = Compose({"PORT": str(port), "INFER_CPUS": CPUS, "ASCEND_GID": "4242"}, override)
     try:
         compose("--profile", "ascend", "up", "-d", "--no-build", "infer")
         container = compose.container("infer")
         wait_healthy(container)
+        found = run([DOCKER, "exec", container, "python3", "-c", "import acl; print(acl.__file__)"]).stdout.strip()
+        assert found == acl_path, found
         assert process_uid(container) == 10001
         assert "4242" in process_status(container)["Groups"].split()   # group_add: the host's HwHiAiUser gid
         hc = host_config(container)

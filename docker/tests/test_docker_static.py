@@ -14,7 +14,7 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 BIN = os.path.dirname(sys.executable)
-DOCKERFILES = ["infer-cpu", "infer-ascend", "train-gpu", "train-npu"]
+DOCKERFILES = ["infer-cpu", "infer-ascend", "convert-ascend", "train-gpu", "train-npu"]
 SERVICES = {"infer-cpu", "infer-ascend"}
 
 
@@ -122,7 +122,7 @@ def test_images_on_foreign_bases_install_the_ranges_file(name, requirements):
     assert "-r /app/requirements/%s" % requirements in open(_dockerfile(name)).read()
 
 
-@pytest.mark.parametrize("profiles", [[], ["ascend"], ["train"], ["ascend", "train"]])
+@pytest.mark.parametrize("profiles", [[], ["ascend"], ["train"], ["convert"], ["ascend", "train"]])
 def test_compose_config_is_valid_for_every_profile(profiles):
     args = [a for p in profiles for a in ("--profile", p)]
     _compose(*(args + ["config", "-q"]))
@@ -288,3 +288,34 @@ def test_the_npu_image_installs_for_the_interpreter_its_tensorflow_is_for():
     assert len(pips) == 2 and all('"$PYTHON" -m pip install' in line for line in pips)
     assert not any("python3" in line for line in text.splitlines() if not line.startswith("#"))
     assert text.index("import sys, tensorflow") < text.index("pip install")   # stops on the wrong interpreter
+
+
+def test_the_convert_service_needs_no_card_and_writes_into_the_bundle():
+    """ATC is offline: the convert service mounts no device, no driver and no npu-smi (so `mbv3 om`
+    cannot pick a chip from the host), only BUNDLE, writable, and has limits from variables."""
+    service = json.loads(_compose("--profile", "convert", "config", "--format", "json"))["services"]["convert"]
+    assert "devices" not in service and "runtime" not in service
+    assert [(v["source"], v["target"], v.get("read_only", False)) for v in service["volumes"]] == \
+        [(os.path.join(ROOT, "bundles", "mbv3"), "/bundle", False)]
+    assert service["command"] == ["om", "--bundle", "/bundle"] and service["cap_drop"] == ["ALL"]
+    assert service["build"]["dockerfile"] == "docker/convert-ascend.Dockerfile"
+    assert service["environment"] == {"ASCEND_CHIP": ""}   # unset: mbv3 om's default chip
+    chosen = subprocess.run([_tool("docker-compose"), "--profile", "convert", "config", "--format", "json"], cwd=ROOT,
+                            stdout=subprocess.PIPE, universal_newlines=True, env=dict(os.environ, ASCEND_CHIP="310P3"))
+    assert json.loads(chosen.stdout)["services"]["convert"]["environment"] == {"ASCEND_CHIP": "310P3"}
+    limits = service["deploy"]["resources"]["limits"]
+    assert int(limits["memory"]) >= 2 * 1024 ** 3 and float(limits["cpus"]) >= 1 and int(limits["pids"]) >= 256
+
+
+def test_the_stand_ins_carry_the_names_of_the_serving_chips_bases():
+    """The container tests build on the layouts users get: each chip's default base (the Makefile's
+    ASCEND_CHIP table, compose's fallback) is the name of a stand-in of that layout."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("standins_build", os.path.join(ROOT, "docker", "standins", "build.py"))
+    build = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(build)
+    make = open(os.path.join(ROOT, "Makefile")).read()
+    bases = dict(re.findall(r"^ASCEND_INFER_BASE_(\w+) = (\S+)$", make, re.M))
+    assert bases == {"310": build.ASCEND_INFER_IMAGE, "310P3": build.CANN_TOOLKIT_IMAGE}
+    assert build.STANDINS[build.ASCEND_INFER_IMAGE][0] == "cann-nnrt.Dockerfile"
+    assert build.STANDINS[build.CANN_TOOLKIT_IMAGE][0] == "cann-toolkit.Dockerfile"

@@ -154,7 +154,7 @@ def build(bundle_dir, soc_version=DEFAULT_SOC_VERSION, batch_profiles=DEFAULT_PR
     loaded = bundle.load(bundle_dir)
     args = command(loaded.path, loaded.info, soc_version, batch_profiles, aipp, atc, precision_mode)
     if shutil.which(args[0]) is None:
-        raise MbV3Error("ATC (%s) not found: run inside the train-npu image, or source CANN's "
+        raise MbV3Error("ATC (%s) not found: run `make om` (the convert image), or source CANN's "
                         "/usr/local/Ascend/ascend-toolkit/set_env.sh; `mbv3 om --print` shows the command" % args[0])
     if aipp:
         with io.open(os.path.join(loaded.path, AIPP_FILE), "w") as f:

@@ -1,6 +1,9 @@
 """model.json's one typed definition: every field checked on read, the preprocessing record's
 arithmetic (normalize, its inverse, the AIPP values) derived from one place."""
 import copy
+import io
+import json
+import os
 
 import numpy as np
 import pytest
@@ -57,3 +60,17 @@ def test_normalize_denormalize_and_aipp_agree():
     default = bundle.Preprocessing()
     assert default.aipp_channels() == [(127.5, 1 / 127.5)] * 3
     np.testing.assert_allclose(default.normalize(np.array([0, 255])[:, None].repeat(3, 1)), [[-1] * 3, [1] * 3])
+
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data", "model-json-at-format-1.json")
+
+
+def test_a_model_json_written_by_an_earlier_export_reads_and_writes_back_byte_for_byte():
+    """model.json is read by deployed services: a refactor of the records must not change a byte."""
+    with io.open(GOLDEN, encoding="utf-8") as f:
+        text = f.read()
+    info = bundle.ModelInfo.from_dict(json.loads(text))
+    assert (info.architecture.variant, info.architecture.multiplier, info.architecture.family) == \
+        ("small", 0.35, "MobileNetV3")
+    assert info.om.aipp is True and info.num_classes == 5
+    assert info.to_json() == text

@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from mbv3 import numpy_preprocess
-from mbv3.onnx_classifier import softmax, top_k
+from mbv3.classify import softmax, top_k
 
 from .errors import ApiError, unavailable
 from .images import Upload, image_error

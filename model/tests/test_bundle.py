@@ -8,14 +8,14 @@ import os
 import numpy as np
 import pytest
 
-from mbv3 import bundle
+from mbv3 import bundle, specs
 from mbv3.errors import BundleError
 
 
 def _info(**prep):
     return bundle.ModelInfo(
         name="m", version="3", source=bundle.Source(checkpoint="/runs/x/model.ckpt-3", step=3, weights="ema"),
-        architecture=bundle.Architecture(variant="small", multiplier=0.75),
+        architecture=specs.Architecture(variant="small", multiplier=0.75),
         input=bundle.TensorInfo(name="input", shape=[-1, 64, 48, 3], layout="NHWC", range=[-1.0, 1.0]),
         output=bundle.TensorInfo(name="logits", shape=[-1, 11], kind="logits", num_classes=11),
         preprocessing=bundle.Preprocessing(size=[64, 48], **prep),
@@ -33,6 +33,7 @@ def test_round_trip_through_plain_json():
     (lambda d: d.pop("source"), "model.json.source is missing"),
     (lambda d: d["output"].update(num_classes="11"), "model.json.output.num_classes must be an integer"),
     (lambda d: d["output"].update(num_classes=12), "output shape [-1, 11] does not match num_classes 12"),
+    (lambda d: d["architecture"].update(num_classes=7), "architecture.num_classes 7 does not match output.num_classes 11"),
     (lambda d: d["preprocessing"].update(size=[64]), "size must be [height, width]"),
     (lambda d: d["preprocessing"].update(size=[32, 32]), "does not match preprocessing.size"),
     (lambda d: d["preprocessing"].update(std=[0.5, 0, 0.5]), "std > 0"),

@@ -29,8 +29,8 @@ PARITY_TOLERANCE = 1e-4   # max |onnx - tf| relative to the logits' scale (max |
 PARITY_BATCHES = (1, 3)
 
 
-def frozen_graph(resolved, values, num_classes, input_size=224, numerics=None):
-    """A GraphDef: placeholder `input` float32 [None, size, size, 3] -> `logits` [None, num_classes]."""
+def frozen_graph(resolved, values, num_classes, input_size, numerics=None):
+    """A GraphDef: placeholder `input` float32 [None, input_size, input_size, 3] -> `logits` [None, num_classes]."""
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, input_size, input_size, 3], name=INPUT)

@@ -6,20 +6,20 @@ import os
 
 import numpy as np
 
-from mbv3 import checkpoint, net
+from mbv3 import checkpoint, specs
 
 
 def random_values(variant="large", multiplier=1.0, num_classes=1001, seed=0):
     """name -> float32 array for every variable of the network."""
     rng = np.random.default_rng(seed)
     values = {}
-    for name, spec in net.variable_specs(net.resolve(variant, multiplier), num_classes).items():
-        if spec.kind in (net.WEIGHTS, net.DEPTHWISE):
-            fan_in = int(np.prod(spec.shape[:-1])) if spec.kind == net.WEIGHTS else spec.shape[0] * spec.shape[1]
+    for name, spec in specs.variable_specs(specs.resolve(variant, multiplier), num_classes).items():
+        if spec.kind in (specs.WEIGHTS, specs.DEPTHWISE):
+            fan_in = int(np.prod(spec.shape[:-1])) if spec.kind == specs.WEIGHTS else spec.shape[0] * spec.shape[1]
             v = rng.standard_normal(spec.shape) * np.sqrt(2.0 / fan_in)
-        elif spec.kind == net.GAMMA:
+        elif spec.kind == specs.GAMMA:
             v = rng.uniform(0.5, 1.5, spec.shape)
-        elif spec.kind == net.VARIANCE:
+        elif spec.kind == specs.VARIANCE:
             v = rng.uniform(0.5, 2.0, spec.shape)
         else:  # beta, moving mean, biases
             v = rng.normal(0, 0.2, spec.shape)

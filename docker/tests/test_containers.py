@@ -129,7 +129,8 @@ def host_probabilities(bundle_dir, data):
     """What the host's ONNX Runtime says for the same image, through the preprocessing the images
     serve with (the fast path: both images install simplejpeg and OpenCV)."""
     from mbv3 import fast_preprocess
-    from mbv3.onnx_classifier import OnnxClassifier, softmax
+    from mbv3.classify import softmax
+    from mbv3.onnx_classifier import OnnxClassifier
     clf = OnnxClassifier(bundle_dir)
     x = fast_preprocess.select("fast")[0](data, clf.bundle.preprocessing)[None]
     return softmax(clf.logits(x))[0]

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
+from . import specs
 from .errors import BundleError
 
 FORMAT = "mbv3-bundle"
@@ -122,14 +123,6 @@ class Source:
 
 
 @dataclass
-class Architecture:
-    variant: str
-    multiplier: float
-    family: str = "MobileNetV3"
-    trainable_parameters: Optional[int] = None
-
-
-@dataclass
 class TensorInfo:
     name: str
     shape: List[int]
@@ -169,7 +162,7 @@ class ModelInfo:
     name: str
     version: str
     source: Source
-    architecture: Architecture
+    architecture: specs.Architecture
     input: TensorInfo
     output: TensorInfo
     preprocessing: Preprocessing
@@ -224,6 +217,9 @@ class ModelInfo:
             return "output.num_classes must be a positive integer, got %r" % self.output.num_classes
         if len(self.output.shape) != 2 or self.output.shape[1] != self.output.num_classes:
             return "output shape %s does not match num_classes %d" % (self.output.shape, self.output.num_classes)
+        if self.architecture.num_classes not in (None, self.output.num_classes):
+            return "architecture.num_classes %r does not match output.num_classes %d" % (
+                self.architecture.num_classes, self.output.num_classes)
         if self.source.weights not in ("ema", "raw"):
             return "source.weights must be 'ema' or 'raw', got %r" % self.source.weights
         return None

@@ -17,8 +17,8 @@ import time
 import numpy as np
 
 from .console import format_duration, say
-from . import bundle, data, fast_preprocess, numpy_preprocess, onnx_classifier, scoring
-from .errors import MbV3Error, first_line
+from . import bundle, classify, data, fast_preprocess, onnx_classifier, scoring
+from .errors import ImageError, MbV3Error, first_line
 
 PROGRESS_SECONDS = 10.0
 
@@ -48,7 +48,7 @@ def _prepare(record, prep, transform=fast_preprocess.reference_input):
         if len(encoded) != 1 or len(label) != 1:
             return None
         return transform(encoded[0], prep), int(label[0])
-    except (DecodeError, numpy_preprocess.ImageError):
+    except (DecodeError, ImageError):
         return None
 
 
@@ -106,7 +106,7 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
         skipped += len(prepared) - len(usable)
         if usable:
             batch = np.stack([image for image, _ in usable])
-            tally.add(scoring.top_k_indices(clf.logits(batch)), np.array([label for _, label in usable]))
+            tally.add(classify.top_k_indices(clf.logits(batch), scoring.TOP_K), np.array([label for _, label in usable]))
 
     with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         pending = None   # one batch is decoded while the previous one runs in ONNX Runtime

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from . import fileio, net
+from . import fileio, specs
 from .console import say
 from .errors import CheckpointError, WriteError, file_reason, first_line
 
@@ -163,31 +163,22 @@ class Reader(object):
 
 
 def _is_model_name(name):
-    return name.startswith(net.SCOPE + "/") and not name.endswith(SLOT_SUFFIXES)
-
-
-@dataclass
-class Architecture:
-    variant: str
-    multiplier: float
-    num_classes: int  # 0 when the checkpoint has no classifier
-
-    def describe(self):
-        return "%s %s, %d classes" % (self.variant, self.multiplier, self.num_classes)
+    return name.startswith(specs.SCOPE + "/") and not name.endswith(SLOT_SUFFIXES)
 
 
 def detect_architecture(shapes):
-    """The (variant, depth multiplier, num_classes) whose variables match a checkpoint's exactly."""
-    logits = shapes.get(net.LOGITS_SCOPE + "/weights")
+    """The specs.Architecture (variant, depth multiplier, num_classes; 0 classes without a classifier)
+    whose variables match a checkpoint's exactly."""
+    logits = shapes.get(specs.LOGITS_SCOPE + "/weights")
     num_classes = logits[-1] if logits else 0
-    body = {n: s for n, s in shapes.items() if _is_model_name(n) and not n.startswith(net.LOGITS_SCOPE + "/")}
-    for variant in net.VARIANTS:
+    body = {n: s for n, s in shapes.items() if _is_model_name(n) and not n.startswith(specs.LOGITS_SCOPE + "/")}
+    for variant in specs.VARIANTS:
         for multiplier in MULTIPLIERS:
-            specs = net.variable_specs(net.resolve(variant, multiplier), num_classes=0)
-            if len(specs) == len(body) and all(body.get(n) == s.shape for n, s in specs.items()):
-                return Architecture(variant, multiplier, num_classes)
+            expected = specs.variable_specs(specs.resolve(variant, multiplier), num_classes=0)
+            if len(expected) == len(body) and all(body.get(n) == s.shape for n, s in expected.items()):
+                return specs.Architecture(variant, multiplier, num_classes=num_classes)
     raise CheckpointError("checkpoint variables match no MobileNetV3 variant (%s) at depth multipliers %s"
-                          % (", ".join(net.VARIANTS), ", ".join(str(m) for m in MULTIPLIERS)))
+                          % (", ".join(specs.VARIANTS), ", ".join(str(m) for m in MULTIPLIERS)))
 
 
 @dataclass

@@ -22,7 +22,7 @@ def _quiet_tensorflow():
 
 def cmd_inspect(args):
     _quiet_tensorflow()
-    from . import checkpoint, net
+    from . import checkpoint
     reader = checkpoint.Reader(args.checkpoint)
     info = {"checkpoint": reader.prefix, "step": reader.step, "variables": len(reader.shapes),
             "model_variables": len(reader.model_names), "ema_shadows": reader.has_ema}
@@ -31,7 +31,7 @@ def cmd_inspect(args):
     except MbV3Error as e:
         arch, info["variant"], info["problem"] = None, None, str(e)
     else:
-        trainable, moving = net.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
+        trainable, moving = specs.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
         info.update(variant=arch.variant, multiplier=arch.multiplier, num_classes=arch.num_classes,
                     trainable_parameters=trainable, batchnorm_statistics=moving)
     if args.json:

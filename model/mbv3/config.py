@@ -42,7 +42,7 @@ class ConfigError(MbV3Error):
 
 @dataclass
 class ModelSection:
-    variant: str                    # net.VARIANTS, checked when the network is built
+    variant: str                    # specs.VARIANTS, checked when the network is built
     multiplier: float
     num_classes: Optional[int]      # None: the data set's
     bn_decay: float

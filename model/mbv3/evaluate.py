@@ -28,7 +28,7 @@ def evaluate(checkpoint_path, data_dir, use_ema=None, split="validation", batch_
 
     @tf.function
     def top5(images):
-        return tf.math.top_k(model(images, training=False), k=min(5, arch.num_classes)).indices
+        return tf.math.top_k(model(images, training=False), k=min(scoring.TOP_K, arch.num_classes)).indices
 
     stats = {}
     ds = data.dataset(data_dir, split, batch_size, size, training=False, stats=stats)

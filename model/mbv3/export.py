@@ -15,7 +15,7 @@ import tempfile
 import numpy as np
 import tensorflow as tf
 
-from . import __version__, bundle, checkpoint, net, tf_preprocess, runinfo, onnx_classifier
+from . import __version__, bundle, checkpoint, net, specs, tf_preprocess, runinfo, onnx_classifier
 from .errors import MbV3Error
 
 INPUT, OUTPUT = "input", "logits"
@@ -29,8 +29,8 @@ PARITY_TOLERANCE = 1e-4   # max |onnx - tf| relative to the logits' scale (max |
 PARITY_BATCHES = (1, 3)
 
 
-def frozen_graph(resolved, values, num_classes, input_size=224, numerics=None):
-    """A GraphDef: placeholder `input` float32 [None, size, size, 3] -> `logits` [None, num_classes]."""
+def frozen_graph(resolved, values, num_classes, input_size, numerics=None):
+    """A GraphDef: placeholder `input` float32 [None, input_size, input_size, 3] -> `logits` [None, num_classes]."""
     graph = tf.Graph()
     with graph.as_default():
         images = tf.compat.v1.placeholder(tf.float32, [None, input_size, input_size, 3], name=INPUT)
@@ -147,7 +147,7 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
     if variant and variant != arch.variant:
         raise MbV3Error("checkpoint %s holds MobileNetV3 %s, not %s" % (reader.prefix, arch.describe(), variant))
     if not arch.num_classes:
-        raise MbV3Error("checkpoint %s has no classifier (%s/weights); nothing to export" % (reader.prefix, net.LOGITS_SCOPE))
+        raise MbV3Error("checkpoint %s has no classifier (%s/weights); nothing to export" % (reader.prefix, specs.LOGITS_SCOPE))
     if num_classes and num_classes != arch.num_classes:
         raise MbV3Error("checkpoint %s has a %d-class classifier, not %d" % (reader.prefix, arch.num_classes, num_classes))
     chosen = runinfo.choose(reader, arch, input_size, use_ema, labels_file, override_run)
@@ -155,9 +155,9 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
     prep = tf_preprocess.eval_record(input_size)
     output, tmp = _prepare_output(output)
     try:
-        resolved = net.resolve(arch.variant, arch.multiplier)
-        specs = net.variable_specs(resolved, arch.num_classes)
-        values, report = checkpoint.read_values(reader.prefix, specs, use_ema=chosen.use_ema, reader=reader)
+        resolved = specs.resolve(arch.variant, arch.multiplier)
+        variables = specs.variable_specs(resolved, arch.num_classes)
+        values, report = checkpoint.read_values(reader.prefix, variables, use_ema=chosen.use_ema, reader=reader)
         log(report.summary())
         log(chosen.describe(prep, "EMA" if report.used_ema else "raw"))
         log("freezing the graph (%s, input %dx%d)" % (arch.describe(), input_size, input_size))
@@ -172,7 +172,7 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
         with open(os.path.join(tmp, bundle.ONNX), "wb") as f:
             f.write(onnx_bytes)
         bundle.write_labels(os.path.join(tmp, bundle.LABELS), labels)
-        trainable, _ = net.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
+        trainable, _ = specs.count_parameters(arch.variant, arch.multiplier, arch.num_classes)
         info = bundle.ModelInfo(
             name=name or "mobilenet_v3_%s_%s" % (arch.variant, arch.multiplier),
             version=str(version if version is not None else (report.step if report.step is not None else 1)),
@@ -182,8 +182,8 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
                                  weights="ema" if report.used_ema else "raw",
                                  run=chosen.run.folder if chosen.run else None,
                                  differs_from_run=chosen.differs or None),
-            architecture=bundle.Architecture(variant=arch.variant, multiplier=arch.multiplier,
-                                             trainable_parameters=trainable),
+            architecture=specs.Architecture(variant=arch.variant, multiplier=arch.multiplier,
+                                            trainable_parameters=trainable),
             input=bundle.TensorInfo(name=INPUT, shape=[-1, input_size, input_size, 3], layout="NHWC",
                                     dtype="float32", range=[-1.0, 1.0]),
             output=bundle.TensorInfo(name=OUTPUT, shape=[-1, arch.num_classes], dtype="float32", kind="logits",

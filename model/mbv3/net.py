@@ -11,34 +11,17 @@ from dataclasses import dataclass
 import numpy as np
 import tensorflow as tf
 
-from .specs import (  # noqa: F401  (re-exported: callers use net.<name>)
+from .specs import (
     BETA,
-    BIASES,
     DEFAULT_NUM_CLASSES,
-    DEPTHWISE,
     GAMMA,
     HSWISH,
     LOGITS_SCOPE,
-    Layer,
     MEAN,
     MOVING_KINDS,
-    REGULARIZED_KINDS,
-    RELU,
-    Resolved,
-    SCOPE,
-    TRAINABLE_KINDS,
-    V3_LARGE,
-    V3_SMALL,
     VARIANCE,
-    VARIANTS,
-    VarSpec,
-    WEIGHTS,
-    count_parameters,
     initial_value,
-    make_divisible,
-    minimalistic,
     resolve,
-    spec_for,
     variable_specs,
 )
 

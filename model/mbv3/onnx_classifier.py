@@ -2,6 +2,7 @@
 import numpy as np
 
 from . import bundle
+from .classify import softmax, top_k
 from .errors import BundleError, first_line
 
 
@@ -43,22 +44,6 @@ def verify_bundle(path):
     model = loaded.file(bundle.ONNX)
     check_session(onnx_session(model), loaded.info, model)
     return loaded
-
-
-def softmax(logits):
-    z = logits - logits.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
-
-
-def top_k(probabilities, labels, k=5, skip=None):
-    """Per row, the k best [(index, label, probability)], best first. `skip` (slim's background
-    index) is never a prediction; probabilities stay those of the model's softmax over all classes."""
-    order = np.argsort(-probabilities, axis=-1, kind="stable")
-    if skip is not None:
-        order = order[order != skip].reshape(len(order), -1)
-    order = order[:, :k]
-    return [[(int(i), labels[i], float(row[i])) for i in idx] for row, idx in zip(probabilities, order)]
 
 
 class OnnxClassifier(object):

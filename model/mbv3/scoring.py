@@ -11,12 +11,6 @@ from .errors import WriteError
 TOP_K = 5
 
 
-def top_k_indices(logits, k=TOP_K):
-    """[N, k] class indices, best first, ties to the lower index (tf.math.top_k's order)."""
-    k = min(k, logits.shape[-1])
-    return np.argsort(-np.asarray(logits), axis=-1, kind="stable")[:, :k]
-
-
 class Tally(object):
     """Images scored so far, and how many had the label first / among the best five."""
 

@@ -8,9 +8,11 @@ channel counts; `mbv3.net.forward()` runs any resolved spec.
 """
 import collections
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 
+FAMILY = "MobileNetV3"
 SCOPE = "MobilenetV3"
 LOGITS_SCOPE = SCOPE + "/Logits/Conv2d_1c_1x1"
 DEFAULT_NUM_CLASSES = 1001
@@ -99,6 +101,25 @@ VARIANTS = collections.OrderedDict([
     ("large_minimalistic", minimalistic(V3_LARGE)),
     ("small_minimalistic", minimalistic(V3_SMALL)),
 ])
+
+
+@dataclass
+class Architecture:
+    """Which network: a variant of VARIANTS at a depth multiplier, the one record for it.
+
+    A checkpoint's detected architecture (mbv3.checkpoint) sets num_classes, 0 when it has no
+    classifier. model.json's `architecture` object (mbv3.bundle) is this record as written: family and
+    trainable_parameters, and no num_classes, which a bundle records as output.num_classes; None fields
+    are not written, so the object keeps its bytes."""
+    variant: str
+    multiplier: float
+    family: str = FAMILY
+    trainable_parameters: Optional[int] = None
+    num_classes: Optional[int] = None
+
+    def describe(self):
+        classes = "" if self.num_classes is None else ", %d classes" % self.num_classes
+        return "%s %s%s" % (self.variant, self.multiplier, classes)
 
 
 def make_divisible(value, divisor=8, min_value=None):

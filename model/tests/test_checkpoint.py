@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mbv3 import checkpoint, net
+from mbv3 import checkpoint, net, specs
 from mbv3.errors import CheckpointError
 
 from conftest import random_values
@@ -14,7 +14,7 @@ SMALL = dict(variant="small", multiplier=0.5, num_classes=7)
 
 
 def _specs(variant="small", multiplier=0.5, num_classes=7):
-    return net.variable_specs(net.resolve(variant, multiplier), num_classes)
+    return specs.variable_specs(specs.resolve(variant, multiplier), num_classes)
 
 
 def test_save_then_read_roundtrip(write_checkpoint):
@@ -28,7 +28,7 @@ def test_save_then_read_roundtrip(write_checkpoint):
 
 
 def test_architecture_detection_for_every_variant():
-    for variant in net.VARIANTS:
+    for variant in specs.VARIANTS:
         for multiplier in (0.75, 1.0):
             shapes = {n: s.shape for n, s in _specs(variant, multiplier, 1001).items()}
             shapes["global_step"] = ()
@@ -204,6 +204,7 @@ def test_interoperates_with_tf1_saver(tmp_path):
     assert reader.step == 42
     arch = checkpoint.detect_architecture(reader.shapes)
     assert (arch.variant, arch.multiplier, arch.num_classes) == ("small", 0.5, 7)
+    assert isinstance(arch, specs.Architecture) and arch.describe() == "small 0.5, 7 classes"
     got, _ = checkpoint.read_values(reader.prefix, _specs())
     for name in values:
         np.testing.assert_array_equal(got[name], values[name])

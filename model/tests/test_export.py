@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mbv3 import bundle, checkpoint, config, export, net, tf_preprocess, onnx_classifier
+from mbv3 import bundle, checkpoint, config, export, net, specs, tf_preprocess, onnx_classifier
 from mbv3.errors import MbV3Error
 from random_models import random_run
 
@@ -119,7 +119,7 @@ def test_the_runs_batch_norm_epsilon_is_exported(tmp_path):
     prefix = random_run(tmp_path / "run", variant="small", multiplier=0.35, num_classes=11, image_size=32,
                         overrides=["model.bn_epsilon=0.5"])
     export.export(prefix, str(tmp_path / "b"), log=lambda *_: None)
-    values, _ = checkpoint.read_values(prefix, net.variable_specs(net.resolve("small", 0.35), 11))
+    values, _ = checkpoint.read_values(prefix, specs.variable_specs(specs.resolve("small", 0.35), 11))
     images = np.random.default_rng(1).uniform(-1, 1, (2, 32, 32, 3)).astype(np.float32)
     run_eps = _tf_model(values, "small", 0.35, 11, net.Numerics(bn_epsilon=0.5))(images).numpy()
     default_eps = _tf_model(values, "small", 0.35, 11)(images).numpy()

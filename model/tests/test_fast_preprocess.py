@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from mbv3 import fast_preprocess, numpy_preprocess
+from mbv3.errors import ImageError, ImageTooLarge
 from mbv3.bundle import Preprocessing
 
 LEVEL = 2.0 / 255   # one 8-bit level in model-input units ([-1, 1])
@@ -86,12 +87,12 @@ def test_exif_orientation_is_pillows(orientation, mode):
 
 def test_errors_are_the_references():
     good = _encode(_photo(), "JPEG")
-    for data, kind, match in ((b"", numpy_preprocess.ImageError, "empty"),
-                              (b"plain text", numpy_preprocess.ImageError, "not an image"),
-                              (good[:300], numpy_preprocess.ImageError, "cannot decode")):
+    for data, kind, match in ((b"", ImageError, "empty"),
+                              (b"plain text", ImageError, "not an image"),
+                              (good[:300], ImageError, "cannot decode")):
         with pytest.raises(kind, match=match):
             fast_preprocess.model_input(data)
-    with pytest.raises(numpy_preprocess.ImageTooLarge, match="over the limit of 1000"):
+    with pytest.raises(ImageTooLarge, match="over the limit of 1000"):
         fast_preprocess.model_input(good, max_pixels=1000)
 
 
@@ -101,7 +102,7 @@ def test_the_pixel_limit_is_checked_from_the_header():
     data = bytearray(_encode(Image.new("RGB", (4, 4)), "JPEG"))
     sof = data.index(b"\xff\xc0")
     data[sof + 5:sof + 9] = struct.pack(">HH", 10000, 10000)
-    with pytest.raises(numpy_preprocess.ImageTooLarge):
+    with pytest.raises(ImageTooLarge):
         fast_preprocess.model_input(bytes(data), max_pixels=40_000_000)
     assert fast_preprocess.probe(bytes(data)) == (10000, 10000, "JPEG RGB")
 
@@ -148,7 +149,7 @@ ENTRY_POINTS = {"header": numpy_preprocess.header, "decode": numpy_preprocess.de
 QUICK = 0.5   # seconds: each refusal takes about 1-3 ms; generous for a noisy machine
 
 
-def _refused(data, match, kind=numpy_preprocess.ImageError):
+def _refused(data, match, kind=ImageError):
     for name, function in ENTRY_POINTS.items():
         start = time.perf_counter()
         with pytest.raises(kind, match=match):
@@ -270,10 +271,10 @@ def test_pillows_bomb_guard_speaks_the_apis_terms():
     ihdr = _png_chunk(b"IHDR", struct.pack(">IIBBBBB", 20000, 20000, 8, 2, 0, 0, 0))
     data = numpy_preprocess.PNG_SIGNATURE + ihdr + _png_chunk(b"IDAT", zlib.compress(b"")) + _png_chunk(b"IEND")
     for name, function in ENTRY_POINTS.items():
-        with pytest.raises(numpy_preprocess.ImageTooLarge) as raised:
+        with pytest.raises(ImageTooLarge) as raised:
             function(data)
         assert str(raised.value) == "image is 400000000 pixels, over the limit of %d" % (2 * Image.MAX_IMAGE_PIXELS), name
-    with pytest.raises(numpy_preprocess.ImageTooLarge, match="^image is 400000000 pixels, over the limit of 1000$"):
+    with pytest.raises(ImageTooLarge, match="^image is 400000000 pixels, over the limit of 1000$"):
         fast_preprocess.model_input(data, max_pixels=1000)
 
 
@@ -281,7 +282,7 @@ def test_pngs_text_limits_speak_the_apis_terms():
     from PIL import PngImagePlugin
     ztxt = _png_chunk(b"zTXt", b"comment\0\0" + zlib.compress(b" " * (PngImagePlugin.MAX_TEXT_CHUNK + 1)))
     for name, function in ENTRY_POINTS.items():
-        with pytest.raises(numpy_preprocess.ImageError) as raised:
+        with pytest.raises(ImageError) as raised:
             function(_png_with(ztxt))
         assert str(raised.value).endswith("a text chunk of the PNG is over %d bytes" % PngImagePlugin.MAX_TEXT_CHUNK), name
         assert "MAX_" not in str(raised.value) and "Plugin" not in str(raised.value)
@@ -325,5 +326,5 @@ def test_a_run_length_bmp_is_refused_before_pillow_decodes_it():
     offset = 14 + len(info) + len(palette)
     data = b"BM" + struct.pack("<IHHI", offset + len(pixels), 0, 0, offset) + info + palette + pixels
     for read in (numpy_preprocess.header, numpy_preprocess.decode, fast_preprocess.model_input):
-        with pytest.raises(numpy_preprocess.ImageError, match="run-length-encoded BMP"):
+        with pytest.raises(ImageError, match="run-length-encoded BMP"):
             read(data)

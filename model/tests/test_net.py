@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from mbv3 import net
+from mbv3 import net, specs
 
 
 @pytest.mark.parametrize("variant,num_classes,trainable,moving", [
@@ -11,19 +11,19 @@ from mbv3 import net
     ("small", 1000, 2542856, 12112),   # torchvision's mobilenet_v3_small
 ])
 def test_parameter_counts(variant, num_classes, trainable, moving):
-    assert net.count_parameters(variant, 1.0, num_classes) == (trainable, moving)
+    assert specs.count_parameters(variant, 1.0, num_classes) == (trainable, moving)
 
 
 def test_built_model_has_the_counted_variables():
     model = net.MobileNetV3("large", 1.0, 1001)
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 5484313
-    moving = [v for n, v in model.variables.items() if model.specs[n].kind in net.MOVING_KINDS]
+    moving = [v for n, v in model.variables.items() if model.specs[n].kind in specs.MOVING_KINDS]
     assert sum(int(np.prod(v.shape)) for v in moving) == 24400
     assert all(not v.trainable for v in moving)
 
 
 def test_slim_variable_names_and_shapes():
-    specs = net.variable_specs(net.resolve("large"), 1001)
+    variables = specs.variable_specs(specs.resolve("large"), 1001)
     expected = {
         "MobilenetV3/Conv/weights": (3, 3, 3, 16),
         "MobilenetV3/Conv/BatchNorm/gamma": (16,),
@@ -44,17 +44,17 @@ def test_slim_variable_names_and_shapes():
         "MobilenetV3/Logits/Conv2d_1c_1x1/biases": (1001,),
     }
     for name, shape in expected.items():
-        assert specs[name].shape == shape, name
+        assert variables[name].shape == shape, name
     # the first block has no expansion (16 -> 16), and Conv_2 has no batch norm
-    assert "MobilenetV3/expanded_conv/expand/weights" not in specs
-    assert "MobilenetV3/Conv_2/BatchNorm/gamma" not in specs
-    assert sum(1 for n in specs if n.endswith("/project/weights")) == 15
-    assert all(n.startswith("MobilenetV3/") for n in specs)
+    assert "MobilenetV3/expanded_conv/expand/weights" not in variables
+    assert "MobilenetV3/Conv_2/BatchNorm/gamma" not in variables
+    assert sum(1 for n in variables if n.endswith("/project/weights")) == 15
+    assert all(n.startswith("MobilenetV3/") for n in variables)
 
 
 def test_weight_decay_applies_to_conv_weights_only():
-    specs = net.variable_specs(net.resolve("large"), 1001)
-    regularized = {n for n, s in specs.items() if s.regularized}
+    variables = specs.variable_specs(specs.resolve("large"), 1001)
+    regularized = {n for n, s in variables.items() if s.regularized}
     assert "MobilenetV3/Conv/weights" in regularized
     assert "MobilenetV3/expanded_conv_3/squeeze_excite/Conv/weights" in regularized
     assert "MobilenetV3/Logits/Conv2d_1c_1x1/weights" in regularized
@@ -63,21 +63,21 @@ def test_weight_decay_applies_to_conv_weights_only():
 
 
 def test_make_divisible_matches_slim():
-    assert net.make_divisible(16 * 0.35, 8) == 8
-    assert net.make_divisible(24 * 0.75, 8) == 24     # 18 -> 16 is below 90% of 18, so 24
-    assert net.make_divisible(160 * 0.75, 8) == 120
-    assert net.make_divisible(184, 8) == 184
-    assert net.make_divisible(72 / 4, 8) == 24
-    resolved = net.resolve("large", 0.75)
+    assert specs.make_divisible(16 * 0.35, 8) == 8
+    assert specs.make_divisible(24 * 0.75, 8) == 24     # 18 -> 16 is below 90% of 18, so 24
+    assert specs.make_divisible(160 * 0.75, 8) == 120
+    assert specs.make_divisible(184, 8) == 184
+    assert specs.make_divisible(72 / 4, 8) == 24
+    resolved = specs.resolve("large", 0.75)
     assert resolved[0].out_ch == 16 and resolved[-1].out_ch == 1280  # finegrain: last layer unscaled
 
 
 def test_minimalistic_is_a_transform_of_the_spec():
-    mini = net.VARIANTS["large_minimalistic"]
-    assert len(mini) == len(net.V3_LARGE)
-    assert all(l.act == net.RELU and not l.se for l in mini)
+    mini = specs.VARIANTS["large_minimalistic"]
+    assert len(mini) == len(specs.V3_LARGE)
+    assert all(l.act == specs.RELU and not l.se for l in mini)
     assert all(l.kernel == 3 for l in mini if l.kind == "block")
-    assert [l.filters for l in mini] == [l.filters for l in net.V3_LARGE]
+    assert [l.filters for l in mini] == [l.filters for l in specs.V3_LARGE]
 
 
 def test_activations_match_slim_formulas():
@@ -90,7 +90,7 @@ def test_activations_match_slim_formulas():
     assert net.hard_sigmoid(tf.constant([3.0])).numpy()[0] == pytest.approx(1.00002, abs=1e-6)
 
 
-@pytest.mark.parametrize("variant", list(net.VARIANTS))
+@pytest.mark.parametrize("variant", list(specs.VARIANTS))
 def test_every_variant_runs(variant):
     model = net.MobileNetV3(variant, 1.0, num_classes=11)
     logits = model(tf.random.uniform([2, 96, 96, 3], -1, 1))

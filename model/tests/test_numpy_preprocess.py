@@ -7,6 +7,7 @@ import tensorflow as tf
 from PIL import Image
 
 from mbv3 import numpy_preprocess
+from mbv3.errors import ImageError
 
 
 @pytest.mark.parametrize("shape", [(224, 224), (300, 420), (97, 61), (1000, 30)])
@@ -50,9 +51,9 @@ def test_decode_modes_and_orientation():
     img.save(buf, "JPEG", exif=exif)
     assert numpy_preprocess.decode(buf.getvalue()).shape == (20, 10, 3)
 
-    with pytest.raises(numpy_preprocess.ImageError, match="not an image"):
+    with pytest.raises(ImageError, match="not an image"):
         numpy_preprocess.decode(b"plain text")
     good = io.BytesIO()
     Image.fromarray(np.zeros((50, 50, 3), np.uint8)).save(good, "JPEG")
-    with pytest.raises(numpy_preprocess.ImageError):
+    with pytest.raises(ImageError):
         numpy_preprocess.decode(good.getvalue()[:100])

@@ -15,7 +15,7 @@ import tensorflow as tf
 
 import fixed_data
 from fakes.fake_npu_device import FakeNpuDevice
-from mbv3 import checkpoint, config, net, train, targets
+from mbv3 import checkpoint, config, net, specs, train, targets
 from mbv3.errors import MbV3Error
 from mbv3.targets.npu import NpuTarget
 
@@ -50,7 +50,7 @@ def two_cards(monkeypatch, tmp_path):
 
 
 def _trainable():
-    return len([s for s in net.variable_specs(net.resolve("small", 0.35), 5).values() if s.trainable])
+    return len([s for s in specs.variable_specs(specs.resolve("small", 0.35), 5).values() if s.trainable])
 
 
 def test_single_card_call_order(npu_run):

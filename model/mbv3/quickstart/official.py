@@ -150,7 +150,7 @@ def find_checkpoint(root, quiet=False):
 def check(root):
     """The prefix of the official checkpoint under root, checked by its contents: every variable
     name and shape of MobileNetV3-Large 1.0 with 1001 classes, nothing else."""
-    from .. import checkpoint, net
+    from .. import checkpoint, specs
     prefix = find_checkpoint(root)
     try:
         shapes = checkpoint.Reader(prefix).shapes
@@ -160,8 +160,8 @@ def check(root):
     if (arch.variant, arch.multiplier, arch.num_classes) != ARCH:
         raise RejectedCheckpoint("%s holds MobileNetV3 %s, not the official large 1.0 with 1001 classes"
                                  % (prefix, arch.describe()))
-    specs = net.variable_specs(net.resolve(*ARCH[:2]), ARCH[2])
-    wrong = sorted(n for n, s in specs.items() if shapes.get(n) != tuple(s.shape))
+    expected = specs.variable_specs(specs.resolve(*ARCH[:2]), ARCH[2])
+    wrong = sorted(n for n, s in expected.items() if shapes.get(n) != tuple(s.shape))
     if wrong:
         raise RejectedCheckpoint("%s lacks %d expected variables (first: %s)" % (prefix, len(wrong), wrong[0]))
     return prefix

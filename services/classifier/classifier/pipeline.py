@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from mbv3.classify import softmax, top_k
 from mbv3.errors import ImageError
-from mbv3.onnx_classifier import softmax, top_k
 
 from .errors import ApiError, unavailable
 from .images import Upload, image_error

@@ -9,7 +9,7 @@ import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from mbv3.onnx_classifier import softmax
+from mbv3.classify import softmax
 
 from . import __version__, kserve
 from . import errors as errors_mod

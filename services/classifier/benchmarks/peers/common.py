@@ -8,7 +8,7 @@ import argparse
 import numpy as np
 
 from mbv3 import bundle, fast_preprocess
-from mbv3.onnx_classifier import softmax, top_k
+from mbv3.classify import softmax, top_k
 
 
 class Classifier:

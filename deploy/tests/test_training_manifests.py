@@ -178,3 +178,25 @@ def test_a_usage_error_is_exit_code_2():
                             env=dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model")),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
     assert result.returncode == 2, result.stderr[-500:]
+
+
+def test_the_hwhiaiuser_gid_is_a_parameter(tmp_path):
+    """As for the Ascend overlays: the nodes' HwHiAiUser gid comes from npu-training/params.env, and the
+    ConfigMap that carries it is never applied."""
+    import shutil
+
+    import yaml
+    copy_root = tmp_path / "deploy"
+    shutil.copytree(os.path.join(ROOT, "deploy"), str(copy_root), ignore=shutil.ignore_patterns("tests"))
+    params = copy_root / "npu-training" / "params.env"
+    assert params.read_text().strip() == "HWHIAIUSER_GID=1000"
+    assert pod_spec()["securityContext"]["supplementalGroups"] == [1000]
+    params.write_text("HWHIAIUSER_GID=1234\n")
+    from test_manifests import KUBECTL
+    result = subprocess.run([KUBECTL, "kustomize", str(copy_root / "npu-training")], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    objects = [o for o in yaml.safe_load_all(result.stdout) if o]
+    assert [o["metadata"]["name"] for o in objects if o["kind"] == "ConfigMap"] == ["rings-config-mbv3-finetune-npu"]
+    (volcano_job,) = [o for o in objects if o["kind"] == "Job"]
+    assert volcano_job["spec"]["tasks"][0]["template"]["spec"]["securityContext"]["supplementalGroups"] == [1234]

@@ -17,14 +17,15 @@ SCRIPT = os.path.join(ROOT, "docker", "infer_devices.py")
 SHARED = ["/dev/davinci_manager", "/dev/devmm_svm", "/dev/hisi_hdc"]
 
 
-def compose_config(*files, env=None):
+def compose_config(*files, env=None, profile="ascend", service="infer"):
+    """`service` as `docker-compose config` renders compose.yaml with `files` over it."""
     args = [a for f in ("compose.yaml",) + files for a in ("-f", f)]
-    result = subprocess.run([os.path.join(BIN, "docker-compose")] + args + ["--profile", "ascend", "config", "--format",
+    result = subprocess.run([os.path.join(BIN, "docker-compose")] + args + ["--profile", profile, "config", "--format",
                                                                            "json"],
                             cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
                             timeout=60, env=dict(os.environ, **(env or {})))
     assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["services"]["infer"]
+    return json.loads(result.stdout)["services"][service]
 
 
 def devices(service):

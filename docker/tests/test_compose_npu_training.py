@@ -1,24 +1,15 @@
 """The NPU fine-tune service as `docker-compose config` renders it (no engine, no card), alone and with
 the eight-card override: shared memory, the grace period the ranks need to save, the host paths
 Huawei's run commands mount, and the rank table npu-launch writes when none exists."""
-import json
 import os
-import subprocess
-import sys
 
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-BIN = os.path.dirname(sys.executable)
+from test_compose_devices import compose_config
+
 EIGHT = "docker/compose.npu-8p.yaml"
 
 
 def finetune(*files, env=None):
-    args = [a for f in ("compose.yaml",) + files for a in ("-f", f)]
-    result = subprocess.run([os.path.join(BIN, "docker-compose")] + args + ["--profile", "train", "config", "--format",
-                                                                           "json"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-                            timeout=60, env=dict(os.environ, **(env or {})))
-    assert result.returncode == 0, result.stderr
-    return json.loads(result.stdout)["services"]["finetune-npu"]
+    return compose_config(*files, env=env, profile="train", service="finetune-npu")
 
 
 def seconds(duration):   # compose renders 120s as "2m0s"

@@ -10,27 +10,16 @@ import random
 import tensorflow as tf
 
 from .. import tf_preprocess
-from . import schema
-from .schema import FORMAT, METADATA, SPLIT_ALIASES, DataError, read_metadata
+from . import metadata, schema
+from .metadata import SPLIT_ALIASES, DataError
 
 INTERLEAVE_FILES = 16
 
 
 def info(data_dir):
-    """The data set's dataset.json as a dict (classes, num_classes, splits with shards and counts)."""
-    data_dir = os.path.expanduser(str(data_dir))
-    if not os.path.isdir(data_dir):
-        raise DataError("no data set at %s (not a directory)" % data_dir)
-    meta_path = os.path.join(data_dir, METADATA)
-    if not os.path.exists(meta_path):
-        raise DataError("%s holds no %s: not a data set written by `mbv3 data build` (mbv3.data.build)"
-                        % (data_dir, METADATA))
-    meta = read_metadata(meta_path)
-    if meta.get("format") != FORMAT:
-        raise DataError("%s is not an %s file" % (meta_path, FORMAT))
-    if not meta.get("complete"):
-        raise DataError("data set %s is incomplete (its build was interrupted); run the build again" % data_dir)
-    return meta
+    """The finished data set's dataset.json as plain JSON (classes, num_classes, splits with shards and
+    counts), read and checked through mbv3.data.metadata.DatasetInfo; load() gives the record."""
+    return metadata.load(data_dir).to_dict()
 
 
 def split_record(meta, data_dir, split):

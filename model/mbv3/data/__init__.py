@@ -7,7 +7,7 @@ reason, and a fingerprint of the inputs so an interrupted build can be resumed w
 
 One module per job: metadata (dataset.json as a typed record), schema (the records), plan (walking the image folder into
 classes, splits and shards), transcode (one image file to what a record stores), writer (the
-threaded, resumable `build`) and reader (`dataset`, `info`, `num_examples`, the shard listing).
+threaded, resumable `build`) and reader (`dataset`, `num_examples`, the shard listing, `info` as plain JSON for scripts).
 This package re-exports what callers use; the TensorFlow modules load on first use, so
 `mbv3.data.metadata` and `mbv3.data.plan` can be imported without TensorFlow.
 """
@@ -20,7 +20,7 @@ _LAZY = {
     "write_digits_folder": "..digits",   # the demo's and tests' image folder
     "IMAGE_EXTENSIONS": ".plan",
     "dataset": ".reader", "info": ".reader", "num_examples": ".reader", "read_stats": ".reader",
-    "shard_files": ".reader", "split_record": ".reader",
+    "shard_files": ".reader",
     "ENCODED": ".schema", "LABEL": ".schema", "make_example": ".schema", "parse": ".schema", "shard_name": ".schema",
     "build": ".writer",
 }

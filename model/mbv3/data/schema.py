@@ -7,9 +7,6 @@ image/class/label, ...), so slim's readers read ours and ours read slim's. Label
 """
 import tensorflow as tf
 
-from .metadata import (FORMAT, FORMAT_VERSION, LABEL_OFFSET, LABELS, METADATA, SPLIT_ALIASES, SPLITS,  # noqa: F401
-                       TRAIN, VALIDATION, DataError)
-
 ENCODED, LABEL = "image/encoded", "image/class/label"   # the two features every reader needs
 
 

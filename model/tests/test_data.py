@@ -658,3 +658,25 @@ def test_the_record_reads_without_tensorflow():
     code = ("import sys; from mbv3.data import metadata; metadata.read(%r); "
             "sys.exit(99 if 'tensorflow' in sys.modules else 0)" % FIXTURE)
     assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_build_steps_plan_resume_write_finish(tmp_path):
+    """build() is these four steps; between them dataset.json says how far the build got."""
+    from mbv3.data import metadata, writer
+    src = image_folder(tmp_path / "src", {"a": 3, "b": 2})
+    out = tmp_path / "out"
+    p = writer.plan_build(src, out, shards=2)
+    assert not out.exists() and p.inputs["train_files"] == 5 and len(p.assignments["train"]) == 2
+    info, jobs, kept = writer.resume(p, log=quiet)
+    assert kept == 0 and [j.name for j in jobs] == ["train-00000-of-00002", "train-00001-of-00002"]
+    on_disk = metadata.read(str(out / "dataset.json"))
+    assert on_disk == info and not on_disk.complete and not any(s.written for s in on_disk.splits["train"].shards)
+    with pytest.raises(MbV3Error, match="incomplete"):
+        data.load(str(out))
+    writer.write_shards(p, info, jobs[:1], workers=1, log=quiet)
+    assert [s.written for s in metadata.read(str(out / "dataset.json")).splits["train"].shards] == [True, False]
+    info, jobs, kept = writer.resume(writer.plan_build(src, out, shards=2), log=quiet)   # a rerun keeps the first
+    assert kept == 1 and [j.name for j in jobs] == ["train-00001-of-00002"]
+    writer.write_shards(p, info, jobs, workers=1, log=quiet)
+    writer.finish(p, info, log=quiet)
+    assert data.load(str(out)).splits["train"].written == 5 and data.num_examples(str(out), "train") == 5

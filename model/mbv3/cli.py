@@ -1,7 +1,9 @@
 """The `mbv3` command. Each subcommand imports what it needs, so `mbv3 --help` and `mbv3 predict`
 never pay for TensorFlow they do not use. A subcommand that needs TensorFlow first checks its
 arguments and paths without it (`_check_*`), so a mistyped path is one `mbv3: error:` line in a
-fraction of a second rather than after TensorFlow's start-up. User errors print one line and exit 1."""
+fraction of a second rather than after TensorFlow's start-up, and imports TensorFlow through
+console.import_tensorflow, which keeps its start-up lines off the terminal unless --verbose. User
+errors print one line and exit 1."""
 import argparse
 import glob
 import json
@@ -9,16 +11,12 @@ import logging
 import os
 import sys
 
+from . import console
 from .console import import_tensorflow, say
 from . import __version__, fast_preprocess, specs
 from .errors import MbV3Error
 
 USER_ERROR = 1   # the exit status of every user error, argument errors included
-
-
-def _quiet_tensorflow(args):
-    """TensorFlow's start-up lines and tf2onnx's notices stay off the terminal unless --verbose."""
-    import_tensorflow(verbose=args.verbose)
 
 
 def _check_checkpoint(path):
@@ -47,7 +45,7 @@ def _check_data(data_dir):
 
 def cmd_inspect(args):
     _check_checkpoint(args.checkpoint)
-    _quiet_tensorflow(args)
+    import_tensorflow()
     from . import checkpoint, net
     reader = checkpoint.Reader(args.checkpoint)
     info = {"checkpoint": reader.prefix, "step": reader.step, "variables": len(reader.shapes),
@@ -79,7 +77,7 @@ def cmd_inspect(args):
 def cmd_init(args):
     if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
         raise MbV3Error("--model-dir %s exists and is not a directory" % args.model_dir)
-    _quiet_tensorflow(args)
+    import_tensorflow()
     from . import checkpoint, net
     # any checkpoint file, readable or not, is someone's run: never write a step 0 among them
     found = checkpoint.found_in(args.model_dir)
@@ -97,7 +95,7 @@ def cmd_export(args):
     _check_file(args.labels, "--labels")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise MbV3Error("output %s exists and is not a directory" % os.path.abspath(args.output))
-    _quiet_tensorflow(args)
+    import_tensorflow()
     from . import export
     export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
                   variant=args.variant, input_size=args.image_size, labels_file=args.labels,
@@ -140,7 +138,7 @@ def cmd_benchmark(args):
     if args.reference:
         from . import bundle
         bundle.load(args.bundle)   # a wrong path fails before TensorFlow's start-up
-        _quiet_tensorflow(args)
+        import_tensorflow()
     from . import benchmark
     results = benchmark.run(args.bundle, args.batch, args.threads, min_seconds=args.seconds,
                             reference=args.reference, log=print)
@@ -158,7 +156,7 @@ def cmd_data_build(args):
     _check_file(args.val_labels, "--val-labels")
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise MbV3Error("--output %s exists and is not a directory" % args.output)
-    _quiet_tensorflow(args)
+    import_tensorflow()
     from . import data
     summary = data.build(args.images, args.output, shards=args.shards, labels_file=args.labels,
                          val_split=args.val_split, val_labels_file=args.val_labels, workers=args.workers,
@@ -173,7 +171,7 @@ def cmd_train(args):
     _check_data(args.data)
     if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
         raise MbV3Error("--model-dir %s exists and is not a directory" % args.model_dir)
-    _quiet_tensorflow(args)
+    import_tensorflow()
     from . import train
     summary = train.train(args.config, args.data, args.model_dir, overrides=args.set)
     if summary["stopped_by_signal"]:
@@ -194,7 +192,7 @@ def cmd_eval(args):
         from . import bundle
         bundle.load(args.bundle)
         _check_data(args.data)
-        _quiet_tensorflow(args)
+        import_tensorflow()
         from . import bundle_eval
         result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
                                       threads=args.threads or 0, preprocessing=args.preprocessing or "reference")
@@ -205,7 +203,7 @@ def cmd_eval(args):
             raise MbV3Error("%s %s to --bundle (ONNX Runtime)" % (" and ".join(given), "applies" if len(given) == 1 else "apply"))
         _check_checkpoint(args.checkpoint)
         _check_data(args.data)
-        _quiet_tensorflow(args)
+        import_tensorflow()
         from . import evaluate
         result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
                                    batch_size=args.batch_size, image_size=args.image_size)
@@ -224,10 +222,7 @@ def cmd_default_bundle(args):
             except MbV3Error as e:
                 raise MbV3Error("MODEL=%s is neither a model bundle (no %s) nor a checkpoint: %s"
                                 % (args.model, bundle.METADATA, e))
-            _quiet_tensorflow(args)
-    if not args.verbose:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("tensorflow", "tf2onnx"):  # quiet them without importing TensorFlow for a named bundle
+    for name in ("tensorflow", "tf2onnx"):  # the quickstart imports TensorFlow only to export or train
         logging.getLogger(name).setLevel(logging.ERROR)
     from . import quickstart
     # the path is the only line on stdout (the Makefile captures it); every log line goes to stderr
@@ -421,6 +416,7 @@ def parser():
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    console.VERBOSE = args.verbose
     try:
         return args.fn(args)
     except MbV3Error as e:

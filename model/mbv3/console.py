@@ -18,8 +18,12 @@ def format_duration(seconds):
     return ("%dd %s" % (days, text)) if days else text
 
 
-def import_tensorflow(verbose=False):
-    """TensorFlow, imported without its start-up lines on the terminal unless `verbose`.
+VERBOSE = False   # the CLI's --verbose: TensorFlow's start-up and info lines on the terminal
+
+
+def import_tensorflow(verbose=None):
+    """TensorFlow, imported without its start-up lines on the terminal unless `verbose` (default:
+    VERBOSE). Modules that import TensorFlow lazily call this first.
 
     TF_CPP_MIN_LOG_LEVEL quiets TensorFlow's C++ logs only once absl has initialised; the lines
     logged before that (oneDNN and CPU-feature notices) go straight to file descriptor 2 during
@@ -27,6 +31,8 @@ def import_tensorflow(verbose=False):
     captured text is replayed when the import fails, so a broken installation still says why."""
     if "tensorflow" in sys.modules:
         return sys.modules["tensorflow"]
+    if verbose is None:
+        verbose = VERBOSE
     if verbose:
         import tensorflow as tf
         return tf

@@ -78,12 +78,12 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
     loaded = onnx_classifier.verify_bundle(bundle_dir)   # what a server checks before it serves
     clf = onnx_classifier.OnnxClassifier(loaded.path, threads)
     info = loaded.info
-    meta = data.info(data_dir)
-    if info.num_classes != meta["num_classes"]:
-        raise MbV3Error("bundle has %d classes, data set %s has %d" % (info.num_classes, data_dir, meta["num_classes"]))
-    split, record = data.split_record(meta, data_dir, split)
+    meta = data.load(data_dir)
+    if info.num_classes != meta.num_classes:
+        raise MbV3Error("bundle has %d classes, data set %s has %d" % (info.num_classes, data_dir, meta.num_classes))
+    split, record = meta.split(split, data_dir)
     files = data.shard_files(data_dir, record)
-    expected = int(record["written"])
+    expected = int(record.written)
     if not expected:
         raise MbV3Error("no %s examples in %s" % (split, data_dir))
     data_labels = os.path.join(data_dir, data.LABELS)

@@ -1,27 +1,51 @@
 """The `mbv3` command. Each subcommand imports what it needs, so `mbv3 --help` and `mbv3 predict`
-never pay for TensorFlow they do not use. User errors print one line and exit 1."""
+never pay for TensorFlow they do not use. A subcommand that needs TensorFlow first checks its
+arguments and paths without it (`_check_*`), so a mistyped path is one `mbv3: error:` line in a
+fraction of a second rather than after TensorFlow's start-up, and imports TensorFlow through
+console.import_tensorflow, which keeps its start-up lines off the terminal unless --verbose. User
+errors print one line and exit 1."""
 import argparse
+import glob
 import json
 import logging
 import os
 import sys
 
-from .console import say
+from . import console
+from .console import import_tensorflow, say
 from . import __version__, fast_preprocess, specs
-from .errors import MbV3Error
+from .errors import ImageError, MbV3Error
+
+USER_ERROR = 1   # the exit status of every user error, argument errors included
 
 
+def _check_checkpoint(path):
+    """A checkpoint prefix (`<path>.index`) or a directory holding checkpoint files; whether they
+    can be read is left to mbv3.checkpoint, which needs TensorFlow."""
+    path = os.path.expanduser(str(path))
+    if os.path.isdir(path):
+        if not glob.glob(os.path.join(glob.escape(path), "*.index")) \
+                and not os.path.exists(os.path.join(path, "checkpoint")):
+            raise MbV3Error("no checkpoint found in directory %s" % path)
+        return
+    if os.path.exists(path + ".index") or (path.endswith(".index") and os.path.exists(path)):
+        return
+    raise MbV3Error("no checkpoint at %s (expected %s.index or a directory)" % (path, path))
 
-def _quiet_tensorflow():
-    """TensorFlow and tf2onnx chatter (C++ info logs, TF1 deprecation notices) buries the output."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tensorflow as tf
-    tf.get_logger().setLevel(logging.ERROR)
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+
+def _check_file(path, what):
+    if path is not None and not os.path.isfile(os.path.expanduser(path)):
+        raise MbV3Error("%s %s: %s" % (what, path, "is a directory" if os.path.isdir(path) else "no such file"))
+
+
+def _check_data(data_dir):
+    from .data import metadata
+    metadata.load(data_dir)
 
 
 def cmd_inspect(args):
-    _quiet_tensorflow()
+    _check_checkpoint(args.checkpoint)
+    import_tensorflow()
     from . import checkpoint
     reader = checkpoint.Reader(args.checkpoint)
     info = {"checkpoint": reader.prefix, "step": reader.step, "variables": len(reader.shapes),
@@ -51,7 +75,9 @@ def cmd_inspect(args):
 
 
 def cmd_init(args):
-    _quiet_tensorflow()
+    if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
+        raise MbV3Error("--model-dir %s exists and is not a directory" % args.model_dir)
+    import_tensorflow()
     from . import checkpoint, net
     # any checkpoint file, readable or not, is someone's run: never write a step 0 among them
     found = checkpoint.found_in(args.model_dir)
@@ -65,10 +91,14 @@ def cmd_init(args):
 
 
 def cmd_export(args):
-    _quiet_tensorflow()
+    _check_checkpoint(args.checkpoint)
+    _check_file(args.labels, "--labels")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise MbV3Error("output %s exists and is not a directory" % os.path.abspath(args.output))
+    import_tensorflow()
     from . import export
     export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
-                  variant=args.variant, input_size=args.input_size, labels_file=args.labels,
+                  variant=args.variant, input_size=args.image_size, labels_file=args.labels,
                   name=args.name, version=args.version, override_run=args.override_run, log=say)
     return 0
 
@@ -83,7 +113,7 @@ def cmd_predict(args):
         try:
             with open(path, "rb") as f:
                 rgb = numpy_preprocess.decode(f.read())
-        except (IOError, OSError, numpy_preprocess.ImageError) as e:
+        except (IOError, OSError, ImageError) as e:
             say("mbv3: error: %s: %s" % (path, getattr(e, "strerror", None) or e))
             failures += 1
             continue
@@ -106,7 +136,9 @@ def cmd_verify(args):
 
 def cmd_benchmark(args):
     if args.reference:
-        _quiet_tensorflow()
+        from . import bundle
+        bundle.load(args.bundle)   # a wrong path fails before TensorFlow's start-up
+        import_tensorflow()
     from . import benchmark
     results = benchmark.run(args.bundle, args.batch, args.threads, min_seconds=args.seconds,
                             reference=args.reference, log=print)
@@ -118,7 +150,13 @@ def cmd_benchmark(args):
 
 
 def cmd_data_build(args):
-    _quiet_tensorflow()
+    if not os.path.isdir(args.images):
+        raise MbV3Error("no image folder at %s" % os.path.abspath(args.images))
+    _check_file(args.labels, "--labels")
+    _check_file(args.val_labels, "--val-labels")
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise MbV3Error("--output %s exists and is not a directory" % args.output)
+    import_tensorflow()
     from . import data
     summary = data.build(args.images, args.output, shards=args.shards, labels_file=args.labels,
                          val_split=args.val_split, val_labels_file=args.val_labels, workers=args.workers,
@@ -128,7 +166,12 @@ def cmd_data_build(args):
 
 
 def cmd_train(args):
-    _quiet_tensorflow()
+    from . import config
+    config.load(args.config, args.set)
+    _check_data(args.data)
+    if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
+        raise MbV3Error("--model-dir %s exists and is not a directory" % args.model_dir)
+    import_tensorflow()
     from . import train
     summary = train.train(args.config, args.data, args.model_dir, overrides=args.set)
     if summary["stopped_by_signal"]:
@@ -146,7 +189,10 @@ def cmd_eval(args):
         if given:
             raise MbV3Error("%s applies to --checkpoint; a bundle's weights and input size are fixed in its model.json"
                             % " and ".join(given))
-        _quiet_tensorflow()
+        from . import bundle
+        bundle.load(args.bundle)
+        _check_data(args.data)
+        import_tensorflow()
         from . import bundle_eval
         result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
                                       threads=args.threads or 0, preprocessing=args.preprocessing or "reference")
@@ -155,7 +201,9 @@ def cmd_eval(args):
                  if value is not None]
         if given:
             raise MbV3Error("%s %s to --bundle (ONNX Runtime)" % (" and ".join(given), "applies" if len(given) == 1 else "apply"))
-        _quiet_tensorflow()
+        _check_checkpoint(args.checkpoint)
+        _check_data(args.data)
+        import_tensorflow()
         from . import evaluate
         result = evaluate.evaluate(args.checkpoint, args.data, use_ema=args.ema, split=args.split,
                                    batch_size=args.batch_size, image_size=args.image_size)
@@ -164,8 +212,17 @@ def cmd_eval(args):
 
 
 def cmd_default_bundle(args):
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    for name in ("tensorflow", "tf2onnx"):  # quiet them without importing TensorFlow for a named bundle
+    if args.model:
+        from . import bundle
+        path = os.path.abspath(os.path.expanduser(args.model))
+        if not os.path.isfile(os.path.join(path, bundle.METADATA)):   # a checkpoint: exported with TensorFlow
+            try:
+                if not os.path.isdir(path):   # a folder may hold the checkpoint further down (an unpacked archive)
+                    _check_checkpoint(path)
+            except MbV3Error as e:
+                raise MbV3Error("MODEL=%s is neither a model bundle (no %s) nor a checkpoint: %s"
+                                % (args.model, bundle.METADATA, e))
+    for name in ("tensorflow", "tf2onnx"):  # the quickstart imports TensorFlow only to export or train
         logging.getLogger(name).setLevel(logging.ERROR)
     from . import quickstart
     # the path is the only line on stdout (the Makefile captures it); every log line goes to stderr
@@ -176,11 +233,11 @@ def cmd_default_bundle(args):
 def cmd_om(args):
     from . import atc, bundle
     profiles = [] if args.static else args.batch_profiles
+    loaded = bundle.load(args.bundle)   # a wrong path is the only line, not after the soc_version's
     soc_version, source = atc.resolve_soc_version(args.soc_version, os.environ.get("ASCEND_CHIP") or None)
     if source != "given":
         say("soc_version %s (%s)" % (soc_version, source))
     if args.print:
-        loaded = bundle.load(args.bundle)
         print(" ".join(atc.command(loaded.path, loaded.info, soc_version, profiles, args.aipp, args.atc,
                                    args.precision_mode)))
         if args.aipp:
@@ -188,6 +245,35 @@ def cmd_om(args):
         return 0
     atc.build(args.bundle, soc_version, profiles, args.aipp, args.atc, args.precision_mode, log=say)
     return 0
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with its errors as one `mbv3: error:` line and exit status 1 like every other user
+    error (argparse's own is usage text and status 2); `--help` shows the usage."""
+
+    def error(self, message):
+        say("mbv3: error: %s: %s (see `%s --help`)" % (self.prog, message, self.prog))
+        sys.exit(USER_ERROR)
+
+
+class _Deprecated(argparse.Action):
+    """An old spelling of a flag: stored under the new flag's name, with one line on stderr."""
+
+    def __init__(self, option_strings, dest, new_flag, **kwargs):
+        self.new_flag = new_flag
+        super(_Deprecated, self).__init__(option_strings, dest, help=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        say("mbv3: warning: %s is deprecated; use %s" % (option_string, self.new_flag))
+        setattr(namespace, self.dest, values)
+
+
+def _image_size_flag(s, help):
+    """--image-size, the one spelling of the input size on the command line: the recipes' key is
+    data.image_size and `mbv3 eval` reports image_size, so the flag says what users already set.
+    export's earlier --input-size is still accepted."""
+    s.add_argument("--image-size", type=_positive, help=help)
+    s.add_argument("--input-size", dest="image_size", type=_positive, action=_Deprecated, new_flag="--image-size")
 
 
 def _positive(text):
@@ -199,10 +285,12 @@ def _positive(text):
 
 def parser():
     from . import atc  # no TensorFlow: the `om` defaults live there
-    p = argparse.ArgumentParser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
-                                "training, export to ONNX / frozen GraphDef, prediction.")
+    p = _Parser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
+                "training, export to ONNX / frozen GraphDef, prediction.")
     p.add_argument("--version", action="version", version="mbv3 " + __version__)
-    sub = p.add_subparsers(dest="command", metavar="COMMAND")
+    p.add_argument("-v", "--verbose", action="store_true", help="show TensorFlow's start-up and info logs "
+                   "(also accepted after the command)")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
 
     s = sub.add_parser("inspect", help="show a checkpoint's step, variables, EMA shadows and variant")
@@ -251,7 +339,7 @@ def parser():
     ema.add_argument("--no-ema", dest="ema", action="store_false", help="raw weights")
     s.add_argument("--split", default="validation")
     s.add_argument("--batch-size", type=_positive, default=100)
-    s.add_argument("--image-size", type=_positive, help="default: the run's config.yaml, else 224")
+    _image_size_flag(s, "default: the run's config.yaml, else 224")
     s.add_argument("--threads", type=int, help="--bundle: ONNX Runtime threads (default: ONNX Runtime's choice)")
     s.add_argument("--preprocessing", choices=fast_preprocess.CHOICES,
                    help="--bundle: reference (Pillow + NumPy, the default), fast (libjpeg-turbo + OpenCV, as the "
@@ -266,13 +354,12 @@ def parser():
     ema = s.add_mutually_exclusive_group()
     ema.add_argument("--ema", dest="ema", action="store_true", default=None, help="use EMA shadow weights (error if absent)")
     ema.add_argument("--no-ema", dest="ema", action="store_false", help="use the raw weights")
-    s.add_argument("--input-size", type=_positive,
-                   help="default: the run's data.image_size (config.yaml beside the checkpoint), else 224")
+    _image_size_flag(s, "default: the run's data.image_size (config.yaml beside the checkpoint), else 224")
     s.add_argument("--labels", help="labels file: num_classes lines, or num_classes-1 without background")
     s.add_argument("--name", help="model name recorded in model.json")
     s.add_argument("--version", help="model version recorded in model.json (default: the step)")
     s.add_argument("--override-run", action="store_true",
-                   help="let --input-size, --no-ema and --labels differ from the checkpoint's training run "
+                   help="let --image-size, --no-ema and --labels differ from the checkpoint's training run "
                    "(recorded in model.json's source.differs_from_run); without it a contradiction is an error")
     s.set_defaults(fn=cmd_export)
 
@@ -321,11 +408,16 @@ def parser():
     s.add_argument("--official-url", help="where to fetch TF-slim's official checkpoint tarball, e.g. a mirror "
                    "(default: $MBV3_OFFICIAL_URL, else Google's storage)")
     s.set_defaults(fn=cmd_default_bundle)
+
+    for command in list(sub.choices.values()) + list(data_sub.choices.values()):
+        command.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                             help="show TensorFlow's start-up and info logs")
     return p
 
 
 def main(argv=None):
     args = parser().parse_args(argv)
+    console.VERBOSE = args.verbose
     try:
         return args.fn(args)
     except MbV3Error as e:

@@ -15,9 +15,9 @@ def evaluate(checkpoint_path, data_dir, use_ema=None, split="validation", batch_
              write=True, log=say):
     reader = checkpoint.Reader(checkpoint_path)
     arch = checkpoint.detect_architecture(reader.shapes)
-    info = data.info(data_dir)
-    if arch.num_classes != info["num_classes"]:
-        raise MbV3Error("checkpoint has %d classes, data set %s has %d" % (arch.num_classes, data_dir, info["num_classes"]))
+    info = data.load(data_dir)
+    if arch.num_classes != info.num_classes:
+        raise MbV3Error("checkpoint has %d classes, data set %s has %d" % (arch.num_classes, data_dir, info.num_classes))
     expected = data.num_examples(data_dir, split)
     if not expected:
         raise MbV3Error("no %s examples in %s" % (split, data_dir))

@@ -90,7 +90,7 @@ class Choice:
             return ("bare checkpoint (no %s beside it): input %dx%d%s, TF-slim's eval preprocessing (central "
                     "%g%% crop, pixels to [-1, 1]), %s weights" % (
                         config_mod.SAVED_NAME, prep.height, prep.width,
-                        "" if self.size_given else " (the default; --input-size sets another)",
+                        "" if self.size_given else " (the default; --image-size sets another)",
                         prep.crop_fraction * 100, weights))
         line = "from the run %s: input %dx%d, central %g%% crop, %s weights, %d labels" % (
             self.run.folder, prep.height, prep.width, prep.crop_fraction * 100, weights, len(self.labels))
@@ -124,8 +124,8 @@ def choose(reader, arch, input_size=None, use_ema=None, labels_file=None, overri
 
     size = run.image_size
     if input_size and int(input_size) != size:
-        conflict("preprocessing.size", "--input-size %d" % input_size,
-                 "%s says data.image_size: %d" % (run.config_path, size), "--input-size",
+        conflict("preprocessing.size", "--image-size %d" % input_size,
+                 "%s says data.image_size: %d" % (run.config_path, size), "--image-size",
                  [size, size], [int(input_size), int(input_size)])
         size = int(input_size)
 

@@ -1,5 +1,10 @@
-"""The README's path as a new user walks it: init a checkpoint, inspect, export, predict."""
+"""The README's path as a new user walks it: init a checkpoint, inspect, export, predict; and every
+command's user errors as one line."""
+import argparse
 import json
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -61,3 +66,106 @@ def test_init_refuses_an_existing_run(walkthrough):
 
 def test_inspect_not_a_checkpoint(tmp_path):
     assert_one_line_error(run_cli("inspect", tmp_path), "no checkpoint found")
+
+
+# --- user errors: one line, exit 1, and no TensorFlow where none is needed ------------------------
+
+# main() in a subprocess that fails with status 99 when TensorFlow was imported: the robust signal
+# that a user error was caught before TensorFlow's start-up (timing alone varies with the machine).
+_NO_TF = """import sys
+from mbv3.cli import main
+try:
+    rc = main()
+except SystemExit as e:
+    rc = e.code
+if "tensorflow" in sys.modules:
+    sys.stderr.write("tensorflow was imported\\n")
+    rc = 99
+sys.exit(rc)
+"""
+
+
+def run_without_tensorflow(*args):
+    cmd = [sys.executable, "-c", _NO_TF] + [str(a) for a in args]
+    start = time.perf_counter()
+    result = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=120)
+    return result, time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def help_seconds():
+    """`mbv3 --help` on this machine now: the yardstick of a command that imports no TensorFlow."""
+    result, seconds = run_without_tensorflow("--help")
+    assert result.returncode == 0 and "COMMAND" in result.stdout, result.stderr
+    return seconds
+
+
+def _user_errors(tmp):
+    """(argv, a fragment of the error) for every subcommand: each is caught before TensorFlow."""
+    (tmp / "afile").write_text("x")
+    missing = tmp / "missing"
+    return [
+        (["inspect", missing], "no checkpoint at"),
+        (["inspect", "-v", tmp], "no checkpoint found in directory"),
+        (["init", "--model-dir", tmp / "afile"], "is not a directory"),
+        (["data", "build", "--images", missing, "--output", tmp / "out"], "no image folder at"),
+        (["data", "build", "--images", tmp, "--output", tmp / "out", "--labels", missing], "--labels"),
+        (["train", "--config", "no-such-recipe", "--data", tmp, "--model-dir", tmp / "run"], "no recipe"),
+        (["train", "--config", "smoke", "--data", missing, "--model-dir", tmp / "run"], "no data set at"),
+        (["eval", "--checkpoint", missing, "--data", tmp], "no checkpoint at"),
+        (["eval", "--bundle", missing, "--data", tmp], "no model bundle"),
+        (["eval", "--bundle", missing, "--data", tmp, "--image-size", "64"], "--image-size applies to --checkpoint"),
+        (["export", "--checkpoint", missing, "--output", tmp / "bundle"], "no checkpoint at"),
+        (["export", "--checkpoint", tmp], "--output"),                       # argparse's own errors too
+        (["om", "--bundle", missing, "--print"], "no model bundle"),
+        (["predict", "--bundle", missing, tmp / "x.jpg"], "no model bundle"),
+        (["verify", "--bundle", missing], "no model bundle"),
+        (["benchmark", "--bundle", missing], "no model bundle"),
+        (["default-bundle", "--model", missing], "is neither a model bundle"),
+        (["no-such-command"], "invalid choice"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(18))
+def test_every_command_reports_a_user_error_in_one_line_without_tensorflow(case, tmp_path, help_seconds):
+    argv, fragment = _user_errors(tmp_path)[case]
+    result, seconds = run_without_tensorflow(*argv)
+    assert result.returncode == 1, (result.returncode, result.stderr)   # 99: TensorFlow was imported
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("mbv3: error: ") and fragment in lines[0], result.stderr
+    # < 1 s on an idle machine; on a loaded one, within three times what --help takes there
+    assert seconds < max(1.0, 3 * help_seconds), (seconds, help_seconds)
+
+
+def test_the_cases_cover_every_command(tmp_path):
+    from mbv3 import cli
+    commands = set(next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
+    covered = set(str(argv[0]) for argv, _ in _user_errors(tmp_path))
+    assert commands <= covered and len(_user_errors(tmp_path)) == 18
+
+
+def test_a_corrupt_checkpoint_is_one_line_without_tensorflows_start_up(tmp_path):
+    """Reading it needs TensorFlow; its start-up lines stay off stderr, the error is the only line."""
+    prefix = tmp_path / "model.ckpt-1"
+    (tmp_path / "model.ckpt-1.index").write_bytes(b"not an sstable")
+    (tmp_path / "model.ckpt-1.data-00000-of-00001").write_bytes(b"x")
+    result = run_cli("export", "--checkpoint", prefix, "--output", tmp_path / "bundle")
+    assert_one_line_error(result, "cannot read checkpoint", str(prefix))
+    assert len(result.stderr.splitlines()) == 1, result.stderr
+    assert not (tmp_path / "bundle").exists()
+
+
+@pytest.mark.parametrize("flag", ["--image-size", "--input-size"])
+def test_export_takes_image_size_and_the_old_input_size(flag, capsys):
+    from mbv3 import cli
+    args = cli.parser().parse_args(["export", "--checkpoint", "c", "--output", "o", flag, "96"])
+    assert args.image_size == 96
+    warned = capsys.readouterr().err.splitlines()
+    assert warned == ([] if flag == "--image-size" else ["mbv3: warning: --input-size is deprecated; use --image-size"])
+
+
+def test_verbose_before_or_after_the_command():
+    from mbv3 import cli
+    assert cli.parser().parse_args(["--verbose", "verify", "--bundle", "b"]).verbose is True
+    assert cli.parser().parse_args(["verify", "-v", "--bundle", "b"]).verbose is True
+    assert cli.parser().parse_args(["verify", "--bundle", "b"]).verbose is False

@@ -587,3 +587,96 @@ def test_reader_errors_and_empty_split(tmp_path, small_set):
     assert summary["splits"]["train"]["written"] == 0 and summary["splits"]["train"]["skipped"] == 1
     assert data.num_examples(str(tmp_path / "empty"), "train") == 0
     assert list(data.dataset(str(tmp_path / "empty"), "train", 2, 8, training=False)) == []
+
+
+# --- dataset.json as DatasetInfo ----------------------------------------------------------------------
+
+FIXTURE = os.path.join(os.path.dirname(__file__), "data", "dataset-v1.json")
+
+
+def test_a_dataset_json_of_the_earlier_writer_reads_back_byte_for_byte():
+    """model/tests/data/dataset-v1.json was written by `build` before dataset.json had a typed record
+    (shards written and pending counts, skipped entries with and without a shard, null labels files)."""
+    from mbv3.data import metadata
+    with io.open(FIXTURE, encoding="utf-8") as f:
+        text = f.read()
+    info = metadata.read(FIXTURE)
+    assert info.to_json() == text
+    assert info.complete and info.num_classes == 3 and info.classes == ["a", "b"]
+    assert [s.records for s in info.splits["train"].shards] == [2, 3] and info.splits["validation"].written == 2
+    assert [(s.path, s.shard) for s in info.skipped] == [
+        ("notes.txt", None), ("train/a/corrupt.jpg", "train-00000-of-00002")]
+    assert metadata.DatasetInfo.from_dict(json.loads(text)) == info
+
+
+def test_a_fresh_build_goes_through_the_record(tmp_path):
+    from mbv3.data import metadata
+    src = image_folder(tmp_path / "src", {"a": 2, "b": 1})
+    summary = build(src, tmp_path / "out")
+    with io.open(str(tmp_path / "out" / "dataset.json"), encoding="utf-8") as f:
+        text = f.read()
+    assert metadata.read(str(tmp_path / "out" / "dataset.json")).to_json() == text
+    loaded = data.load(str(tmp_path / "out"))
+    assert loaded.to_dict() == data.info(str(tmp_path / "out"))
+    assert {k: v for k, v in summary.items() if k not in ("output_dir", "reused_shards", "seconds")} == loaded.to_dict()
+
+
+def _broken(tmp_path, change):
+    with io.open(FIXTURE, encoding="utf-8") as f:
+        meta = json.load(f)
+    change(meta)
+    os.makedirs(str(tmp_path / "set"))
+    with io.open(str(tmp_path / "set" / "dataset.json"), "w", encoding="utf-8") as f:
+        json.dump(meta, f)
+    return str(tmp_path / "set")
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda m: m.pop("classes"), "dataset.json.classes is missing"),
+    (lambda m: m["splits"]["train"]["shards"][0].pop("file"), "splits.train.shards[0].file is missing"),
+    (lambda m: m.update(num_classes="3"), "num_classes must be an integer"),
+    (lambda m: m["splits"]["train"].update(files=None), "splits.train.files must be an integer"),
+    (lambda m: m.update(complete="yes"), "complete must be true or false"),
+    (lambda m: m.update(format_version=2), "format_version 2 is not 1"),
+    (lambda m: m.update(format="other"), "is not an mbv3-tfrecords file"),
+    (lambda m: m.update(num_classes=7), "num_classes 7 does not match 2 classes + 1"),
+    (lambda m: m["texts"].pop(), "1 texts for 2 classes"),
+    (lambda m: m["splits"]["train"]["shards"][1].pop("records"), "a complete data set with a shard not written"),
+    (lambda m: m["inputs"].pop("fingerprint"), "inputs.fingerprint must be a string"),
+    (lambda m: m.update(complete=False), "incomplete"),
+])
+def test_a_missing_or_invalid_field_is_one_line_naming_it(tmp_path, change, message):
+    with pytest.raises(data.DataError) as caught:
+        data.load(_broken(tmp_path, change))
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+def test_the_record_reads_without_tensorflow():
+    """The CLI checks a data set before TensorFlow's start-up: mbv3.data.metadata must not import it."""
+    import subprocess
+    import sys
+    code = ("import sys; from mbv3.data import metadata; metadata.read(%r); "
+            "sys.exit(99 if 'tensorflow' in sys.modules else 0)" % FIXTURE)
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+def test_build_steps_plan_resume_write_finish(tmp_path):
+    """build() is these four steps; between them dataset.json says how far the build got."""
+    from mbv3.data import metadata, writer
+    src = image_folder(tmp_path / "src", {"a": 3, "b": 2})
+    out = tmp_path / "out"
+    p = writer.plan_build(src, out, shards=2)
+    assert not out.exists() and p.inputs["train_files"] == 5 and len(p.assignments["train"]) == 2
+    info, jobs, kept = writer.resume(p, log=quiet)
+    assert kept == 0 and [j.name for j in jobs] == ["train-00000-of-00002", "train-00001-of-00002"]
+    on_disk = metadata.read(str(out / "dataset.json"))
+    assert on_disk == info and not on_disk.complete and not any(s.written for s in on_disk.splits["train"].shards)
+    with pytest.raises(MbV3Error, match="incomplete"):
+        data.load(str(out))
+    writer.write_shards(p, info, jobs[:1], workers=1, log=quiet)
+    assert [s.written for s in metadata.read(str(out / "dataset.json")).splits["train"].shards] == [True, False]
+    info, jobs, kept = writer.resume(writer.plan_build(src, out, shards=2), log=quiet)   # a rerun keeps the first
+    assert kept == 1 and [j.name for j in jobs] == ["train-00001-of-00002"]
+    writer.write_shards(p, info, jobs, workers=1, log=quiet)
+    writer.finish(p, info, log=quiet)
+    assert data.load(str(out)).splits["train"].written == 5 and data.num_examples(str(out), "train") == 5

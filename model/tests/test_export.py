@@ -240,7 +240,7 @@ def test_export_takes_size_preprocessing_weights_and_labels_from_the_run(run48, 
 def test_a_flag_that_contradicts_the_run_is_an_error_naming_both_values(run48, tmp_path, case):
     (tmp_path / "other.txt").write_text("cat\nfox\neel\n")
     flags, fragments = {
-        "size": (dict(input_size=224), ["--input-size 224", "data.image_size: 48"]),
+        "size": (dict(input_size=224), ["--image-size 224", "data.image_size: 48"]),
         "weights": (dict(use_ema=False), ["--no-ema", "has EMA weights"]),
         "labels": (dict(labels_file=str(tmp_path / "other.txt")), ["class 2 is 'fox'", "but 'dog' in the run's"]),
     }[case]
@@ -253,11 +253,11 @@ def test_a_flag_that_contradicts_the_run_is_an_error_naming_both_values(run48, t
 
 def test_cli_contradiction_is_one_line_and_the_override_is_recorded(run48, tmp_path):
     out = tmp_path / "bundle"
-    result = run_cli("export", "--checkpoint", tmp_path / "run", "--output", out, "--input-size", "64")
-    assert_one_line_error(result, "--input-size 64 contradicts the run", "data.image_size: 48", "--override-run")
+    result = run_cli("export", "--checkpoint", tmp_path / "run", "--output", out, "--image-size", "64")
+    assert_one_line_error(result, "--image-size 64 contradicts the run", "data.image_size: 48", "--override-run")
     assert not out.exists()
     (tmp_path / "other.txt").write_text("cat\nfox\neel\n")
-    result = run_cli("export", "--checkpoint", tmp_path / "run", "--output", out, "--input-size", "64", "--no-ema",
+    result = run_cli("export", "--checkpoint", tmp_path / "run", "--output", out, "--image-size", "64", "--no-ema",
                      "--labels", tmp_path / "other.txt", "--override-run")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "overridden with --override-run: labels %s instead of %s" % (tmp_path / "other.txt", tmp_path / "run" / "labels.txt") \
@@ -287,7 +287,7 @@ def test_a_bare_checkpoint_keeps_the_defaults_and_says_so(tmp_path):
     result = run_cli("export", "--checkpoint", tmp_path / "ema", "--output", tmp_path / "b")
     assert result.returncode == 0, result.stderr[-2000:]
     stated = [line for line in result.stderr.splitlines() if line.startswith("bare checkpoint")]
-    assert stated == ["bare checkpoint (no config.yaml beside it): input 224x224 (the default; --input-size sets "
+    assert stated == ["bare checkpoint (no config.yaml beside it): input 224x224 (the default; --image-size sets "
                       "another), TF-slim's eval preprocessing (central 87.5% crop, pixels to [-1, 1]), raw weights"]
     meta = bundle.load(str(tmp_path / "b")).metadata
     assert meta["preprocessing"]["size"] == [224, 224] and "run" not in meta["source"]

@@ -5,14 +5,35 @@ A built directory holds the shards (`train-00000-of-00004`, `validation-00000-of
 `dataset.json`: classes, per-split shard files and counts, every skipped input file with the
 reason, and a fingerprint of the inputs so an interrupted build can be resumed without mixing.
 
-One module per job: schema (the records and dataset.json), plan (walking the image folder into
+One module per job: metadata (dataset.json as a typed record), schema (the records), plan (walking the image folder into
 classes, splits and shards), transcode (one image file to what a record stores), writer (the
-threaded, resumable `build`) and reader (`dataset`, `info`, `num_examples`, the shard listing).
-This package re-exports what callers use.
+threaded, resumable `build`) and reader (`dataset`, `num_examples`, the shard listing, `info` as plain JSON for scripts).
+This package re-exports what callers use; the TensorFlow modules load on first use, so
+`mbv3.data.metadata` and `mbv3.data.plan` can be imported without TensorFlow.
 """
-from ..digits import write_digits_folder  # noqa: F401  (the demo's and tests' image folder)
-from .plan import IMAGE_EXTENSIONS  # noqa: F401
-from .reader import dataset, info, num_examples, read_stats, shard_files, split_record  # noqa: F401
-from .schema import (ENCODED, FORMAT, FORMAT_VERSION, LABEL, LABEL_OFFSET, LABELS, METADATA, SPLITS,  # noqa: F401
-                     TRAIN, VALIDATION, DataError, make_example, parse, shard_name)
-from .writer import build  # noqa: F401
+import importlib
+
+from .metadata import (FORMAT, FORMAT_VERSION, LABEL_OFFSET, LABELS, METADATA, SPLITS, TRAIN,  # noqa: F401
+                       VALIDATION, DataError, DatasetInfo, load)
+
+_LAZY = {
+    "write_digits_folder": "..digits",   # the demo's and tests' image folder
+    "IMAGE_EXTENSIONS": ".plan",
+    "dataset": ".reader", "info": ".reader", "num_examples": ".reader", "read_stats": ".reader",
+    "shard_files": ".reader",
+    "ENCODED": ".schema", "LABEL": ".schema", "make_example": ".schema", "parse": ".schema", "shard_name": ".schema",
+    "build": ".writer",
+}
+
+
+def __getattr__(name):
+    """The re-exported names of the TensorFlow modules, imported when first asked for (PEP 562)."""
+    if name not in _LAZY:
+        raise AttributeError("module %r has no attribute %r" % (__name__, name))
+    value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + list(_LAZY))

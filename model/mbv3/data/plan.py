@@ -16,7 +16,7 @@ import random
 import stat
 
 from .. import bundle
-from .schema import FORMAT_VERSION, LABEL_OFFSET, TRAIN, VALIDATION, DataError
+from .metadata import FORMAT_VERSION, LABEL_OFFSET, TRAIN, VALIDATION, DataError
 
 IMAGE_EXTENSIONS = (".jpeg", ".jpg", ".png", ".bmp", ".gif", ".webp")
 IMAGES_PER_SHARD = 1000

@@ -1,8 +1,8 @@
 """The tf.data reader of a built data set, and what dataset.json says about it.
 
-`dataset()` is the one input pipeline of training and checkpoint evaluation; `info()`,
-`num_examples()` and the shard listing serve those and the bundle evaluation (mbv3.bundle_eval),
-which reads the same shards without TensorFlow's image ops.
+`dataset()` is the one input pipeline of training and checkpoint evaluation; `num_examples()` and
+the shard listing serve those and the bundle evaluation (mbv3.bundle_eval), which reads the same
+shards without TensorFlow's image ops. dataset.json is read through mbv3.data.metadata.
 """
 import os
 import random
@@ -10,55 +10,32 @@ import random
 import tensorflow as tf
 
 from .. import tf_preprocess
-from . import schema
-from .schema import FORMAT, METADATA, SPLIT_ALIASES, DataError, read_metadata
+from . import metadata, schema
+from .metadata import DataError
 
 INTERLEAVE_FILES = 16
 
 
 def info(data_dir):
-    """The data set's dataset.json as a dict (classes, num_classes, splits with shards and counts)."""
-    data_dir = os.path.expanduser(str(data_dir))
-    if not os.path.isdir(data_dir):
-        raise DataError("no data set at %s (not a directory)" % data_dir)
-    meta_path = os.path.join(data_dir, METADATA)
-    if not os.path.exists(meta_path):
-        raise DataError("%s holds no %s: not a data set written by `mbv3 data build` (mbv3.data.build)"
-                        % (data_dir, METADATA))
-    meta = read_metadata(meta_path)
-    if meta.get("format") != FORMAT:
-        raise DataError("%s is not an %s file" % (meta_path, FORMAT))
-    if not meta.get("complete"):
-        raise DataError("data set %s is incomplete (its build was interrupted); run the build again" % data_dir)
-    return meta
-
-
-def split_record(meta, data_dir, split):
-    """(the split's name, its record in dataset.json `meta`): `val` and `eval` name the validation
-    split; a split without shards is an error naming the splits there are."""
-    split = SPLIT_ALIASES.get(split, split)
-    record = meta.get("splits", {}).get(split)
-    if not record or not record.get("shards"):
-        raise DataError("data set %s has no shards for split %r (it has: %s)"
-                        % (data_dir, split, ", ".join(sorted(meta.get("splits", {}))) or "none"))
-    return split, record
+    """The finished data set's dataset.json as plain JSON, for scripts; read and checked as
+    mbv3.data.metadata.DatasetInfo, which load() returns."""
+    return metadata.load(data_dir).to_dict()
 
 
 def shard_files(data_dir, record):
-    """The paths of a split's shards (`record` from split_record), each checked to exist."""
+    """The paths of a split's shards (`record`: a metadata.Split), each checked to exist."""
     files = []
-    for shard in record["shards"]:
-        path = os.path.join(data_dir, shard["file"])
+    for shard in record.shards:
+        path = os.path.join(data_dir, shard.file)
         if not os.path.exists(path):
-            raise DataError("data set %s: shard %s is missing" % (data_dir, shard["file"]))
+            raise DataError("data set %s: shard %s is missing" % (data_dir, shard.file))
         files.append(path)
     return files
 
 
 def num_examples(data_dir, split):
     """Images written to a split (0 if every one was skipped)."""
-    meta = info(data_dir)
-    return int(split_record(meta, data_dir, split)[1]["written"])
+    return int(metadata.load(data_dir).split(split, data_dir)[1].written)
 
 
 def _passes(repeat, training):
@@ -103,10 +80,9 @@ def dataset(data_dir, split, batch_size, image_size, training, repeat=None, shuf
     shards. They need eager mode and count this pipeline only.
     """
     data_dir = os.path.expanduser(str(data_dir))
-    meta = info(data_dir)
-    split, record = split_record(meta, data_dir, split)
+    split, record = metadata.load(data_dir).split(split, data_dir)
     files = shard_files(data_dir, record)
-    counts = [int(shard.get("records", 0)) for shard in record["shards"]]
+    counts = [int(shard.records or 0) for shard in record.shards]
     if int(batch_size) < 1 or int(image_size) < 1:
         raise DataError("batch_size and image_size must be positive, got %s and %s" % (batch_size, image_size))
     passes = _passes(repeat, training)

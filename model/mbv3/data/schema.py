@@ -1,30 +1,13 @@
-"""What a data set is: TF-slim's Example features, the split and shard names, and dataset.json.
+"""What a data set's records are: TF-slim's Example features and the shard names (dataset.json is
+mbv3.data.metadata's).
 
 Records carry the features of slim's build_imagenet_data.py (image/encoded, image/format,
 image/class/label, ...), so slim's readers read ours and ours read slim's. Labels are 1-based
 (index in the class list + 1): 0 stays `background`, as in slim's 1001-class models.
 """
-import io
-import json
-
 import tensorflow as tf
 
-from .. import fileio
-from ..errors import MbV3Error
-
-FORMAT = "mbv3-tfrecords"
-FORMAT_VERSION = 1
-METADATA = "dataset.json"
-LABELS = "labels.txt"
-TRAIN, VALIDATION = "train", "validation"
-SPLITS = (TRAIN, VALIDATION)
-SPLIT_ALIASES = {"val": VALIDATION, "eval": VALIDATION}
-LABEL_OFFSET = 1
 ENCODED, LABEL = "image/encoded", "image/class/label"   # the two features every reader needs
-
-
-class DataError(MbV3Error):
-    pass
 
 
 def _bytes(values):
@@ -87,18 +70,3 @@ def parse(record):
     bbox = tf.stack([tf.sparse.to_dense(features["image/object/bbox/" + k]) for k in ("ymin", "xmin", "ymax", "xmax")],
                     axis=1)
     return features[ENCODED], tf.cast(features[LABEL], tf.int32), bbox
-
-
-def write_metadata(path, value):
-    """dataset.json (atomically: a reader never sees half of it)."""
-    fileio.write_text(path, json.dumps(value, indent=1, sort_keys=True, ensure_ascii=False) + "\n")
-
-
-def read_metadata(path):
-    try:
-        with io.open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (IOError, OSError) as e:
-        raise DataError("cannot read %s: %s" % (path, e.strerror or e))
-    except ValueError as e:
-        raise DataError("%s is not valid JSON (%s)" % (path, e))

@@ -7,6 +7,7 @@ import os
 import shutil
 
 from .. import bundle
+from ..console import import_tensorflow
 from ..errors import MbV3Error
 
 
@@ -46,6 +47,7 @@ def lock(cache, log):
 
 
 def export_into(prefix, out, log, **kwargs):
+    import_tensorflow()   # quietly, before the TensorFlow module below
     from .. import export
     parent = os.path.dirname(out)
     if not os.path.isdir(parent):

@@ -9,6 +9,7 @@ import json
 import os
 import textwrap
 
+from ..console import import_tensorflow
 from ..errors import MbV3Error
 from . import cache, official
 
@@ -23,6 +24,7 @@ NOTICE = ("THIS IS THE DEMO DIGITS MODEL, NOT AN IMAGENET CLASSIFIER.\n"
 
 def train_digits(data_dir, model_dir, log):
     """The demo's recipe (RECIPE) on its TFRecords (resumes an interrupted run)."""
+    import_tensorflow()   # quietly, before the TensorFlow module below
     from .. import train
     summary = train.train(RECIPE, data_dir, model_dir, log=log)
     if summary["stopped_by_signal"]:
@@ -46,6 +48,7 @@ def bundle(root, log):
     if cache.is_bundle(out):
         log("using the digits demo bundle trained earlier: %s" % out)
         return out
+    import_tensorflow()   # quietly, before the TensorFlow module below
     from .. import data, digits
     work = os.path.join(root, "demo", k)
     images, records, run = (os.path.join(work, n) for n in ("images", "data", "run"))

@@ -5,6 +5,7 @@ import hashlib
 import os
 
 from ..bundle import METADATA, load as load_bundle
+from ..console import import_tensorflow
 from ..errors import MbV3Error
 from . import cache
 from .official import find_checkpoint
@@ -16,6 +17,7 @@ def bundle(model, root, log):
         load_bundle(path)  # a foreign or broken model.json fails here, not in the service
         log("using bundle %s" % path)
         return path
+    import_tensorflow()   # quietly, before the TensorFlow module below
     from .. import checkpoint
     try:
         prefix = checkpoint.resolve_prefix(path)

@@ -10,6 +10,7 @@ import os
 import shutil
 import tarfile
 
+from ..console import import_tensorflow
 from ..errors import MbV3Error
 from . import cache
 
@@ -140,6 +141,7 @@ def find_checkpoint(root, quiet=False):
             return None
         raise RejectedCheckpoint("the archive holds checkpoints in several folders (%s); expected one under ema/"
                                  % ", ".join(os.path.relpath(f, root) for f in folders))
+    import_tensorflow()   # quietly, before the TensorFlow module below
     from .. import checkpoint
     try:
         return checkpoint.resolve_prefix(folders[0])
@@ -150,6 +152,7 @@ def find_checkpoint(root, quiet=False):
 def check(root):
     """The prefix of the official checkpoint under root, checked by its contents: every variable
     name and shape of MobileNetV3-Large 1.0 with 1001 classes, nothing else."""
+    import_tensorflow()   # quietly, before the TensorFlow module below
     from .. import checkpoint, specs
     prefix = find_checkpoint(root)
     try:

@@ -39,7 +39,7 @@ def ensure_bundle(path):
         mbv3 = [sys.executable, "-m", "mbv3.cli"]
         for cmd in (mbv3 + ["init", "--model-dir", ckpt, "--variant", "small", "--multiplier", "0.35",
                             "--num-classes", "11"],
-                    mbv3 + ["export", "--checkpoint", ckpt, "--output", path, "--input-size", "96"]):
+                    mbv3 + ["export", "--checkpoint", ckpt, "--output", path, "--image-size", "96"]):
             log("+ " + " ".join(cmd))
             if subprocess.run(cmd).returncode != 0:
                 raise BenchError("making the benchmark bundle failed: %s" % " ".join(cmd))

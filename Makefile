@@ -106,8 +106,9 @@ export: venv ## export CHECKPOINT as the model bundle BUNDLE (ONNX + frozen grap
 	$(MBV3) export --checkpoint $(CHECKPOINT) --output $(BUNDLE)
 
 om: ## BUNDLE -> model.om for the serving chip with ATC in the convert container (CANN toolkit; AIPP=1 folds normalisation in), recorded in model.json
-	BUNDLE=$(abspath $(BUNDLE)) $(if $(ASCEND_CHIP),ASCEND_CHIP=$(ASCEND_CHIP)) $(COMPOSE) --profile convert run --rm \
-	  --user $(CONVERT_USER) convert om --bundle /bundle $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
+	BUNDLE=$(abspath $(BUNDLE)) $(if $(ASCEND_CHIP),ASCEND_CHIP=$(ASCEND_CHIP)) \
+	  $(COMPOSE) --profile convert run --rm --user $(CONVERT_USER) convert \
+	  om --bundle /bundle $(if $(SOC_VERSION),--soc-version $(SOC_VERSION)) \
 	  $(if $(PROFILES),--batch-profiles $(PROFILES)) $(if $(AIPP),--aipp)
 
 predict: venv ## top-5 classes of IMAGES with BUNDLE (ONNX Runtime)

@@ -9,8 +9,13 @@ a device that takes one image of a burst is a device lost for a whole run), wait
 batching delay for more; then it hands the batch to that device and goes on: four devices run four
 batches at once, and while they run, new items queue up and form the next batches. An idle pool
 never holds an image back. Of several idle devices the batch goes to the one idle
-longest, so work spreads over all of them. A lone image that finds the engine idle can skip all that
-(infer_alone): it is prepared and run on its device's thread in one hop.
+longest, so work spreads over all of them.
+
+Callers give the engine jobs (infer): a pure function that makes one image, and the executor that
+makes it. The engine makes them there and queues what they make, except for a lone job its caller
+allows one hop: finding a device idle, the engine makes it and runs it on that device's thread in
+one step, two thread hand-offs and the batcher fewer. Callers with arrays already (tensors) queue
+them directly (infer_many).
 
 Failures stay with their device. A failed run fails its batch only (503). A fatal one (device lost)
 also takes the device out of the pool and reloads it on its own thread, again after a growing pause
@@ -40,6 +45,29 @@ class EngineError(ServiceError, RuntimeError):
 def backend_error(error):
     """The answer to the images of a failed run."""
     return unavailable("backend_error", "inference failed: %s" % error)
+
+
+class Job:
+    """One image for the engine to make and run. `make(*args)` returns the model input: a pure
+    function of its arguments (the Preprocessor's transform and an upload's bytes), never a method of
+    the caller's objects, so the engine depends on no caller and no thread touches request state.
+    `where`: the executor that makes it; `one_hop`: the caller allows it to be made on an idle
+    device's thread right before its run (the caller bounds its cost: that device's next batch waits
+    behind it)."""
+    __slots__ = ("make", "args", "where", "one_hop")
+
+    def __init__(self, make, args, where, one_hop=False):
+        self.make, self.args, self.where, self.one_hop = make, args, where, one_hop
+
+
+def _made(job):
+    """On the job's executor: (image or what make raised, {"preprocess": seconds})."""
+    start = time.perf_counter()
+    try:
+        image = job.make(*job.args)
+    except Exception as e:   # the caller's to judge: a bad image, or a bug
+        image = e
+    return image, {"preprocess": time.perf_counter() - start}
 
 
 class Item:
@@ -137,8 +165,8 @@ class Engine:
 
     @property
     def idle(self):
-        """Nothing queued, expected or running, and a device ready: the lone-image path's condition. A
-        lone image while other devices are busy goes through the batcher instead, which may add it to
+        """Nothing queued, expected or running, and a device ready: when a lone job may take one hop.
+        A lone job while other devices are busy goes through the batcher instead, which may add it to
         a batch rather than spend a whole device run on it."""
         return not self._queue and not self._expected and not self._busy() and any(w.idle for w in self.workers)
 
@@ -199,54 +227,51 @@ class Engine:
         outcomes = await asyncio.gather(*[item.future for item in items], return_exceptions=True)
         return [(outcome, item.timings) for outcome, item in zip(outcomes, items)]
 
-    async def infer_alone(self, prepare, *args):
-        """For a caller that found the engine idle: one image, made by `prepare(*args)` and run at
-        batch 1 in one hop on that device's thread, two thread hand-offs and the batcher fewer (the
-        lone-image path; docs/api.md has the measurement). Never on the caller's thread: a decode on
-        the event loop would stall every connection for its length.
-
-        `prepare` is data to the engine, as an image array is: a pure function of its arguments
-        (the Preprocessor's transform, say), never a method of the caller's objects, so the
-        engine depends on no caller and the device thread touches no request state. The caller
-        bounds its cost, since the device's next batch waits behind it. What `prepare` raises
-        reaches the caller unchanged, and the model does not run.
-        Returns (logits row, {"preprocess", "queue", "inference"} in seconds)."""
+    async def infer(self, jobs):
+        """[(logits row or exception, timings)] for `jobs`, in order: each made on its executor, then
+        queued together with infer_many; a lone job allowed one hop that finds the engine idle is
+        made and run on the idle device's thread at once. What a job's make raised is its outcome
+        (the model does not run for it); a failed run's is an ApiError. Cancelled (the caller
+        left), it returns only once no thread works for it, so what the caller holds for the jobs
+        (memory) stays held while it is used."""
         self._check_open()
-        loop = asyncio.get_running_loop()
-        worker = self._idle_worker()
-        if worker is None:  # the caller checked `idle` in the same step, so only a misuse gets here
-            image = await loop.run_in_executor(None, prepare, *args)
-            (row, timings), = await self.infer_many([image])
-            if isinstance(row, Exception):
-                raise row
-            return row, timings
+        if len(jobs) == 1 and jobs[0].one_hop and self.idle:
+            return [await self._one_hop(self._idle_worker(), jobs[0])]
+        with self.expecting(len(jobs)):
+            made = await _wait_all([job.where.submit(_made, job) for job in jobs])
+        ready = [i for i, (image, _) in enumerate(made) if not isinstance(image, Exception)]
+        outcomes = list(made)
+        if ready:
+            for i, (row, timings) in zip(ready, await self.infer_many([made[i][0] for i in ready])):
+                outcomes[i] = (row, dict(made[i][1], **timings))
+        return outcomes
 
+    async def _one_hop(self, worker, job):
+        """Make and run `job` at batch 1 on `worker`'s thread in one step; its books are kept when
+        the run ends, even if the caller stops waiting."""
         def run():
-            start = time.perf_counter()
-            image = prepare(*args)
+            image, timings = _made(job)
+            if isinstance(image, Exception):
+                return image, timings
             ran = time.perf_counter()
             row = worker.run(image[np.newaxis])[0]
-            return row, {"preprocess": ran - start, "queue": 0.0, "inference": time.perf_counter() - ran}
+            return row, dict(timings, queue=0.0, inference=time.perf_counter() - ran)
 
         def finished(future):
-            """The device's books, when the run ends: a caller that stopped waiting does not end it."""
             self._done(worker, 1, start)
             error = None if future.cancelled() else future.exception()
             if isinstance(error, BackendError):
                 self._failed(worker, error, 1)
-            elif not future.cancelled() and error is None:
+            elif error is None and not isinstance(future.result()[0], Exception):
                 self._succeeded(worker, 1)
         worker.begin(1)
         start = time.perf_counter()
-        future = loop.run_in_executor(worker.executor, run)
+        future = asyncio.get_running_loop().run_in_executor(worker.executor, run)
         future.add_done_callback(finished)
         try:
-            return await asyncio.shield(future)
+            return await _shielded(future)
         except BackendError as e:
-            raise backend_error(e)
-        except asyncio.CancelledError:   # the caller is gone; what it holds for this run stays held until it ends
-            await asyncio.wait([future])
-            raise
+            return backend_error(e), {}
 
     # --- the batcher -------------------------------------------------------------------------
     async def _batch_loop(self):
@@ -270,7 +295,7 @@ class Engine:
                         await asyncio.wait_for(self._wakeup.wait(), remaining)
                     except asyncio.TimeoutError:
                         break
-                worker = self._idle_worker()   # the one chosen may have been taken (infer_alone) or lost
+                worker = self._idle_worker()   # the one chosen may have been taken (one hop) or lost
                 if worker is None or not self._queue:
                     continue
             batch = [self._queue.popleft() for _ in range(min(self.max_batch, len(self._queue)))]
@@ -377,3 +402,24 @@ class Engine:
         worker.set_state(state, error)
         if self._wakeup is not None:
             self._wakeup.set()   # the batcher may now use this device, or must refuse what waits
+
+
+async def _shielded(future):
+    """Await `future` (a run on a device's thread); cancelled, wait for it to end before giving up."""
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait([future])
+        raise
+
+
+async def _wait_all(futures):
+    """The results of concurrent.futures `futures`; cancelled, cancel those not started and wait
+    for those running before giving up."""
+    try:
+        return await asyncio.gather(*[asyncio.wrap_future(f) for f in futures])
+    except asyncio.CancelledError:
+        running = [f for f in futures if not f.cancel()]   # those not started never will
+        if running:
+            await asyncio.wait([asyncio.wrap_future(f) for f in running])
+        raise

@@ -10,7 +10,6 @@ huge or slow-to-decode images never makes an ordinary photo wait for a decoding 
 from __future__ import annotations
 
 import asyncio
-import time
 from dataclasses import dataclass, field
 from typing import Optional
 
@@ -19,6 +18,7 @@ import numpy as np
 from mbv3 import fast_preprocess, numpy_preprocess
 from mbv3.errors import ImageError, ImageTooLarge
 
+from .engine import Job
 from .errors import ApiError, bad_request
 
 # Bytes per decoded pixel budgeted for decoding + eval_transform, by what decodes the image: Pillow
@@ -42,7 +42,6 @@ class Upload:
     height: int = 0
     mode: str = ""
     error: Optional[ApiError] = None
-    image: Optional[np.ndarray] = None
     logits: Optional[np.ndarray] = None
     timings: dict = field(default_factory=dict)
 
@@ -61,7 +60,7 @@ class Preprocessor:
     MAX_REQUEST_PIXELS) and the transform (PREPROCESSING: mbv3.fast_preprocess.select's choices).
 
     `transform(data, prep, max_pixels, normalize)` is a pure function of its arguments, so it may
-    run on any thread (the engine's one-hop path runs it on the device thread); it raises
+    run on any thread (the engine may run a lone image's on an idle device's thread); it raises
     ImageError."""
 
     def __init__(self, prep, pool, max_images, max_image_pixels, max_request_pixels, preprocessing="auto",
@@ -121,28 +120,11 @@ class Preprocessor:
     def tensors_cost(self, n):
         return n * self.tensor_bytes
 
-    def prepare(self, upload, uint8):
-        """Decode + crop + resize (+ normalise unless uint8) one upload, on the calling thread;
-        sets upload.image or upload.error."""
-        start = time.perf_counter()
-        try:
-            upload.image = self.transform(upload.data, self.prep, self.max_image_pixels, not uint8)
-        except ImageError as e:
-            upload.error = image_error(e)
-        upload.timings["preprocess"] = time.perf_counter() - start
-        return upload
-
-    async def prepare_all(self, uploads, uint8):
-        """prepare() each upload on the pool. Cancelled (the client left), it returns only once no
-        thread decodes for it any more, so the memory the caller reserved is held while it is used."""
-        jobs = [self._pool_for(u).submit(self.prepare, u, uint8) for u in uploads]
-        try:
-            await asyncio.gather(*[asyncio.wrap_future(job) for job in jobs])
-        except asyncio.CancelledError:
-            running = [job for job in jobs if not job.cancel()]   # those not started never will
-            if running:
-                await asyncio.wait([asyncio.wrap_future(job) for job in running])
-            raise
+    def job(self, upload, uint8, one_hop=False):
+        """The engine's job for one upload: decode + crop + resize (+ normalise unless uint8) with
+        the transform, on the decoding pool (the large-image thread for a large one)."""
+        return Job(self.transform, (upload.data, self.prep, self.max_image_pixels, not uint8), self._pool_for(upload),
+                   one_hop)
 
 
 def _probe(probe, data):

@@ -3,8 +3,8 @@ headers probed, its worst case held from the memory budget, preprocessing, the e
 answer (top-k without the background class, per-stage timings). Both routers call one Pipeline,
 so the two protocols cannot drift apart; they only read bodies and write answers.
 
-The dependency runs one way: the pipeline calls the engine with arrays (or, for the one-hop path,
-with a pure function and its arguments), and the engine never calls the pipeline.
+The dependency runs one way: the pipeline gives the engine jobs (a pure function, its arguments, the
+executor that runs it) or arrays, and the engine never calls the pipeline.
 """
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import numpy as np
 from mbv3.classify import softmax, top_k
 from mbv3.errors import ImageError
 
-from .errors import ApiError, unavailable
+from .errors import ApiError
 from .images import Upload, image_error
 
 STAGES = ("preprocess", "queue", "inference")
@@ -23,8 +23,8 @@ class Pipeline:
     def __init__(self, bundle, engine, images, budget, metrics, *, one_hop_max_pixels):
         """bundle: the served mbv3 Bundle; engine: the Engine; images: the Preprocessor (limits,
         probing, decoding pool); budget: the MemoryBudget; one_hop_max_pixels: the largest lone image
-        decoded on the device thread (ONE_HOP_MAX_PIXELS; 0: never). Nothing is decoded on the event
-        loop, so no image can stall the other connections."""
+        the engine may decode on an idle device's thread (ONE_HOP_MAX_PIXELS; 0: never). Nothing is
+        decoded on the event loop, so no image can stall the other connections."""
         self.engine, self.images, self.budget, self.metrics = engine, images, budget, metrics
         self.one_hop_max_pixels = one_hop_max_pixels
         self.labels = bundle.labels
@@ -52,34 +52,19 @@ class Pipeline:
         what = "this image" if len(uploads) == 1 else "this request's %d images" % len(uploads)
         async with self.budget.hold(self.images.cost(good), what):
             uint8 = self.takes_pixels
-            lone = good[0].pixels if len(good) == 1 and len(uploads) == 1 else None
-            if lone is not None and lone <= self.one_hop_max_pixels and self.engine.idle:
-                await self._one_hop(good[0], uint8)
-                return uploads
-            with self.engine.expecting(len(good)):
-                await self.images.prepare_all(good, uint8)
-            ready = [u for u in good if u.error is None]
-            if ready:
-                for upload, (outcome, timings) in zip(ready, await self.engine.infer_many([u.image for u in ready])):
-                    upload.image = None
-                    upload.timings.update(timings)
-                    if isinstance(outcome, Exception):
-                        upload.error = outcome if isinstance(outcome, ApiError) else unavailable(
-                            "backend_error", "inference failed")
-                    else:
-                        upload.logits = outcome
+            lone = len(uploads) == 1
+            jobs = [self.images.job(u, uint8, one_hop=lone and u.pixels <= self.one_hop_max_pixels) for u in good]
+            for upload, (outcome, timings) in zip(good, await self.engine.infer(jobs) if jobs else []):
+                upload.timings.update(timings)
+                if isinstance(outcome, ImageError):
+                    upload.error = image_error(outcome)
+                elif isinstance(outcome, ApiError):
+                    upload.error = outcome
+                elif isinstance(outcome, Exception):
+                    raise outcome   # a bug, not the image: 500
+                else:
+                    upload.logits = outcome
         return uploads
-
-    async def _one_hop(self, upload, uint8):
-        """A lone small image on an idle engine: decoded and run in one hop on the device thread.
-        The engine gets the transform (a pure function) and the bytes, never this upload."""
-        try:
-            upload.logits, timings = await self.engine.infer_alone(
-                self.images.transform, upload.data, self.prep, self.images.max_image_pixels, not uint8)
-        except ImageError as e:
-            upload.error = image_error(e)
-        else:
-            upload.timings.update(timings)
 
     def result(self, upload, top_k_):
         """The JSON object for one classified upload (the background class is never a prediction)."""

@@ -155,11 +155,12 @@ def test_large_images_are_decoded_on_their_own_thread():
     large = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="large")
     images = Preprocessor(Preprocessing(size=(32, 32)), pool, 8, 10 ** 8, 10 ** 8, "reference",
                           large_pool=large, large_bytes=20 * MB)
-    seen = {}
-    images.prepare = lambda upload, uint8: seen.setdefault(upload.name, threading.current_thread().name)
     photo, huge = Upload(b"", name="photo", width=640, height=480, mode="RGB"), \
         Upload(b"", name="huge", width=8000, height=5000, mode="RGB")
-    run(images.prepare_all([photo, huge], uint8=False))
+    seen = {}
+    for upload in (photo, huge):
+        job = images.job(upload, uint8=False)
+        seen[upload.name] = job.where.submit(lambda: threading.current_thread().name).result()
     assert seen["photo"].startswith("small") and seen["huge"].startswith("large"), seen
     pool.shutdown()
     large.shutdown()

@@ -1,7 +1,9 @@
 """The engine without HTTP: batches up to the largest batch, no wait when nothing more is expected, a
-device lost mid-batch (its batch answers 503, the device reloads, the next run succeeds), a lone
-image whose caller leaves (the device's books settle when the run ends), and a drain on stop."""
+device lost mid-batch (its batch answers 503, the device reloads, the next run succeeds), jobs made
+on their executor or, lone on an idle engine, in one hop on the device thread, callers that leave
+(the device's books settle when the run ends; jobs being made are waited for), and a drain on stop."""
 import asyncio
+import concurrent.futures
 import threading
 import time
 
@@ -9,7 +11,7 @@ import numpy as np
 import pytest
 
 from classifier.backends.base import Backend, BackendError
-from classifier.engine import Engine
+from classifier.engine import Engine, Job
 from classifier.errors import ApiError
 from classifier.metrics import Metrics
 from classifier.workers import Worker
@@ -112,15 +114,60 @@ def test_a_device_lost_mid_batch_fails_that_batch_then_reloads():
     assert script["closed"] == 2   # the lost backend, then the reloaded one at stop
 
 
-def test_a_lone_image_whose_caller_leaves_keeps_the_device_busy_until_its_run_ends():
-    gate = threading.Event()
-    script = {"gate": gate}
+def make(value):
+    if value < 0:
+        raise ValueError("not an image")
+    return np.full((2, 2, 3), value, np.float32)
+
+
+def test_a_lone_job_on_an_idle_engine_takes_one_hop_on_the_device_thread():
+    pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="pool")
+    threads = []
+
+    def where(value):
+        threads.append(threading.current_thread().name)
+        return make(value)
+
+    async def main():
+        e = engine({})
+        await e.start()
+        (row, timings), = await e.infer([Job(where, (1.0,), pool, one_hop=True)])
+        assert float(row[0]) == 12.0 and set(timings) == {"preprocess", "queue", "inference"}
+        (row, _), = await e.infer([Job(where, (2.0,), pool)])   # not allowed one hop: made on the pool
+        assert float(row[0]) == 24.0
+        (bad, timings), = await e.infer([Job(make, (-1.0,), pool, one_hop=True)])
+        assert isinstance(bad, ValueError) and set(timings) == {"preprocess"}   # the model never ran for it
+        await e.stop()
+    run(main())
+    pool.shutdown()
+    assert threads[0].startswith("device0") and threads[1].startswith("pool")
+
+
+def test_jobs_are_made_on_their_executor_then_batched_and_a_bad_one_fails_alone():
+    pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="pool")
+    script = {}
 
     async def main():
         e = engine(script)
         await e.start()
-        prepare = lambda value: np.full((2, 2, 3), value, np.float32)   # noqa: E731
-        call = asyncio.ensure_future(e.infer_alone(prepare, 1.0))
+        outcomes = await e.infer([Job(make, (v,), pool, one_hop=True) for v in (1.0, -1.0, 2.0)])
+        await e.stop()
+        return outcomes
+    (first, _), (bad, _), (third, timings) = run(main())
+    pool.shutdown()
+    assert float(first[0]) == 12.0 and isinstance(bad, ValueError) and float(third[0]) == 24.0
+    assert script["sizes"] == [2] and set(timings) == {"preprocess", "queue", "inference"}
+
+
+def test_a_lone_job_whose_caller_leaves_keeps_the_device_busy_until_its_run_ends():
+    gate = threading.Event()
+    script = {"gate": gate}
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    async def main():
+        e = engine(script)
+        await e.start()
+        call = asyncio.ensure_future(e.infer([Job(make, (1.0,), pool, one_hop=True)]))
         await asyncio.sleep(0.05)
         call.cancel()
         await asyncio.sleep(0.05)
@@ -133,6 +180,33 @@ def test_a_lone_image_whose_caller_leaves_keeps_the_device_busy_until_its_run_en
         assert device["in_flight"] == 0 and device["batches"] == 1 and e.idle   # ... whose books then settle
         await e.stop()
     run(main())
+    pool.shutdown()
+
+
+def test_jobs_whose_caller_leaves_are_waited_for_while_they_are_made():
+    started, release = threading.Event(), threading.Event()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+
+    def slow(value):
+        started.set()
+        release.wait(5)
+        return make(value)
+
+    async def main():
+        e = engine({})
+        await e.start()
+        call = asyncio.ensure_future(e.infer([Job(slow, (1.0,), pool), Job(slow, (2.0,), pool)]))
+        while not started.is_set():
+            await asyncio.sleep(0.01)
+        call.cancel()
+        await asyncio.sleep(0.05)
+        assert not call.done()   # the first is being made on the pool: held until it ends; the second never starts
+        release.set()
+        with pytest.raises(asyncio.CancelledError):
+            await call
+        await e.stop()
+    run(main())
+    pool.shutdown()
 
 
 def test_stop_drains_what_is_queued():

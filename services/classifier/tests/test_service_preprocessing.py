@@ -63,9 +63,8 @@ LEVEL = 2.0 / 255
 
 def _prepared(service, data):
     """What the service feeds the model for these bytes (its Preprocessor, as a request uses it)."""
-    upload = service.images.prepare(Upload(data), uint8=False)
-    assert upload.error is None, upload.error
-    return upload.image
+    job = service.images.job(Upload(data), uint8=False)
+    return job.make(*job.args)
 
 
 @pytest.mark.parametrize("name", sorted(_images()))

@@ -1,9 +1,12 @@
-# Fine-tuning on an Ascend 910 (CANN's TensorFlow 2.6.5 adapter, Python 3.7) and ATC for `make om`.
-# BASE_IMAGE: a CANN training image with the TF 2.x adapter (npu_device) and the toolkit's ATC; the
-# default tag is an assumption to check against the host's driver and CANN version.
+# Fine-tuning on an Ascend 910 (CANN's TensorFlow 2.6.5 adapter, Python 3.7). ATC is not here: Huawei's
+# training images carry nnae + tfplugin, not the toolkit; `make om` converts in the convert image.
+# BASE_IMAGE: a CANN training image with the TF 2.x adapter (npu_device); the default tag is an
+# assumption to check against the host's driver and CANN version.
 # Pulling it needs a login first (docs/containers.md): docker login ascendhub.huawei.com.
 ARG BASE_IMAGE=ascendhub.huawei.com/public-ascendhub/tensorflow-modelzoo:23.0.RC2-TF2.6.5-ubuntu18.04
 FROM ${BASE_IMAGE}
+# some revisions of that image end as a non-root user (hwMindX): install as root, run as 10001 below
+USER root
 # PYTHON: the interpreter the base image's TensorFlow and adapter are installed for. In Huawei's
 # tensorflow-modelzoo image that is the apt Python 3.7 behind /usr/bin/python; `python3` (and so
 # `python3 -m pip`) may be another interpreter there. pip, the `mbv3` command's shebang and

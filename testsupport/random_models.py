@@ -27,11 +27,11 @@ def random_values(variant="large", multiplier=1.0, num_classes=1001, seed=0):
     return values
 
 
-def random_bundle(path, variant="small", multiplier=0.5, num_classes=11, input_size=96, seed=0, name=None, notice=None):
+def random_bundle(path, variant="small", multiplier=0.5, num_classes=11, image_size=96, seed=0, name=None, notice=None):
     """A model bundle at `path` exported from random_values (its checkpoint goes to `path`-ckpt)."""
     from mbv3 import export
     prefix = checkpoint.save(str(path) + "-ckpt", 1, random_values(variant, multiplier, num_classes, seed))
-    export.export(prefix, str(path), input_size=input_size, name=name, notice=notice, log=lambda *_: None)
+    export.export(prefix, str(path), image_size=image_size, name=name, notice=notice, log=lambda *_: None)
     return str(path)
 
 

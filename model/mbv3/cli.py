@@ -98,7 +98,7 @@ def cmd_export(args):
     import_tensorflow()
     from . import export
     export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
-                  variant=args.variant, input_size=args.image_size, labels_file=args.labels,
+                  variant=args.variant, image_size=args.image_size, labels_file=args.labels,
                   name=args.name, version=args.version, override_run=args.override_run, log=say)
     return 0
 

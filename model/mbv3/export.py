@@ -29,11 +29,11 @@ PARITY_TOLERANCE = 1e-4   # max |onnx - tf| relative to the logits' scale (max |
 PARITY_BATCHES = (1, 3)
 
 
-def frozen_graph(resolved, values, num_classes, input_size, numerics=None):
-    """A GraphDef: placeholder `input` float32 [None, input_size, input_size, 3] -> `logits` [None, num_classes]."""
+def frozen_graph(resolved, values, num_classes, image_size, numerics=None):
+    """A GraphDef: placeholder `input` float32 [None, image_size, image_size, 3] -> `logits` [None, num_classes]."""
     graph = tf.Graph()
     with graph.as_default():
-        images = tf.compat.v1.placeholder(tf.float32, [None, input_size, input_size, 3], name=INPUT)
+        images = tf.compat.v1.placeholder(tf.float32, [None, image_size, image_size, 3], name=INPUT)
         params = {name: tf.constant(value, name=name) for name, value in values.items()}
         logits = net.forward(resolved, params, images, training=False, numerics=numerics, num_classes=num_classes)
         tf.identity(logits, name=OUTPUT)
@@ -82,14 +82,14 @@ def to_onnx(graph_def, opset=ONNX_OPSET):
     return model
 
 
-def verify(graph_def, onnx_bytes, input_size, seed=0):
+def verify(graph_def, onnx_bytes, image_size, seed=0):
     """Largest |onnx - frozen graph| over random batches, relative to the logits' scale."""
     rng = np.random.default_rng(seed)
     session = onnx_classifier.onnx_session(onnx_bytes)
     worst = 0.0
     scale = 0.0
     for n in PARITY_BATCHES:
-        batch = rng.uniform(-1, 1, (n, input_size, input_size, 3)).astype(np.float32)
+        batch = rng.uniform(-1, 1, (n, image_size, image_size, 3)).astype(np.float32)
         ref = run_frozen(graph_def, batch)
         got = session.run([OUTPUT], {INPUT: batch})[0]
         worst = max(worst, float(np.abs(got - ref).max()))
@@ -135,7 +135,7 @@ def _install(tmp, output):
         shutil.rmtree(old, ignore_errors=True)
 
 
-def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None, input_size=None,
+def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None, image_size=None,
            labels_file=None, name=None, version=None, override_run=False, notice=None, log=print):
     """Write a model bundle for a checkpoint; returns its metadata. notice: model.json's `notice`.
 
@@ -150,9 +150,9 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
         raise MbV3Error("checkpoint %s has no classifier (%s/weights); nothing to export" % (reader.prefix, specs.LOGITS_SCOPE))
     if num_classes and num_classes != arch.num_classes:
         raise MbV3Error("checkpoint %s has a %d-class classifier, not %d" % (reader.prefix, arch.num_classes, num_classes))
-    chosen = runinfo.choose(reader, arch, input_size, use_ema, labels_file, override_run)
-    input_size, labels = chosen.size, chosen.labels
-    prep = tf_preprocess.eval_record(input_size)
+    chosen = runinfo.choose(reader, arch, image_size, use_ema, labels_file, override_run)
+    image_size, labels = chosen.size, chosen.labels
+    prep = tf_preprocess.eval_record(image_size)
     output, tmp = _prepare_output(output)
     try:
         resolved = specs.resolve(arch.variant, arch.multiplier)
@@ -160,12 +160,12 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
         values, report = checkpoint.read_values(reader.prefix, variables, use_ema=chosen.use_ema, reader=reader)
         log(report.summary())
         log(chosen.describe(prep, "EMA" if report.used_ema else "raw"))
-        log("freezing the graph (%s, input %dx%d)" % (arch.describe(), input_size, input_size))
+        log("freezing the graph (%s, input %dx%d)" % (arch.describe(), image_size, image_size))
         numerics = chosen.run.numerics if chosen.run is not None else None   # the run's batch-norm epsilon
-        graph_def = frozen_graph(resolved, values, arch.num_classes, input_size, numerics)
+        graph_def = frozen_graph(resolved, values, arch.num_classes, image_size, numerics)
         log("converting to ONNX (opset %d)" % ONNX_OPSET)
         onnx_bytes = to_onnx(graph_def).SerializeToString()
-        parity = verify(graph_def, onnx_bytes, input_size)
+        parity = verify(graph_def, onnx_bytes, image_size)
         log("ONNX vs frozen graph: max |diff| %.2e (%.1e of the logits' scale)" % (parity["max_abs_diff"], parity["relative"]))
         with open(os.path.join(tmp, bundle.FROZEN), "wb") as f:
             f.write(graph_def.SerializeToString())
@@ -184,7 +184,7 @@ def export(checkpoint_path, output, num_classes=None, use_ema=None, variant=None
                                  differs_from_run=chosen.differs or None),
             architecture=specs.Architecture(variant=arch.variant, multiplier=arch.multiplier,
                                             trainable_parameters=trainable),
-            input=bundle.TensorInfo(name=INPUT, shape=[-1, input_size, input_size, 3], layout="NHWC",
+            input=bundle.TensorInfo(name=INPUT, shape=[-1, image_size, image_size, 3], layout="NHWC",
                                     dtype="float32", range=[-1.0, 1.0]),
             output=bundle.TensorInfo(name=OUTPUT, shape=[-1, arch.num_classes], dtype="float32", kind="logits",
                                      num_classes=arch.num_classes),

@@ -106,11 +106,11 @@ def _show(value):
     return str(value)
 
 
-def choose(reader, arch, input_size=None, use_ema=None, labels_file=None, override=False):
+def choose(reader, arch, image_size=None, use_ema=None, labels_file=None, override=False):
     """Settle export's flags against the checkpoint's run (see the module docstring)."""
     run = find(reader.prefix)
     if run is None:
-        return Choice(size=int(input_size or bundle.DEFAULT_SIZE), use_ema=use_ema, size_given=bool(input_size),
+        return Choice(size=int(image_size or bundle.DEFAULT_SIZE), use_ema=use_ema, size_given=bool(image_size),
                       labels=_bare_labels(arch.num_classes, labels_file, reader.prefix))
     _check_architecture(run, arch, reader.prefix)
     differs = {}
@@ -123,11 +123,11 @@ def choose(reader, arch, input_size=None, use_ema=None, labels_file=None, overri
         differs[field_name] = {"run": run_value, "bundle": bundle_value}
 
     size = run.image_size
-    if input_size and int(input_size) != size:
-        conflict("preprocessing.size", "--image-size %d" % input_size,
+    if image_size and int(image_size) != size:
+        conflict("preprocessing.size", "--image-size %d" % image_size,
                  "%s says data.image_size: %d" % (run.config_path, size), "--image-size",
-                 [size, size], [int(input_size), int(input_size)])
-        size = int(input_size)
+                 [size, size], [int(image_size), int(image_size)])
+        size = int(image_size)
 
     if use_ema is False and reader.has_ema:
         conflict("source.weights", "--no-ema", "%s has EMA weights, which `mbv3 eval` of the run uses" % reader.prefix,

@@ -20,7 +20,7 @@ from conftest import assert_one_line_error, random_values, run_cli
 def bundle_dir(tmp_path_factory):
     root = tmp_path_factory.mktemp("atc")
     prefix = checkpoint.save(str(root / "run"), 1, random_values("small", 0.35, 11))
-    export.export(prefix, str(root / "bundle"), input_size=96, log=lambda *_: None)
+    export.export(prefix, str(root / "bundle"), image_size=96, log=lambda *_: None)
     return str(root / "bundle")
 
 

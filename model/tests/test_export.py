@@ -103,9 +103,9 @@ def test_ema_weights_are_exported(tmp_path):
     raw = random_values("small", 0.75, 11, seed=4)
     shadows = {n + checkpoint.EMA_SUFFIX: v * 0.5 for n, v in raw.items()}
     prefix = checkpoint.save(str(tmp_path / "run"), 9, dict(raw, **shadows))
-    meta = export.export(prefix, str(tmp_path / "ema"), input_size=96, log=lambda *_: None)
+    meta = export.export(prefix, str(tmp_path / "ema"), image_size=96, log=lambda *_: None)
     assert meta["source"]["weights"] == "ema"
-    meta_raw = export.export(prefix, str(tmp_path / "raw"), use_ema=False, input_size=96, log=lambda *_: None)
+    meta_raw = export.export(prefix, str(tmp_path / "raw"), use_ema=False, image_size=96, log=lambda *_: None)
     assert meta_raw["source"]["weights"] == "raw"
     images = np.random.default_rng(0).uniform(-1, 1, (2, 96, 96, 3)).astype(np.float32)
     halved = _tf_model({n: v * 0.5 for n, v in raw.items()}, "small", 0.75, 11)(images).numpy()
@@ -132,8 +132,8 @@ def test_the_runs_batch_norm_epsilon_is_exported(tmp_path):
 def test_reexport_replaces_an_earlier_bundle(tmp_path):
     prefix = checkpoint.save(str(tmp_path / "run"), 1, random_values("small", 0.35, 3))
     out = str(tmp_path / "b")
-    export.export(prefix, out, input_size=64, log=lambda *_: None)
-    meta = export.export(prefix, out, input_size=64, version="2", log=lambda *_: None)
+    export.export(prefix, out, image_size=64, log=lambda *_: None)
+    meta = export.export(prefix, out, image_size=64, version="2", log=lambda *_: None)
     assert bundle.load(out, verify=True).metadata["version"] == "2" == meta["version"]
     assert sorted(os.listdir(str(tmp_path))) == ["b", "run"]
 
@@ -159,24 +159,24 @@ def test_failure_midway_removes_the_partial_bundle(tmp_path, monkeypatch):
         raise MbV3Error("ONNX model disagrees with the frozen graph")
     monkeypatch.setattr(export, "verify", broken)
     with pytest.raises(MbV3Error):
-        export.export(prefix, str(tmp_path / "out"), input_size=64, log=lambda *_: None)
+        export.export(prefix, str(tmp_path / "out"), image_size=64, log=lambda *_: None)
     assert sorted(os.listdir(str(tmp_path))) == ["run"]
 
 
 def test_labels_file_and_labels_beside_the_checkpoint(tmp_path):
     prefix = checkpoint.save(str(tmp_path / "run"), 1, random_values("small", 0.35, 3))
     (tmp_path / "mine.txt").write_text("cat\ndog\n")
-    meta = export.export(prefix, str(tmp_path / "b1"), input_size=64, labels_file=str(tmp_path / "mine.txt"),
+    meta = export.export(prefix, str(tmp_path / "b1"), image_size=64, labels_file=str(tmp_path / "mine.txt"),
                          log=lambda *_: None)
     assert bundle.load(str(tmp_path / "b1")).labels == ["background", "cat", "dog"]
     assert meta["labels"]["label_offset"] == 1
     (tmp_path / "run" / "labels.txt").write_text("none\nleft\nright\n")
-    meta = export.export(prefix, str(tmp_path / "b2"), input_size=64, log=lambda *_: None)
+    meta = export.export(prefix, str(tmp_path / "b2"), image_size=64, log=lambda *_: None)
     assert bundle.load(str(tmp_path / "b2")).labels == ["none", "left", "right"]
     assert meta["labels"]["label_offset"] == 0
     (tmp_path / "bad.txt").write_text("one\n")
     with pytest.raises(MbV3Error, match="has 1 labels; the model has 3 classes"):
-        export.export(prefix, str(tmp_path / "b3"), input_size=64, labels_file=str(tmp_path / "bad.txt"),
+        export.export(prefix, str(tmp_path / "b3"), image_size=64, labels_file=str(tmp_path / "bad.txt"),
                       log=lambda *_: None)
 
 
@@ -231,7 +231,7 @@ def test_export_takes_size_preprocessing_weights_and_labels_from_the_run(run48, 
     assert "from the run %s: input 48x48, central 87.5%% crop, EMA weights, 4 labels" % (tmp_path / "run") in logs
     # flags that agree with the run are no contradiction (the labels file may leave out background)
     (tmp_path / "same.txt").write_text("cat\ndog\neel\n")
-    meta = export.export(run48, str(tmp_path / "b"), input_size=48, use_ema=True, labels_file=str(tmp_path / "same.txt"),
+    meta = export.export(run48, str(tmp_path / "b"), image_size=48, use_ema=True, labels_file=str(tmp_path / "same.txt"),
                          log=lambda *_: None)
     assert "differs_from_run" not in meta["source"] and meta["preprocessing"]["size"] == [48, 48]
 
@@ -240,7 +240,7 @@ def test_export_takes_size_preprocessing_weights_and_labels_from_the_run(run48, 
 def test_a_flag_that_contradicts_the_run_is_an_error_naming_both_values(run48, tmp_path, case):
     (tmp_path / "other.txt").write_text("cat\nfox\neel\n")
     flags, fragments = {
-        "size": (dict(input_size=224), ["--image-size 224", "data.image_size: 48"]),
+        "size": (dict(image_size=224), ["--image-size 224", "data.image_size: 48"]),
         "weights": (dict(use_ema=False), ["--no-ema", "has EMA weights"]),
         "labels": (dict(labels_file=str(tmp_path / "other.txt")), ["class 2 is 'fox'", "but 'dog' in the run's"]),
     }[case]
@@ -291,7 +291,7 @@ def test_a_bare_checkpoint_keeps_the_defaults_and_says_so(tmp_path):
                       "another), TF-slim's eval preprocessing (central 87.5% crop, pixels to [-1, 1]), raw weights"]
     meta = bundle.load(str(tmp_path / "b")).metadata
     assert meta["preprocessing"]["size"] == [224, 224] and "run" not in meta["source"]
-    meta = export.export(str(tmp_path / "ema"), str(tmp_path / "b"), input_size=96, log=lambda *_: None)
+    meta = export.export(str(tmp_path / "ema"), str(tmp_path / "b"), image_size=96, log=lambda *_: None)
     assert meta["input"]["shape"] == [-1, 96, 96, 3] and "differs_from_run" not in meta["source"]
 
 

@@ -34,7 +34,7 @@ EXPORT = textwrap.dedent("""
     sys.path.insert(0, sys.argv[2])
     from random_models import random_bundle
     root = sys.argv[1]
-    random_bundle(os.path.join(root, "bundle"), "small", 0.35, %d, input_size=%d, seed=11)
+    random_bundle(os.path.join(root, "bundle"), "small", 0.35, %d, image_size=%d, seed=11)
 """ % (CLASSES, SIZE))
 
 

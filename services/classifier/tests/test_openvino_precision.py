@@ -139,7 +139,10 @@ def test_v1_model_and_the_log_say_which_precision_runs_and_why(bundles):
     if variants.NATIVE["bf16"] not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
         pytest.skip("this CPU has no native bf16")
     with Server(bundles[1].path, BACKEND="openvino", PRECISION="auto") as s:
-        serving = requests.get(s.url + "/v1/model", timeout=10).json()["serving"]
+        body = requests.get(s.url + "/v1/model", timeout=10).json()
+        serving = body["serving"]
+        (shown,) = body["variants"]   # the record itself, its data set's path cut to its name as every path there
+        assert shown["precision"] == "bf16" and shown["top1_agreement"] == 0.996 and shown["data"] == "data"
         assert ", bf16: PRECISION=auto: bf16 validated on 500 validation images" in serving["backend"], serving
         s.stop()
         assert "bf16: PRECISION=auto: bf16 validated" in s.stderr()

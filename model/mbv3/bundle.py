@@ -3,7 +3,8 @@
     model.onnx   ONNX Runtime (any CPU)
     model.pb     frozen GraphDef for ATC (input `input`, output `logits`)
     model.om     later, written by `mbv3 om` on a CANN machine (with aipp.cfg when AIPP is folded in)
-    model.json   ModelInfo below: source, architecture, input/output, preprocessing, labels, sha256s
+    model.json   ModelInfo below: source, architecture, input/output, preprocessing, labels, sha256s,
+                 and the reduced-precision variants validated against float32 (PrecisionVariant)
     labels.txt   one label per class index (index 0 = background for slim's 1001 classes)
 
 `ModelInfo` is the one definition of model.json: export and `mbv3 om` write through it, the service,
@@ -156,6 +157,67 @@ class OmInfo:
     input_dtype: str = "float32"
 
 
+# Reduced-precision variants a bundle may record (PrecisionVariant.precision). bf16 is an engine
+# setting on model.onnx; int8 is a quantized model of its own, named by `file` and hashed in `files`.
+PRECISIONS = ("bf16", "int8")
+
+
+@dataclass
+class Accuracy:
+    """Top-1 / top-5 as fractions of the images scored (mbv3.scoring's)."""
+    top1: float
+    top5: float
+
+
+@dataclass
+class PrecisionVariant:
+    """A reduced-precision way to run this bundle, validated against float32 on held-out data: a
+    server may use it only because this record says what it loses. `mbv3 quantize` writes it; the
+    service's OpenVINO backend reads it (PRECISION=auto/bf16). Keyed by (precision, engine): a
+    later validation of the same pair replaces the earlier one."""
+    precision: str                  # one of PRECISIONS
+    engine: str                     # the engine it was measured on: "openvino"
+    engine_version: str
+    device: str                     # the engine's device: "CPU" (OpenVINO's CPU plugin)
+    device_name: str                # what the engine calls that device (the CPU's model name)
+    model_sha256: str               # the model measured (model.onnx's, or `file`'s): a re-export voids it
+    data: str                       # the data set (absolute path) and its held-out split
+    split: str
+    examples: int                   # images scored (the split's size less skipped records)
+    float32: Accuracy
+    reduced: Accuracy
+    top1_agreement: float           # fraction of images whose top-1 equals float32's
+    max_top1_drop: float            # the threshold, in points of top-1 (percent)
+    top1_drop: float                # float32's top-1 minus the variant's, in points
+    forced: bool                    # recorded past the threshold, or on a CPU without native support (--force)
+    native: bool                    # the device runs the precision natively (OpenVINO: OPTIMIZATION_CAPABILITIES)
+    validated: str                  # when, ISO 8601 UTC
+    file: Optional[str] = None      # int8: its model file in the bundle; bf16: none (model.onnx, the engine's hint)
+    skipped_records: int = 0
+
+    def check(self):
+        if self.precision not in PRECISIONS:
+            return "precision must be one of %s, got %r" % (", ".join(PRECISIONS), self.precision)
+        if self.precision == "bf16" and self.file is not None:
+            return "a bf16 variant runs %s with the engine's hint and names no file, got %r" % (ONNX, self.file)
+        if self.precision == "int8" and self.file is None:
+            return "an int8 variant needs its model file"
+        if self.file is not None and os.path.basename(self.file) != self.file:
+            return "file %r is not a file name in the bundle" % self.file
+        for name, value in (("float32.top1", self.float32.top1), ("float32.top5", self.float32.top5),
+                            ("reduced.top1", self.reduced.top1), ("reduced.top5", self.reduced.top5),
+                            ("top1_agreement", self.top1_agreement)):
+            if not 0.0 <= value <= 1.0:
+                return "%s must be a fraction in [0, 1], got %r" % (name, value)
+        if self.examples < 1 or self.max_top1_drop < 0:
+            return "examples must be at least 1 and max_top1_drop not negative"
+        return None
+
+    @property
+    def within_threshold(self):
+        return self.top1_drop <= self.max_top1_drop
+
+
 @dataclass
 class ModelInfo:
     """model.json."""
@@ -177,10 +239,24 @@ class ModelInfo:
     verification: Optional[Dict[str, Any]] = None
     om: Optional[OmInfo] = None
     notice: Optional[str] = None   # what a person must read before trusting the answers (the digits demo's)
+    variants: Optional[List[PrecisionVariant]] = None   # validated reduced-precision variants (mbv3 quantize)
 
     @property
     def num_classes(self):
         return int(self.output.num_classes)
+
+    def variant(self, precision, engine):
+        """The recorded PrecisionVariant for (precision, engine) whose model is this bundle's, or None."""
+        for v in self.variants or ():
+            if v.precision == precision and v.engine == engine:
+                model = self.files.get(v.file or ONNX)
+                return v if model is not None and model.sha256 == v.model_sha256 else None
+        return None
+
+    def record_variant(self, variant):
+        """Add `variant`, replacing an earlier one of the same precision and engine."""
+        kept = [v for v in self.variants or () if (v.precision, v.engine) != (variant.precision, variant.engine)]
+        self.variants = kept + [variant]
 
     def to_dict(self):
         return _to_plain(self)
@@ -222,6 +298,12 @@ class ModelInfo:
                 self.architecture.num_classes, self.output.num_classes)
         if self.source.weights not in ("ema", "raw"):
             return "source.weights must be 'ema' or 'raw', got %r" % self.source.weights
+        for i, v in enumerate(self.variants or ()):
+            problem = v.check()
+            if problem:
+                return "variants[%d]: %s" % (i, problem)
+            if v.file is not None and v.file not in self.files:
+                return "variants[%d]: its file %s is not listed in files" % (i, v.file)
         return None
 
 

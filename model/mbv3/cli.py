@@ -247,6 +247,17 @@ def cmd_om(args):
     return 0
 
 
+def cmd_quantize(args):
+    from . import precision
+    precision.check_arguments(args.bundle, args.data, args.split, args.precision, args.max_top1_drop)
+    import_tensorflow()   # reads the TFRecords
+    variant = precision.measure(args.bundle, args.data, precision=args.precision, split=args.split,
+                                max_top1_drop=args.max_top1_drop, force=args.force, batch_size=args.batch_size,
+                                threads=args.threads)
+    print(json.dumps(precision.as_json(variant), indent=2))
+    return 0
+
+
 class _Parser(argparse.ArgumentParser):
     """argparse, with its errors as one `mbv3: error:` line and exit status 1 like every other user
     error (argparse's own is usage text and status 2); `--help` shows the usage."""
@@ -284,7 +295,7 @@ def _positive(text):
 
 
 def parser():
-    from . import atc  # no TensorFlow: the `om` defaults live there
+    from . import atc, precision  # no TensorFlow: the `om` and `quantize` defaults live there
     p = _Parser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
                 "training, export to ONNX / frozen GraphDef, prediction.")
     p.add_argument("--version", action="version", version="mbv3 " + __version__)
@@ -379,6 +390,22 @@ def parser():
     s.add_argument("--atc", default="atc", help="the ATC executable")
     s.add_argument("--print", action="store_true", help="print the ATC command (and AIPP config) instead of running it")
     s.set_defaults(fn=cmd_om)
+
+    s = sub.add_parser("quantize", help="validate a reduced-precision variant of a bundle against float32 on held-out "
+                       "data (OpenVINO CPU) and record it in its model.json")
+    s.add_argument("--bundle", required=True)
+    s.add_argument("--precision", required=True, choices=sorted(precision.NATIVE), help="bf16: OpenVINO's bfloat16 inference "
+                   "hint on model.onnx")
+    s.add_argument("--data", required=True, help="TFRecord folder from `mbv3 data build` (the run's own data)")
+    s.add_argument("--split", default="validation", help="the held-out split to score (default: validation)")
+    s.add_argument("--max-top1-drop", type=float, default=precision.DEFAULT_MAX_TOP1_DROP, metavar="POINTS",
+                   help="refuse a variant whose top-1 is more than this many points below float32's (default: %s)"
+                   % precision.DEFAULT_MAX_TOP1_DROP)
+    s.add_argument("--force", action="store_true", help="record the variant past the threshold, or on a CPU "
+                   "without native support")
+    s.add_argument("--batch-size", type=_positive, default=precision.DEFAULT_BATCH)
+    s.add_argument("--threads", type=int, default=0, help="OpenVINO inference threads (default: OpenVINO's choice)")
+    s.set_defaults(fn=cmd_quantize)
 
     s = sub.add_parser("predict", help="top-k classes for images with a bundle (ONNX Runtime)")
     s.add_argument("--bundle", required=True)

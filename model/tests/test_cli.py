@@ -120,13 +120,14 @@ def _user_errors(tmp):
         (["om", "--bundle", missing, "--print"], "no model bundle"),
         (["predict", "--bundle", missing, tmp / "x.jpg"], "no model bundle"),
         (["verify", "--bundle", missing], "no model bundle"),
+        (["quantize", "--bundle", missing, "--precision", "bf16", "--data", tmp], "no model bundle"),
         (["benchmark", "--bundle", missing], "no model bundle"),
         (["default-bundle", "--model", missing], "is neither a model bundle"),
         (["no-such-command"], "invalid choice"),
     ]
 
 
-@pytest.mark.parametrize("case", range(18))
+@pytest.mark.parametrize("case", range(19))
 def test_every_command_reports_a_user_error_in_one_line_without_tensorflow(case, tmp_path, help_seconds):
     argv, fragment = _user_errors(tmp_path)[case]
     result, seconds = run_without_tensorflow(*argv)
@@ -141,7 +142,7 @@ def test_the_cases_cover_every_command(tmp_path):
     from mbv3 import cli
     commands = set(next(a for a in cli.parser()._actions if isinstance(a, argparse._SubParsersAction)).choices)
     covered = set(str(argv[0]) for argv, _ in _user_errors(tmp_path))
-    assert commands <= covered and len(_user_errors(tmp_path)) == 18
+    assert commands <= covered and len(_user_errors(tmp_path)) == 19
 
 
 def test_a_corrupt_checkpoint_is_one_line_without_tensorflows_start_up(tmp_path):

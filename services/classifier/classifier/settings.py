@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 
 from mbv3.fast_preprocess import CHOICES as PREPROCESSING_CHOICES
 
-from .backends import CHOICES
+from .backends import CHOICES, PRECISIONS
 from .errors import ServiceError
 from .transport import PARSERS as HTTP_PARSERS
 
@@ -63,6 +63,10 @@ class Settings:
     # OpenVINO's compiled-model cache; empty: none (compiling MobileNetV3 takes 0.1-0.2 s, and the
     # containers' root file system is read-only)
     OPENVINO_CACHE_DIR: str = ""
+    # OpenVINO's inference precision: auto runs bf16 when the bundle records it as validated (mbv3 quantize)
+    # and the CPU has it natively, else f32; f32 always; bf16 requires both or stops start-up.
+    # ONNX Runtime and Ascend ignore it.
+    PRECISION: str = "auto"
     PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
     # auto: libjpeg-turbo + OpenCV when installed (mbv3.fast_preprocess), else Pillow + NumPy (the reference)
     PREPROCESSING: str = "auto"
@@ -199,6 +203,8 @@ def _convert(default, text):
 def _validate(s: Settings):
     if s.BACKEND not in CHOICES:
         raise SettingsError("BACKEND=%r: choose one of %s" % (s.BACKEND, ", ".join(CHOICES)))
+    if s.PRECISION not in PRECISIONS:
+        raise SettingsError("PRECISION=%r: choose one of %s" % (s.PRECISION, ", ".join(PRECISIONS)))
     if s.HTTP_PARSER not in HTTP_PARSERS:
         raise SettingsError("HTTP_PARSER=%r: choose one of %s" % (s.HTTP_PARSER, ", ".join(HTTP_PARSERS)))
     if s.PREPROCESSING not in PREPROCESSING_CHOICES:

@@ -16,6 +16,9 @@ from .base import Backend, BackendError  # noqa: F401
 # What BACKEND may say. A new backend is a module here (a Backend subclass), its name in this tuple
 # and its branch in create(): nothing else in the service names backends.
 CHOICES = ("auto", "onnxruntime", "openvino", "acl")
+# What PRECISION may say: the OpenVINO backend's inference precision (backends/openvino.py's
+# choose_precision); ONNX Runtime and the Ascend backend run the model as it is and ignore it.
+PRECISIONS = ("auto", "f32", "bf16")
 # BACKEND=auto's CPU engine, in order of preference: `make bench-serve` (--compare-backends) at 1 and 32 clients
 # decided it (README, Measured numbers)
 CPU_PREFERENCE = ("openvino", "onnxruntime")
@@ -137,17 +140,18 @@ def cpu_choice(system=System):
     return CPU_PREFERENCE[-1], "; ".join(missing)
 
 
-def create(bundle, *, backend, device_id=0, threads=1, max_batch=8, cache_dir=""):
+def create(bundle, *, backend, device_id=0, threads=1, max_batch=8, cache_dir="", precision="auto"):
     """The backend for `bundle` (mbv3.bundle.Bundle): `backend` is a Plan's (not auto); the Ascend
     backend runs on `device_id`, the CPU backends with `threads` and runs of up to `max_batch`;
-    OpenVINO keeps its compiled models in `cache_dir` when one is given."""
+    OpenVINO keeps its compiled models in `cache_dir` when one is given and runs in the precision
+    `precision` (PRECISIONS) allows."""
     if backend == "acl":
         from .acl import AclBackend
         om = bundle.info.om
         return AclBackend(bundle.file(om.file if om else OM), bundle.info, device_id)
     if backend == "openvino":
         from .openvino import OpenVinoBackend
-        return OpenVinoBackend(bundle.file(ONNX), bundle.info, threads, max_batch, cache_dir)
+        return OpenVinoBackend(bundle.file(ONNX), bundle.info, threads, max_batch, cache_dir, precision)
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
         return OnnxRuntimeBackend(bundle.file(ONNX), bundle.info, threads, max_batch)

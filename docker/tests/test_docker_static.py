@@ -263,7 +263,8 @@ def test_the_service_settings_defaults_live_in_the_service():
     passed = {"MAX_BATCH": "32", "MAX_DELAY_MS": "2.5", "MAX_QUEUE": "64", "LOG_LEVEL": "debug",
               "MAX_BODY_BYTES": "1000", "MAX_CONCURRENT_REQUESTS": "3", "PREPROCESS_MEMORY_MB": "99",
               "PREPROCESS_WORKERS": "2", "THREADS": "3", "CPU_WORKERS": "2", "BACKEND": "onnxruntime",
-              "PREPROCESSING": "reference", "BODY_MEMORY_MB": "300", "MAX_CONNECTIONS": "50"}
+              "PREPROCESSING": "reference", "BODY_MEMORY_MB": "300", "MAX_CONNECTIONS": "50",
+              "PRECISION": "f32"}
     changed = _config(env=passed)
     for name, service in _config().items():
         if name not in FIXED:

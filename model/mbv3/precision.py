@@ -27,7 +27,7 @@ DEVICE = "CPU"
 # the capability OpenVINO's CPU plugin lists in OPTIMIZATION_CAPABILITIES when the CPU has native bfloat16
 NATIVE = {"bf16": "BF16"}
 HINTS = {"bf16": "bf16", "f32": "f32"}   # INFERENCE_PRECISION_HINT's values
-DEFAULT_MAX_TOP1_DROP = 0.5              # points of top-1: issue #25's bound for bf16
+DEFAULT_MAX_TOP1_DROP = 0.5              # points of top-1 bf16 may lose against float32
 DEFAULT_BATCH = 32
 PROGRESS_SECONDS = 10.0
 

@@ -52,6 +52,21 @@ def _prepare(record, prep, transform=fast_preprocess.reference_input):
         return None
 
 
+def prepared_batches(files, prep, batch_size, workers=0, log=say, transform=fast_preprocess.reference_input):
+    """The split's records in batches, each decoded and preprocessed on a thread pool: a list of
+    (model input, label), or None for a record that cannot be used, per batch. The next batch is
+    being decoded while the caller scores this one."""
+    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        pending = None
+        for raw in _batches(_records(files, log), int(batch_size)):
+            futures = [pool.submit(_prepare, r, prep, transform) for r in raw]
+            if pending:
+                yield [f.result() for f in pending]
+            pending = futures
+        if pending:
+            yield [f.result() for f in pending]
+
+
 def _batches(records, size):
     batch = []
     for record in records:
@@ -99,31 +114,19 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
     skipped = 0
     start = last = time.time()
 
-    def score(futures):
-        nonlocal skipped
-        prepared = [f.result() for f in futures]
+    for prepared in prepared_batches(files, prep, batch_size, workers, log, transform):
         usable = [p for p in prepared if p is not None]
         skipped += len(prepared) - len(usable)
         if usable:
             batch = np.stack([image for image, _ in usable])
             tally.add(classify.top_k_indices(clf.logits(batch), scoring.TOP_K), np.array([label for _, label in usable]))
-
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        pending = None   # one batch is decoded while the previous one runs in ONNX Runtime
-        for raw in _batches(_records(files, log), int(batch_size)):
-            futures = [pool.submit(_prepare, r, prep, transform) for r in raw]
-            if pending:
-                score(pending)
-            pending = futures
-            now = time.time()
-            if now - last >= progress_seconds:
-                last = now
-                rate = tally.seen / max(now - start, 1e-9)
-                log("eval: %d/%d images (%.1f%%), %.1f img/s, ETA %s" % (
-                    tally.seen, expected, 100.0 * tally.seen / expected, rate,
-                    format_duration((expected - tally.seen - skipped) / rate) if rate > 0 else "?"))
-        if pending:
-            score(pending)
+        now = time.time()
+        if now - last >= progress_seconds:
+            last = now
+            rate = tally.seen / max(now - start, 1e-9)
+            log("eval: %d/%d images (%.1f%%), %.1f img/s, ETA %s" % (
+                tally.seen, expected, 100.0 * tally.seen / expected, rate,
+                format_duration((expected - tally.seen - skipped) / rate) if rate > 0 else "?"))
     seconds = time.time() - start
 
     result = {

@@ -11,7 +11,6 @@ top-1 drops by more than the threshold, or measured on a CPU without native bflo
 plugin would not run bf16 at all), is refused unless forced. INT8 will write the same record with
 a model file of its own.
 """
-import concurrent.futures
 import datetime
 import os
 import time
@@ -106,58 +105,45 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
            split, os.path.abspath(data_dir)))
 
     tallies = {"f32": scoring.Tally(), precision: scoring.Tally()}
-    agree = [0]
-    skipped = [0]
+    agree = 0
+    skipped = 0
     start = last = time.time()
 
-    def score(futures):
-        prepared = [f.result() for f in futures]
+    for prepared in bundle_eval.prepared_batches(files, info.preprocessing, batch_size, workers, log):
         usable = [p for p in prepared if p is not None]
-        skipped[0] += len(prepared) - len(usable)
-        if not usable:
-            return
-        batch = np.stack([image for image, _ in usable])
-        labels = np.array([label for _, label in usable])
-        best = {}
-        for key, engine in (("f32", reference), (precision, reduced)):
-            best[key] = classify.top_k_indices(engine.logits(batch), scoring.TOP_K)
-            tallies[key].add(best[key], labels)
-        agree[0] += int((best["f32"][:, 0] == best[precision][:, 0]).sum())
-
-    prep = info.preprocessing
-    with concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
-        pending = None   # one batch is decoded while the previous one runs
-        for raw in bundle_eval._batches(bundle_eval._records(files, log), int(batch_size)):
-            futures = [pool.submit(bundle_eval._prepare, r, prep) for r in raw]
-            if pending:
-                score(pending)
-            pending = futures
-            now = time.time()
-            if now - last >= progress_seconds:
-                last = now
-                seen = tallies["f32"].seen
-                rate = seen / max(now - start, 1e-9)
-                log("quantize: %d/%d images (%.1f%%), %.1f img/s in both precisions, ETA %s" % (
-                    seen, expected, 100.0 * seen / expected, rate,
-                    format_duration((expected - seen - skipped[0]) / rate) if rate > 0 else "?"))
-        if pending:
-            score(pending)
-    tallies["f32"].check(expected, skipped[0], log)
+        skipped += len(prepared) - len(usable)
+        if usable:
+            batch = np.stack([image for image, _ in usable])
+            labels = np.array([label for _, label in usable])
+            best = {}
+            for key, engine in (("f32", reference), (precision, reduced)):
+                best[key] = classify.top_k_indices(engine.logits(batch), scoring.TOP_K)
+                tallies[key].add(best[key], labels)
+            agree += int((best["f32"][:, 0] == best[precision][:, 0]).sum())
+        now = time.time()
+        if now - last >= progress_seconds:
+            last = now
+            seen = tallies["f32"].seen
+            rate = seen / max(now - start, 1e-9)
+            log("quantize: %d/%d images (%.1f%%), %.1f img/s in both precisions, ETA %s" % (
+                seen, expected, 100.0 * seen / expected, rate,
+                format_duration((expected - seen - skipped) / rate) if rate > 0 else "?"))
+    tallies["f32"].check(expected, skipped, log)
     seen = tallies["f32"].seen
     if not seen:
-        raise MbV3Error("no usable %s example in %s (%d records skipped)" % (split, data_dir, skipped[0]))
+        raise MbV3Error("no usable %s example in %s (%d records skipped)" % (split, data_dir, skipped))
 
-    f32, low = tallies["f32"].fields(expected, skipped[0], 0), tallies[precision].fields(expected, skipped[0], 0)
+    f32, low = tallies["f32"].fields(expected, skipped, 0), tallies[precision].fields(expected, skipped, 0)
     drop = round(100.0 * (f32["top1"] - low["top1"]), 4)
     variant = bundle.PrecisionVariant(
         precision=precision, engine=ENGINE, engine_version=version, device=DEVICE, device_name=device_name,
         model_sha256=info.files[bundle.ONNX].sha256, data=os.path.abspath(data_dir), split=split, examples=seen,
         float32=bundle.Accuracy(top1=f32["top1"], top5=f32["top5"]),
         reduced=bundle.Accuracy(top1=low["top1"], top5=low["top5"]),
-        top1_agreement=agree[0] / float(seen), max_top1_drop=float(max_top1_drop), top1_drop=drop,
+        top1_agreement=agree / float(seen), max_top1_drop=float(max_top1_drop), top1_drop=drop,
         forced=bool(force and (drop > max_top1_drop or not native)), native=native,
         validated=datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        skipped_records=skipped[0])
+        skipped_records=skipped)
     log("float32 top-1 %.4f top-5 %.4f; %s top-1 %.4f top-5 %.4f; top-1 drop %.2f points (at most %s); "
         "top-1 agreement %.4f over %d images in %s"
         % (f32["top1"], f32["top5"], precision, low["top1"], low["top5"], drop, max_top1_drop,

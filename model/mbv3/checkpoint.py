@@ -15,14 +15,14 @@ from dataclasses import dataclass, field
 import numpy as np
 import tensorflow as tf
 
-from . import fileio, specs
+from . import checkpoint_paths, fileio, specs
+from .checkpoint_paths import STATE_FILE
 from .console import say
 from .errors import CheckpointError, WriteError, file_reason, first_line
 
 EMA_SUFFIX = "/ExponentialMovingAverage"
 GLOBAL_STEP = "global_step"
 DEFAULT_BASENAME = "model.ckpt"
-STATE_FILE = "checkpoint"  # TF1's text state file: the latest checkpoint and the ones kept
 TMP_PREFIX = ".tmp-"
 # save()'s temporaries: `.tmp-<basename>-<step>-<pid>` plus `.index` / `.data-*`, and the
 # `.tempstate<n>` files TensorFlow writes those through.
@@ -38,17 +38,13 @@ MULTIPLIERS = (0.35, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
 def resolve_prefix(path, log=say):
     """A checkpoint prefix from a prefix (exactly that checkpoint) or a directory (its newest
     readable checkpoint, see latest())."""
-    path = os.path.expanduser(str(path))
-    if os.path.isdir(path):
-        prefix = latest(path, log)
-        if prefix is None:
-            raise CheckpointError("no checkpoint found in directory %s" % path)
+    directory, prefix = checkpoint_paths.locate(path)
+    if directory is None:
         return prefix
-    if os.path.exists(path + ".index"):
-        return path
-    if path.endswith(".index") and os.path.exists(path):
-        return path[:-len(".index")]
-    raise CheckpointError("no checkpoint at %s (expected %s.index or a directory)" % (path, path))
+    prefix = latest(directory, log)
+    if prefix is None:
+        raise CheckpointError("no checkpoint found in directory %s" % directory)
+    return prefix
 
 
 def _step_of(prefix):

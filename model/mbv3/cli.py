@@ -5,7 +5,6 @@ fraction of a second rather than after TensorFlow's start-up, and imports Tensor
 console.import_tensorflow, which keeps its start-up lines off the terminal unless --verbose. User
 errors print one line and exit 1."""
 import argparse
-import glob
 import json
 import logging
 import os
@@ -13,24 +12,16 @@ import sys
 
 from . import console
 from .console import import_tensorflow, say
-from . import __version__, fast_preprocess, specs
+from . import __version__, checkpoint_paths, fast_preprocess, specs
 from .errors import ImageError, MbV3Error
 
 USER_ERROR = 1   # the exit status of every user error, argument errors included
 
 
 def _check_checkpoint(path):
-    """A checkpoint prefix (`<path>.index`) or a directory holding checkpoint files; whether they
-    can be read is left to mbv3.checkpoint, which needs TensorFlow."""
-    path = os.path.expanduser(str(path))
-    if os.path.isdir(path):
-        if not glob.glob(os.path.join(glob.escape(path), "*.index")) \
-                and not os.path.exists(os.path.join(path, "checkpoint")):
-            raise MbV3Error("no checkpoint found in directory %s" % path)
-        return
-    if os.path.exists(path + ".index") or (path.endswith(".index") and os.path.exists(path)):
-        return
-    raise MbV3Error("no checkpoint at %s (expected %s.index or a directory)" % (path, path))
+    """The path names a checkpoint or a directory of them; whether they can be read is left to
+    mbv3.checkpoint, which needs TensorFlow."""
+    checkpoint_paths.locate(path)
 
 
 def _check_file(path, what):
@@ -71,7 +62,9 @@ def cmd_inspect(args):
                   % (arch.variant, arch.multiplier, arch.num_classes, format(info["trainable_parameters"], ",")))
         else:
             print("variant      unknown: %s" % info["problem"])
-    return 0 if arch else 1
+    if arch is None:   # what was read is shown above; the exit status and one line say it is no MobileNetV3
+        raise MbV3Error(info["problem"])
+    return 0
 
 
 def cmd_init(args):

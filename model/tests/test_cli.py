@@ -68,6 +68,14 @@ def test_inspect_not_a_checkpoint(tmp_path):
     assert_one_line_error(run_cli("inspect", tmp_path), "no checkpoint found")
 
 
+def test_inspect_a_checkpoint_of_another_network_shows_it_then_says_so(tmp_path):
+    import tensorflow as tf
+    prefix = tf.train.Checkpoint(kernel=tf.Variable(np.zeros((3, 3), np.float32))).write(str(tmp_path / "other"))
+    result = run_cli("inspect", prefix)
+    assert "variant      unknown:" in result.stdout
+    assert_one_line_error(result)
+
+
 # --- user errors: one line, exit 1, and no TensorFlow where none is needed ------------------------
 
 # main() in a subprocess that fails with status 99 when TensorFlow was imported: the robust signal

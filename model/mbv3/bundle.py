@@ -259,7 +259,7 @@ class ModelInfo:
         self.variants = kept + [variant]
 
     def to_dict(self):
-        return _to_plain(self)
+        return to_plain(self)
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=2) + "\n"
@@ -273,7 +273,7 @@ class ModelInfo:
         if data.get("format_version") != FORMAT_VERSION:
             raise BundleError("%s: format_version %r is not %d, the one this mbv3 reads"
                               % (where, data.get("format_version"), FORMAT_VERSION))
-        info = _from_plain(cls, data, where)
+        info = from_plain(cls, data, where)
         problem = info.check()
         if problem:
             raise BundleError("%s: %s" % (where, problem))
@@ -309,19 +309,21 @@ class ModelInfo:
 
 # --- plain JSON <-> records --------------------------------------------------------------------------
 
-def _to_plain(value):
+def to_plain(value):
+    """A record (dataclass) as plain JSON values, its None fields left out: the writers of model.json
+    and dataset.json (mbv3.data.metadata) go through it."""
     if dataclasses.is_dataclass(value):
         out = {}
         for f in dataclasses.fields(value):
             item = getattr(value, f.name)
             if item is None and f.default is None:
                 continue  # optional and absent: not written, so older readers see the file they know
-            out[f.name] = _to_plain(item)
+            out[f.name] = to_plain(item)
         return out
     if isinstance(value, dict):
-        return {k: _to_plain(v) for k, v in value.items()}
+        return {k: to_plain(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_to_plain(v) for v in value]
+        return [to_plain(v) for v in value]
     return value
 
 
@@ -329,14 +331,14 @@ def _args(tp):
     return getattr(tp, "__args__", ()) or ()
 
 
-def _from_plain(tp, value, where):
+def from_plain(tp, value, where):
     """`value` (parsed JSON) as type `tp`, or BundleError naming the field path."""
     origin = getattr(tp, "__origin__", None)
     if origin is typing.Union:
         if value is None and type(None) in _args(tp):
             return None
         inner = [a for a in _args(tp) if a is not type(None)]
-        return _from_plain(inner[0], value, where)
+        return from_plain(inner[0], value, where)
     if tp is Any:
         return value
     if dataclasses.is_dataclass(tp):
@@ -346,7 +348,7 @@ def _from_plain(tp, value, where):
         kwargs = {}
         for f in dataclasses.fields(tp):
             if f.name in value:
-                kwargs[f.name] = _from_plain(hints[f.name], value[f.name], "%s.%s" % (where, f.name))
+                kwargs[f.name] = from_plain(hints[f.name], value[f.name], "%s.%s" % (where, f.name))
             elif f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
                 raise BundleError("%s.%s is missing" % (where, f.name))
         return tp(**kwargs)
@@ -354,12 +356,12 @@ def _from_plain(tp, value, where):
         if not isinstance(value, list):
             raise BundleError("%s must be a list, got %s" % (where, _kind(value)))
         (item,) = _args(tp)
-        return [_from_plain(item, v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
+        return [from_plain(item, v, "%s[%d]" % (where, i)) for i, v in enumerate(value)]
     if origin in (dict, Dict):
         if not isinstance(value, dict):
             raise BundleError("%s must be an object, got %s" % (where, _kind(value)))
         _, item = _args(tp)
-        return {str(k): _from_plain(item, v, "%s.%s" % (where, k)) for k, v in value.items()}
+        return {str(k): from_plain(item, v, "%s.%s" % (where, k)) for k, v in value.items()}
     if tp is bool:
         if not isinstance(value, bool):
             raise BundleError("%s must be true or false, got %s" % (where, _kind(value)))

@@ -162,4 +162,4 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
 
 def as_json(variant):
     """The variant as model.json holds it (what the command prints)."""
-    return bundle._to_plain(variant)
+    return bundle.to_plain(variant)

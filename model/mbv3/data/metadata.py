@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Dict, List, Optional
 
 from .. import fileio
-from ..bundle import _from_plain, _to_plain
+from ..bundle import from_plain, to_plain
 from ..errors import BundleError, MbV3Error
 
 FORMAT = "mbv3-tfrecords"
@@ -101,7 +101,7 @@ class DatasetInfo:
         return name, record
 
     def to_dict(self):
-        return _to_plain(self)
+        return to_plain(self)
 
     def to_json(self):
         return json.dumps(self.to_dict(), indent=1, sort_keys=True, ensure_ascii=False) + "\n"
@@ -116,7 +116,7 @@ class DatasetInfo:
             raise DataError("%s: format_version %r is not %d, the one this mbv3 reads"
                             % (where, data.get("format_version"), FORMAT_VERSION))
         try:
-            info = _from_plain(cls, data, where)
+            info = from_plain(cls, data, where)
         except BundleError as e:   # the shared JSON-to-record walk names the field
             raise DataError(str(e))
         problem = info.check()

@@ -4,7 +4,7 @@ The engine runs arrays and returns logits; it knows nothing of requests, image d
 backend or the service's settings. Callers put (image, future) items on a bounded queue (full: 503
 with Retry-After), all of a caller's images at once. Whenever a device is idle, the batcher takes
 what is waiting and, while the batch is short of the largest batch and either callers have said
-more images are on their way (expecting()) or another device is busy (the pool is under load, and
+more images are on their way (jobs being made) or another device is busy (the pool is under load, and
 a device that takes one image of a burst is a device lost for a whole run), waits up to the
 batching delay for more; then it hands the batch to that device and goes on: four devices run four
 batches at once, and while they run, new items queue up and form the next batches. An idle pool
@@ -90,7 +90,7 @@ class Engine:
         self._wakeup = None
         self._batcher = None
         self._stopping = False
-        self._expected = 0   # images callers are preparing and will queue shortly (expecting())
+        self._expected = 0   # images of jobs being made, to be queued shortly (_expecting())
         self._tasks = set()  # batches on devices and reloads: kept until done
         self._model = None   # (max batch, input dtype) of the loaded backends: the same file on every device
 
@@ -195,8 +195,8 @@ class Engine:
 
     # --- the callers' side -------------------------------------------------------------------
     @contextlib.contextmanager
-    def expecting(self, images):
-        """Wrap the preparation of `images` images a caller will queue next: while any are expected,
+    def _expecting(self, images):
+        """Wrap the making of `images` jobs' images, which will be queued next: while any are expected,
         the batcher holds a short batch for them (up to the batching delay); without them it never
         waits. Counted in images, the batcher's own unit, so the engine needs no notion of a request."""
         self._expected += images
@@ -237,7 +237,7 @@ class Engine:
         self._check_open()
         if len(jobs) == 1 and jobs[0].one_hop and self.idle:
             return [await self._one_hop(self._idle_worker(), jobs[0])]
-        with self.expecting(len(jobs)):
+        with self._expecting(len(jobs)):
             made = await _wait_all([job.where.submit(_made, job) for job in jobs])
         ready = [i for i, (image, _) in enumerate(made) if not isinstance(image, Exception)]
         outcomes = list(made)

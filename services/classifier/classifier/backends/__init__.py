@@ -64,7 +64,7 @@ class Plan:
     cpu_workers: int = 0            # CPU workers (openvino, onnxruntime)
     threads: int = 0                # CPU threads per worker; 0 on a device
     max_batch: int = 8
-    why: str = ""                   # how BACKEND=auto chose, for the start-up log
+    why: str = ""                   # for the start-up log: how BACKEND=auto chose; the chips acl found
 
     @property
     def on_devices(self):

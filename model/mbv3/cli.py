@@ -29,6 +29,12 @@ def _check_file(path, what):
         raise MbV3Error("%s %s: %s" % (what, path, "is a directory" if os.path.isdir(path) else "no such file"))
 
 
+def _check_folder(path, what):
+    """A folder the command will write into: absent (it is made) or a directory."""
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise MbV3Error("%s %s exists and is not a directory" % (what, path))
+
+
 def _check_data(data_dir):
     from .data import metadata
     metadata.load(data_dir)
@@ -68,8 +74,7 @@ def cmd_inspect(args):
 
 
 def cmd_init(args):
-    if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
-        raise MbV3Error("--model-dir %s exists and is not a directory" % args.model_dir)
+    _check_folder(args.model_dir, "--model-dir")
     import_tensorflow()
     from . import checkpoint, net
     # any checkpoint file, readable or not, is someone's run: never write a step 0 among them
@@ -86,8 +91,7 @@ def cmd_init(args):
 def cmd_export(args):
     _check_checkpoint(args.checkpoint)
     _check_file(args.labels, "--labels")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise MbV3Error("output %s exists and is not a directory" % os.path.abspath(args.output))
+    _check_folder(os.path.abspath(args.output), "output")
     import_tensorflow()
     from . import export
     export.export(args.checkpoint, args.output, num_classes=args.num_classes, use_ema=args.ema,
@@ -147,8 +151,7 @@ def cmd_data_build(args):
         raise MbV3Error("no image folder at %s" % os.path.abspath(args.images))
     _check_file(args.labels, "--labels")
     _check_file(args.val_labels, "--val-labels")
-    if os.path.exists(args.output) and not os.path.isdir(args.output):
-        raise MbV3Error("--output %s exists and is not a directory" % args.output)
+    _check_folder(args.output, "--output")
     import_tensorflow()
     from . import data
     summary = data.build(args.images, args.output, shards=args.shards, labels_file=args.labels,
@@ -162,8 +165,7 @@ def cmd_train(args):
     from . import config
     config.load(args.config, args.set)
     _check_data(args.data)
-    if os.path.exists(args.model_dir) and not os.path.isdir(args.model_dir):
-        raise MbV3Error("--model-dir %s exists and is not a directory" % args.model_dir)
+    _check_folder(args.model_dir, "--model-dir")
     import_tensorflow()
     from . import train
     summary = train.train(args.config, args.data, args.model_dir, overrides=args.set)

@@ -170,13 +170,36 @@ class Accuracy:
 
 
 @dataclass
+class Speed:
+    """Model-only throughput measured in the same run for float32 and the variant: same engine, same
+    threads, same batch, inputs already preprocessed. The service's PRECISION=auto ranks variants by it."""
+    batch: int
+    threads: int                    # the engine's inference threads (0: the engine's choice)
+    float32: float                  # images per second
+    reduced: float
+
+    @property
+    def ratio(self):
+        return self.reduced / self.float32 if self.float32 > 0 else 0.0
+
+
+@dataclass
+class Calibration:
+    """The images an int8 model's activation ranges were calibrated on (never the scored split)."""
+    source: str                     # the data set or image folder (absolute path)
+    split: Optional[str]            # its split, for a TFRecord data set; None for an image folder
+    images: int                     # how many were used
+    method: str                     # e.g. "nncf 3.4.0 post-training (onnx, fast bias correction)"
+
+
+@dataclass
 class PrecisionVariant:
     """A reduced-precision way to run this bundle, validated against float32 on held-out data: a
     server may use it only because this record says what it loses. `mbv3 quantize` writes it; the
-    service's OpenVINO backend reads it (PRECISION=auto/bf16). Keyed by (precision, engine): a
+    service's CPU backends read it (PRECISION). Keyed by (precision, engine): a
     later validation of the same pair replaces the earlier one."""
     precision: str                  # one of PRECISIONS
-    engine: str                     # the engine it was measured on: "openvino"
+    engine: str                     # the engine it was measured on: "openvino" or "onnxruntime"
     engine_version: str
     device: str                     # the engine's device: "CPU" (OpenVINO's CPU plugin)
     device_name: str                # what the engine calls that device (the CPU's model name)
@@ -194,6 +217,9 @@ class PrecisionVariant:
     validated: str                  # when, ISO 8601 UTC
     file: Optional[str] = None      # int8: its model file in the bundle; bf16: none (model.onnx, the engine's hint)
     skipped_records: int = 0
+    speed: Optional[Speed] = None   # model-only images/s, float32 and the variant, same run
+    source_sha256: Optional[str] = None        # int8: the model.onnx it was quantized from (a re-export voids it)
+    calibration: Optional[Calibration] = None  # int8: what it was calibrated on
 
     def check(self):
         if self.precision not in PRECISIONS:
@@ -209,6 +235,8 @@ class PrecisionVariant:
                             ("top1_agreement", self.top1_agreement)):
             if not 0.0 <= value <= 1.0:
                 return "%s must be a fraction in [0, 1], got %r" % (name, value)
+        if self.precision == "int8" and (self.source_sha256 is None or self.calibration is None):
+            return "an int8 variant needs source_sha256 (the model.onnx it was made from) and its calibration"
         if self.examples < 1 or self.max_top1_drop < 0:
             return "examples must be at least 1 and max_top1_drop not negative"
         return None
@@ -250,7 +278,10 @@ class ModelInfo:
         for v in self.variants or ():
             if v.precision == precision and v.engine == engine:
                 model = self.files.get(v.file or ONNX)
-                return v if model is not None and model.sha256 == v.model_sha256 else None
+                source = self.files.get(ONNX)
+                current = model is not None and model.sha256 == v.model_sha256 and (
+                    v.source_sha256 is None or (source is not None and source.sha256 == v.source_sha256))
+                return v if current else None
         return None
 
     def record_variant(self, variant):

@@ -31,6 +31,16 @@ DEFAULT_BATCH = 32
 PROGRESS_SECONDS = 10.0
 
 
+def openvino_config(precision, threads):
+    """The CPU plugin's compile configuration for `precision` ("f32", "bf16"): the one `mbv3 quantize`
+    validates with and the service runs with, so what was measured is what serves."""
+    config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
+              "INFERENCE_PRECISION_HINT": HINTS.get(precision, HINTS["f32"])}
+    if threads:
+        config["INFERENCE_NUM_THREADS"] = int(threads)
+    return config
+
+
 def type_name(value):
     """An OpenVINO element type as the hint spells it ("bf16", "f32"); strings pass through."""
     return value.get_type_name() if hasattr(value, "get_type_name") else str(value)
@@ -39,11 +49,8 @@ def type_name(value):
 class _Compiled(object):
     """The bundle's model.onnx compiled by OpenVINO's CPU plugin with one precision hint."""
 
-    def __init__(self, core, model, hint, threads):
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": hint}
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        self.compiled = core.compile_model(model, DEVICE, config)
+    def __init__(self, core, model, precision, threads):
+        self.compiled = core.compile_model(model, DEVICE, openvino_config(precision, threads))
         self.runs_as = type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.request = self.compiled.create_infer_request()
 
@@ -93,8 +100,8 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
     model_path = loaded.file(bundle.ONNX)
     try:
         model = core.read_model(model_path)
-        reference = _Compiled(core, model, HINTS["f32"], threads)
-        reduced = _Compiled(core, model, HINTS[precision], threads)
+        reference = _Compiled(core, model, "f32", threads)
+        reduced = _Compiled(core, model, precision, threads)
     except Exception as e:   # OpenVINO raises RuntimeError and its own subclasses for a bad model
         raise MbV3Error("openvino cannot load %s: %s" % (model_path, first_line(e)))
     version = ov.__version__.split("-")[0]

@@ -101,9 +101,7 @@ class OpenVinoBackend(Backend):
         # bf16, about twice as fast and about 2% off ONNX Runtime's logits (tests/test_openvino_backend.py),
         # so bf16 runs only when the bundle records what it costs
         hint, self.precision_why = choose_precision(precision, info, list(capabilities))
-        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": hint}
-        if self.threads:
-            config["INFERENCE_NUM_THREADS"] = self.threads
+        config = variants.openvino_config(hint, self.threads)
         try:
             model = core.read_model(model_path)
             try:

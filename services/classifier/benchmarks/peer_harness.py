@@ -122,12 +122,13 @@ def free_port():
 class PeerServer:
     """One peer in a subprocess (its own session, so its worker processes stop with it)."""
 
-    def __init__(self, name, python, bundle_dir, backend, threads, batch, log_path):
+    def __init__(self, name, python, bundle_dir, backend, threads, batch, log_path, precision="f32"):
         spec = PEERS[name]
         self.name, self.protocol, self.log_path = name, spec["protocol"], log_path
         self.port = free_port()
         cmd = [python, os.path.join(HERE, "peers", spec["app"]), "--bundle", os.path.abspath(bundle_dir),
-               "--port", str(self.port), "--backend", backend, "--threads", str(threads)] + (["--batch"] if batch else [])
+               "--port", str(self.port), "--backend", backend, "--threads", str(threads), "--precision", precision] + (
+            ["--batch"] if batch else [])
         env = dict(os.environ, PYTHONPATH=os.path.join(ROOT, "model"))
         self._log = open(log_path, "wb")
         self.proc = subprocess.Popen(cmd, env=env, stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
@@ -179,8 +180,10 @@ def python_for(name, venv_root):
     return ensure_venv(requirements, venv_root) if requirements else sys.executable
 
 
-def run_peer(name, python, bundle_dir, photos, levels, backend, threads, run_level, log_dir, **level_args):
-    """[level result] of peer `name` at each concurrency of `levels`: started fresh for each batching
+def run_peer(name, python, bundle_dir, photos, levels, backend, threads, run_level, log_dir, precision="f32",
+             **level_args):
+    """[level result] of peer `name` at each concurrency of `levels`, its engine in `precision` (the
+    precision's model file and compile configuration, as the service's): started fresh for each batching
     setting (LitServe's batching is on from `batch_from` clients), warmed up, then measured by
     `run_level(port, requests, concurrency, protocol=...)`."""
     spec = PEERS[name]
@@ -191,16 +194,17 @@ def run_peer(name, python, bundle_dir, photos, levels, backend, threads, run_lev
         batch = spec["batch_from"] is not None and c >= spec["batch_from"]
         groups.setdefault(batch, []).append(c)
     for batch, conc in sorted(groups.items()):
-        log_path = os.path.join(log_dir, "peer-%s%s.log" % (name.replace(" ", "-").lower(), "-batched" if batch else ""))
-        server = PeerServer(name, python, bundle_dir, backend, threads, batch, log_path)
+        log_path = os.path.join(log_dir, "peer-%s-%s%s.log" % (name.replace(" ", "-").lower(), precision,
+                                                             "-batched" if batch else ""))
+        server = PeerServer(name, python, bundle_dir, backend, threads, batch, log_path, precision)
         try:
             server.wait_ready(reqs[0])
             run_level(server.port, reqs, max(conc), 2 * max(conc), 10.0, protocol=spec["protocol"])   # warm-up
             for c in conc:
-                log("%s%s, concurrency %d ..." % (name, " (batching)" if batch else "", c))
+                log("%s%s, %s, concurrency %d ..." % (name, " (batching)" if batch else "", precision, c))
                 result = run_level(server.port, reqs, c, protocol=spec["protocol"],
                                    **level_args)
-                result["batching"] = batch
+                result["batching"], result["precision"] = batch, precision
                 results.append(result)
         finally:
             server.stop()

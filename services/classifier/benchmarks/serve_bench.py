@@ -2,14 +2,19 @@
 engine alone, and the same work behind other Python servers.
 
 The service runs as a subprocess (`python -m classifier`) and classifies real 640x427 JPEG photos
-(scikit-learn's sample images, sent as they are) from 1, 8 and 32 concurrent keep-alive clients.
-References, measured in the same run:
-- the engine alone: ONNX Runtime (and OpenVINO) at batch 1, 2 threads, on the same model.onnx;
+(scikit-learn's sample images, sent as they are) from 1, 8 and 32 concurrent keep-alive clients,
+once per precision (PRECISION=f32 and each variant the bundle records that this CPU runs: bf16,
+int8). References, measured in the same run:
+- the engine alone: ONNX Runtime at batch 1 and OpenVINO at batch 1 and 8 in each precision, 2
+  threads, on the precision's model file, compiled as mbv3.precision.openvino_config says;
 - in process: the service's own decode, preprocessing and backend, one image at a time, no HTTP;
+- the ceiling: in process, the same decode + preprocessing on 2 threads feeding batch-8 inference,
+  pipelined: the images/s no server on this machine reaches with this engine and precision;
 - peers (peer_harness.py): the same preprocessing and engine behind a bare ASGI app, LitServe
-  (batching on at 32 clients) and KServe's ModelServer, at 1 and 32 clients, each in its own venv.
-The ratios say what the service adds to the model at one client and what batching buys at many,
-on whatever machine this runs. No TensorFlow here: a missing bundle is made by the `mbv3` command
+  (batching on at 32 clients) and KServe's ModelServer, at 1 and 32 clients, each in its own venv,
+  at f32 and at the best variant.
+The ratios say what the service adds to the model at one client, what batching buys at many and
+what each precision buys, on whatever machine this runs. No TensorFlow here: a missing bundle is made by the `mbv3` command
 in a subprocess. Exit status is 1 only on errors (failed requests, a server that will not start
 or stop); a missed goal is printed, not failed. The report (ratios, floors, table, plot) is
 serve_report.py.
@@ -20,21 +25,24 @@ import argparse
 import http.client
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
+import queue
 import threading
 import time
 import urllib.request
 
 import numpy as np
 
+import bench_bundle
 import peer_harness
 from peer_harness import free_port, log
-from serve_report import plot, ratios, table
+from serve_report import markdown, plot, ratios, table
 
 ENGINE_THREADS = 2   # the engine-alone reference: the issue's "ONNX Runtime alone, batch 1, 2 threads"
+F32 = "f32"
+MODEL_BATCH = 8      # the engine alone's batch and the ceiling's: the service's MAX_BATCH default
 
 
 class BenchError(RuntimeError):
@@ -44,19 +52,71 @@ class BenchError(RuntimeError):
 # --- inputs ----------------------------------------------------------------------------------
 
 def ensure_bundle(path):
-    """The benchmark bundle; made like `make bench-onnx` does (V3_LARGE 224, random weights) if missing."""
-    if os.path.isfile(os.path.join(path, "model.json")):
-        return path
-    ckpt = os.path.join(os.path.dirname(os.path.abspath(path)), "ckpt")
-    shutil.rmtree(ckpt, ignore_errors=True)
-    mbv3 = [sys.executable, "-m", "mbv3.cli"]
-    for cmd in (mbv3 + ["init", "--model-dir", ckpt], mbv3 + ["export", "--checkpoint", ckpt, "--output", path]):
-        log("+ " + " ".join(cmd))
-        if subprocess.run(cmd).returncode != 0:
-            raise BenchError("making the benchmark bundle failed: %s" % " ".join(cmd))
-    return path
+    """The benchmark bundle, made by bench_bundle.py (`make bench-bundle`) when missing; returns
+    (path, {precision: why `mbv3 quantize` did not record it})."""
+    try:
+        skipped = bench_bundle.ensure(path)
+    except bench_bundle.BundleError as e:
+        raise BenchError("making the benchmark bundle: %s" % e)
+    return path, skipped
 
 
+def cpu_capabilities():
+    """(OpenVINO's OPTIMIZATION_CAPABILITIES for the CPU, the CPU's name); ([], name) without OpenVINO."""
+    name = ""
+    try:
+        with open("/proc/cpuinfo") as f:
+            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        import openvino as ov
+        core = ov.Core()
+        return list(core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")), str(
+            core.get_property("CPU", "FULL_DEVICE_NAME")) or name
+    except Exception:   # not installed, or no CPU plugin
+        return [], name
+
+
+def choose_precisions(info, engine, capabilities, requested=None):
+    """([precisions to measure], {precision: why not}): f32 and, by default, every variant `info`
+    (the bundle's ModelInfo) records for `engine` whose model is current and that the CPU runs
+    natively (mbv3.precision.NATIVE's capability in `capabilities`); `requested` names them instead
+    (f32 always runs, first)."""
+    from mbv3 import precision as mp
+    from mbv3.bundle import PRECISIONS
+    wanted = [p for p in (requested or [F32] + [p for p in PRECISIONS if p != F32]) if p != F32]
+    run, why = [F32], {}
+    for p in wanted:
+        native = mp.NATIVE.get(p)
+        if info.variant(p, engine) is None:
+            why[p] = "the bundle records no %s variant validated on %s for its current model" % (p, engine)
+        elif native is None:
+            why[p] = "this mbv3 names no native capability for %s (mbv3.precision.NATIVE)" % p
+        elif engine == "openvino" and native not in capabilities:
+            why[p] = "the CPU has no native %s (OPTIMIZATION_CAPABILITIES: %s)" % (p, ", ".join(capabilities) or "?")
+        else:
+            run.append(p)
+    return run, why
+
+
+def model_file(loaded, precision, engine="openvino"):
+    """The precision's model file in the bundle: its variant's own file (int8), else model.onnx."""
+    from mbv3 import bundle
+    variant = None if precision == F32 else loaded.info.variant(precision, engine)
+    return loaded.file(variant.file if variant is not None and variant.file else bundle.ONNX)
+
+
+def openvino_runner(path, precision, threads, batch, image_shape):
+    """run(x) of `path` compiled by OpenVINO's CPU plugin for a static `batch`, with the configuration
+    the service and `mbv3 quantize` use for `precision` (mbv3.precision.openvino_config)."""
+    import openvino as ov
+    from mbv3 import precision as mp
+    core = ov.Core()
+    model = core.read_model(path)
+    model.reshape([batch] + list(image_shape))
+    request = core.compile_model(model, "CPU", mp.openvino_config(precision, threads)).create_infer_request()
+    return lambda x: request.infer({0: x})
 def sample_photos():
     """[(name, JPEG bytes)]: scikit-learn's two sample photos (640x427 JPEGs), as the files are."""
     import sklearn.datasets
@@ -145,11 +205,20 @@ def preprocessing_alone(bundle_dir, photos, rounds=5, runs=10):
     return out
 
 
-class EngineAlone:
-    """Each CPU engine at batch 1 on a preprocessed photo with ENGINE_THREADS threads: what the model
-    alone costs here, the reference of the goals' ratios."""
+def engine_key(engine, precision, batch):
+    """The name of an engine-alone measurement: "onnxruntime" and "openvino" for float32 at batch 1
+    (the 1-client references), "openvino int8 b8" and the like for the others."""
+    if precision == F32 and batch == 1:
+        return engine
+    return "%s %s b%d" % (engine, precision, batch)
 
-    def __init__(self, bundle_dir, photos, threads=ENGINE_THREADS):
+
+class EngineAlone:
+    """The model alone with ENGINE_THREADS threads on a preprocessed photo: ONNX Runtime at batch 1 in
+    float32 (the reference of the service / engine ratio) and OpenVINO at batch 1 and MODEL_BATCH in
+    each precision, on the precision's file and with its compile configuration."""
+
+    def __init__(self, bundle_dir, photos, precisions=(F32,), threads=ENGINE_THREADS):
         from mbv3 import bundle, fast_preprocess
         loaded = bundle.load(bundle_dir)
         x = fast_preprocess.reference_input(photos[0][1], loaded.preprocessing)[np.newaxis]
@@ -158,42 +227,147 @@ class EngineAlone:
         options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
         session = ort.InferenceSession(loaded.file(bundle.ONNX), options, providers=["CPUExecutionProvider"])
         name = session.get_inputs()[0].name
-        self.runners = {"onnxruntime": lambda: session.run(None, {name: x})}
-        try:
-            from classifier.backends.openvino import OpenVinoBackend
-            ov = OpenVinoBackend(loaded.file(bundle.ONNX), loaded.info, threads, 1)
-            self.runners["openvino"] = lambda: ov.run(x)
-        except Exception as e:   # openvino not installed: the ONNX Runtime reference is the one that counts
-            log("engine alone: no OpenVINO (%s)" % e)
+        self.runners = {engine_key("onnxruntime", F32, 1): (1, lambda: session.run(None, {name: x}))}
+        shape = x.shape[1:]
+        for precision in precisions:
+            path = model_file(loaded, precision)
+            for batch in (1, MODEL_BATCH):
+                xb = np.ascontiguousarray(np.repeat(x, batch, axis=0))
+                try:
+                    run = openvino_runner(path, precision, threads, batch, shape)
+                except Exception as e:   # openvino not installed: the ONNX Runtime reference is the one that counts
+                    log("engine alone: no OpenVINO %s at batch %d (%s)" % (precision, batch, e))
+                    continue
+                self.runners[engine_key("openvino", precision, batch)] = (batch, lambda run=run, xb=xb: run(xb))
 
-    def measure(self, runs=30, warmup=3):
-        """{engine: [ms]}, the engines one after the other, each warmed up first."""
+    def measure(self, keys=None, runs=30, batch_runs=10, warmup=3):
+        """{key: [ms per run]} for `keys` (None: all), one after the other, each warmed up first;
+        batched runs take longer, so fewer of them."""
         samples = {}
-        for key, run in self.runners.items():
+        for key in keys or list(self.runners):
+            if key not in self.runners:
+                continue
+            batch, run = self.runners[key]
             for _ in range(warmup):
                 run()
             samples[key] = []
-            for _ in range(runs):
+            for _ in range(runs if batch == 1 else batch_runs):
                 t = time.perf_counter()
                 run()
                 samples[key].append((time.perf_counter() - t) * 1000)
         return samples
 
 
+def model_only_rounds(engines, precisions, rounds):
+    """OpenVINO alone in every precision at batch 1 and MODEL_BATCH, interleaved in `rounds` (the
+    order turned each round): per precision the pooled p50s, batch-MODEL_BATCH images/s, and the
+    median and range of the rounds' images/s over float32's at that batch (the goal's ratio)."""
+    keys = [engine_key("openvino", p, b) for p in precisions for b in (1, MODEL_BATCH)]
+    keys = [k for k in keys if k in engines.runners]
+    pooled, per_round = {k: [] for k in keys}, []
+    for r in range(rounds):
+        turn = r % len(keys) if keys else 0
+        got = engines.measure(keys[turn:] + keys[:turn])
+        for k, v in got.items():
+            pooled[k] += v
+        per_round.append({p: percentiles(got[engine_key("openvino", p, MODEL_BATCH)])["p50_ms"]
+                          for p in precisions if engine_key("openvino", p, MODEL_BATCH) in got})
+    out = {}
+    for p in precisions:
+        one, many = engine_key("openvino", p, 1), engine_key("openvino", p, MODEL_BATCH)
+        if many not in pooled:
+            continue
+        b8 = percentiles(pooled[many])
+        row = {"engine": "openvino", "threads": ENGINE_THREADS, "batch": MODEL_BATCH,
+               "batch1": percentiles(pooled.get(one, [])), "batch8": b8,
+               "images_per_s": 1000.0 * MODEL_BATCH / b8["p50_ms"] if b8["p50_ms"] else None}
+        ratios = [r[F32] / r[p] for r in per_round if r.get(F32) and r.get(p)]
+        if ratios:
+            row["over_f32"] = float(np.median(ratios))
+            row["over_f32_range"] = [float(min(ratios)), float(max(ratios))]
+        out[p] = row
+    return {"rounds": rounds, "precisions": out}
+
+
+class Ceiling:
+    """The most images/s this machine gives with this engine and precision: in this process, no HTTP,
+    the service's decode + preprocessing (PREPROCESSING=auto) of the same photos on `decoders` threads
+    feeding batch-MODEL_BATCH inference on a third, pipelined (a batch runs while the next decodes).
+    No server can beat it; service / ceiling says how much of the machine the service gets."""
+
+    def __init__(self, bundle_dir, photos, precision, threads, decoders=2):
+        from mbv3 import bundle, fast_preprocess
+        loaded = bundle.load(bundle_dir)
+        self.prep, self.photos, self.decoders, self.threads = loaded.preprocessing, photos, decoders, threads
+        self.transform, described = fast_preprocess.select("auto")
+        shape = (self.prep.height, self.prep.width, 3)
+        self.run = openvino_runner(model_file(loaded, precision), precision, threads, MODEL_BATCH, shape)
+        self.what = "decode + preprocess (%s) on %d threads, OpenVINO %s batch %d on %d threads, pipelined" % (
+            described, decoders, precision, MODEL_BATCH, threads)
+        self.run(np.zeros((MODEL_BATCH,) + shape, np.float32))
+
+    def measure(self, images, seconds):
+        """Images/s over at most `images` images (whole batches) or `seconds`."""
+        batches = max(2, images // MODEL_BATCH)
+        todo = queue.Queue(maxsize=4 * MODEL_BATCH)
+        lock, state = threading.Lock(), {"next": 0, "stop": False}
+
+        def decode():
+            while True:
+                with lock:
+                    n = state["next"]
+                    state["next"] += 1
+                if state["stop"] or n >= batches * MODEL_BATCH:
+                    return
+                todo.put(self.transform(self.photos[n % len(self.photos)][1], self.prep))
+
+        workers = [threading.Thread(target=decode, daemon=True) for _ in range(self.decoders)]
+        start = time.perf_counter()
+        deadline, done = start + seconds, 0
+        for w in workers:
+            w.start()
+        try:
+            while done < batches and (done < 2 or time.perf_counter() < deadline):
+                self.run(np.stack([todo.get(timeout=60) for _ in range(MODEL_BATCH)]))
+                done += 1
+        finally:
+            wall = time.perf_counter() - start
+            state["stop"] = True
+            while any(w.is_alive() for w in workers):   # let blocked decoders finish their put
+                try:
+                    todo.get_nowait()
+                except queue.Empty:
+                    time.sleep(0.001)
+        return {"what": self.what, "images": done * MODEL_BATCH, "wall_s": wall,
+                "images_per_s": done * MODEL_BATCH / wall if wall > 0 else 0.0}
+
+
+def service_threads(backend, threads):
+    """The inference threads the service runs with for THREADS=`threads` (0: its default), one CPU worker."""
+    from classifier import backends
+    from classifier.settings import available_cpus
+    return backends.plan(backend=backend, device_ids=(0,), cpu_workers=1, threads=threads, max_batch=MODEL_BATCH,
+                         cpus=available_cpus()).threads
+
+
+def service_backend(loaded, backend, threads, precision):
+    """The service's own backend for `loaded` as the service builds it with BACKEND, THREADS and
+    PRECISION=`precision` (the one place that calls the service's backends API)."""
+    from classifier import backends
+    return backends.create(loaded, backend=backend, device_id=0, threads=service_threads(backend, threads),
+                           max_batch=MODEL_BATCH, precision=precision)
+
+
 class InProcess:
     """Per image, in this process: the service's decode + preprocessing (PREPROCESSING=auto) and its
     backend (built as the service builds it) at batch 1: the service's work without HTTP or queues."""
 
-    def __init__(self, bundle_dir, photos, backend, threads=0, warmup=5):
+    def __init__(self, bundle_dir, photos, backend, threads=0, warmup=5, precision=F32):
         from mbv3 import bundle, fast_preprocess
-        from classifier import backends
-        from classifier.settings import available_cpus
         loaded = bundle.load(bundle_dir)
         self.prep, self.photos = loaded.preprocessing, photos
         self.transform, described = fast_preprocess.select("auto")
-        plan = backends.plan(backend=backend, device_ids=(0,), cpu_workers=1, threads=threads, max_batch=8,
-                             cpus=available_cpus())
-        self.engine = backends.create(loaded, backend=plan.backend, device_id=0, threads=plan.threads, max_batch=8)
+        self.engine = service_backend(loaded, backend, threads, precision)
         self.what = "decode + preprocess (%s) + %s batch 1, in this process" % (described, self.engine.describe())
         self.measure(warmup)
 
@@ -221,16 +395,18 @@ class InProcess:
         self.engine.close()
 
 
-def lone_rounds(engines, inproc, port, reqs, rounds, per_round, service_pid):
+def lone_rounds(engines, inproc, port, reqs, rounds, per_round, service_pid, precision=F32):
     """One client, interleaved with its references: each round measures the engine alone, the same
     work in process and then the service (whose engine sits idle meanwhile, as the references' do
     while it runs), so all three see the same machine, and each round gives its own ratios. On a
     shared machine whose speed drifts by 2x within minutes, a reference measured at another moment
     than the service moves a ratio more than anything the service does.
+    The engines alone: ONNX Runtime in float32 and OpenVINO in `precision`, at batch 1.
     Returns the pooled 1-client level, the pooled references and the rounds' p50s and ratios."""
     levels, engine_samples, in_rows, in_wall, out = [], {}, [], 0.0, []
+    keys = {engine_key("onnxruntime", F32, 1): "onnxruntime", engine_key("openvino", precision, 1): "openvino"}
     for _ in range(rounds):
-        alone = engines.measure()
+        alone = {keys[k]: v for k, v in engines.measure(list(keys)).items()}
         t = time.perf_counter()
         rows = inproc.measure(per_round // 2)
         in_wall += time.perf_counter() - t
@@ -450,7 +626,7 @@ def _env(text):
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--bundle", default="build/bench/bundle", help="made with `mbv3 init` + `export` if missing")
+    p.add_argument("--bundle", default="build/bench/bundle", help="made by bench_bundle.py if missing")
     p.add_argument("--concurrency", type=_positive, nargs="+", default=[1, 8, 32])
     p.add_argument("--requests", type=_positive, default=800, help="at most this many requests per level")
     p.add_argument("--rounds", type=_positive, default=8,
@@ -458,6 +634,9 @@ def parse_args(argv=None):
     p.add_argument("--seconds", type=float, default=20.0, help="at most this long per level of more than one client")
     p.add_argument("--threads", type=int, default=0, help="the service's THREADS (0: its default)")
     p.add_argument("--backend", default="auto", help="the service's BACKEND (auto: what it picks on this host)")
+    p.add_argument("--precisions", nargs="+", choices=[F32, "bf16", "int8"], metavar="PRECISION",
+                   help="the service's PRECISIONs to measure (f32 always; default: f32 and every variant the bundle "
+                   "records for the backend's engine that this CPU runs natively)")
     p.add_argument("--compare-backends", action="store_true",
                    help="also serve with the other CPU backend, at 1 client and the most")
     p.add_argument("--peers", nargs="*", default=list(peer_harness.PEERS), choices=list(peer_harness.PEERS),
@@ -474,32 +653,53 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines):
-    """The service with `backend` at each concurrency of `levels`; one client in rounds interleaved
-    with the engine alone (`engines`, an EngineAlone) and the same work in process."""
-    inproc = None
+def model_says(port):
+    """What GET /v1/model says about the engine and precision that serve (its fields naming a backend,
+    an engine, a precision or a file), or None."""
+    try:
+        with urllib.request.urlopen("http://127.0.0.1:%d/v1/model" % port, timeout=10) as r:
+            doc = json.loads(r.read())
+    except (OSError, ValueError):
+        return None
+    return {k: v for k, v in doc.items() if any(w in k for w in ("backend", "engine", "precision", "file"))}
+
+
+def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, precision=F32):
+    """The service with `backend` and PRECISION=`precision` at each concurrency of `levels`; one client
+    in rounds interleaved with the engine alone (`engines`, an EngineAlone) and the same work in
+    process; the ceiling (Ceiling) right before the largest level, in this precision, when the backend
+    is OpenVINO."""
+    inproc = ceiling = None
     if 1 in levels:   # the references are measured only beside one client
-        log("in process (%s): loading ..." % backend)
-        inproc = InProcess(bundle_dir, photos, backend, args.threads)
-    service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s.log" % backend), backend, args.threads, extra)
+        log("in process (%s, %s): loading ..." % (backend, precision))
+        inproc = InProcess(bundle_dir, photos, backend, args.threads, precision=precision)
+    if backend == "openvino" and len(levels) > 1:
+        ceiling = Ceiling(bundle_dir, photos, precision, service_threads(backend, args.threads))
+    env = dict(extra, PRECISION=precision)
+    service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s-%s.log" % (backend, precision)), backend,
+                      args.threads, env)
     reqs = peer_harness.requests_for("service", photos)
-    out, floor, lone = [], None, None
+    out, floor, lone, top_ceiling, says = [], None, None, None, None
     try:
         ready = service.wait_ready()
-        log("service (%s) ready on port %d after %.1f s" % (backend, service.port, ready))
+        log("service (%s, PRECISION=%s) ready on port %d after %.1f s" % (backend, precision, service.port, ready))
+        says = model_says(service.port)
         floor = http_floor(service.port)
         warm = run_level(service.port, reqs, max(levels), 4 * max(levels), args.seconds)
         if warm["errors"]:
             raise BenchError("warm-up requests failed: %s" % warm["error_samples"])
         for c in levels:
             if c == 1:
-                log("service (%s), 1 client: %d rounds of the engine alone, in process, the service ..." % (
-                    backend, args.rounds))
+                log("service (%s, %s), 1 client: %d rounds of the engine alone, in process, the service ..." % (
+                    backend, precision, args.rounds))
                 lone = lone_rounds(engines, inproc, service.port, reqs, args.rounds, max(2, args.requests // args.rounds),
-                                   service.proc.pid)
+                                   service.proc.pid, precision)
                 out.append(lone["level"])
                 continue
-            log("service (%s), concurrency %d ..." % (backend, c))
+            if ceiling and c == max(levels):
+                log("ceiling (%s): %s ..." % (precision, ceiling.what))
+                top_ceiling = ceiling.measure(args.requests, min(args.seconds, 10.0))
+            log("service (%s, %s), concurrency %d ..." % (backend, precision, c))
             out.append(run_level(service.port, reqs, c, args.requests, args.seconds, service_pid=service.proc.pid))
     finally:
         if inproc:
@@ -507,9 +707,21 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines):
         stopped = service.stop()
         log("service stopped by SIGTERM: exit status %s after %.1f s%s" % (stopped[0], stopped[1],
                                                                          ", needed SIGKILL" if stopped[2] else ""))
-    return {"backend": backend, "in_process": lone and lone["in_process"], "engine_alone": lone and lone["engine_alone"],
-            "rounds": lone["rounds"] if lone else [], "levels": out, "http_floor": floor,
+    return {"backend": backend, "precision": precision, "model": says,
+            "in_process": lone and lone["in_process"], "engine_alone": lone and lone["engine_alone"],
+            "rounds": lone["rounds"] if lone else [], "levels": out, "http_floor": floor, "ceiling": top_ceiling,
             "exit_status": stopped[0], "stop_seconds": stopped[1], "killed": stopped[2]}
+
+
+def best_variant(runs, precisions):
+    """The precision other than f32 whose service served the most req/s at its largest level, or None."""
+    best = None
+    for run in runs:
+        if run["precision"] in precisions and run["precision"] != F32 and run["levels"]:
+            rps = max(run["levels"], key=lambda lvl: lvl["concurrency"])["throughput_rps"]
+            if best is None or rps > best[0]:
+                best = (rps, run["precision"])
+    return best and best[1]
 
 
 def main(argv=None):
@@ -517,14 +729,26 @@ def main(argv=None):
     for out in (args.json, args.plot):
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     log_dir = os.path.dirname(os.path.abspath(args.json))
-    bundle_dir = ensure_bundle(args.bundle)
+    began = time.time()
+    load_before = os.getloadavg()
+    bundle_dir, not_made = ensure_bundle(args.bundle)
     from mbv3 import bundle
     from classifier import backends
-    meta = bundle.load(bundle_dir).metadata
+    loaded = bundle.load(bundle_dir)
+    meta = loaded.metadata
     photos = sample_photos()
     log("bundle %s (%s, input %s); photos: %s" % (bundle_dir, meta["name"], meta["input"]["shape"],
                                                  ", ".join("%s %d KB" % (n, len(b) // 1024) for n, b in photos)))
+    if os.path.isfile(os.path.join(bundle_dir, bench_bundle.STAMP)):
+        log("the bench bundle's weights are random: the variants' accuracy is chance and was recorded with --force; "
+            "what this measures is speed")
     primary = backends.cpu_choice()[0] if args.backend == "auto" else args.backend
+    capabilities, cpu_name = cpu_capabilities()
+    precisions, why_not = choose_precisions(loaded.info, primary, capabilities, args.precisions)
+    why_not.update({p: "mbv3 quantize: %s" % why for p, why in not_made.items() if p not in precisions})
+    for p, why in sorted(why_not.items()):
+        log("precision %s: not measured: %s" % (p, why))
+    log("precisions: %s (%s on %s)" % (", ".join(precisions), primary, cpu_name or "this CPU"))
     extra = dict(args.env)
     if args.max_batch:
         extra["MAX_BATCH"] = str(args.max_batch)
@@ -534,47 +758,76 @@ def main(argv=None):
     edges = sorted({1, top})
     log("preprocessing alone ...")
     prep_alone = preprocessing_alone(bundle_dir, photos)
-    engines = EngineAlone(bundle_dir, photos)
-    runs = [serve(bundle_dir, photos, primary, args.concurrency, args, extra, log_dir, engines)]
+    engines = EngineAlone(bundle_dir, photos, precisions)
+    runs, failed = [], {}
+    for p in precisions:
+        try:
+            runs.append(serve(bundle_dir, photos, primary, args.concurrency, args, extra, log_dir, engines, p))
+        except BenchError as e:
+            if p == F32:
+                raise
+            failed[p] = str(e)   # a variant the service would not run: an error, but f32 and the others still count
+            log("serve_bench: error: PRECISION=%s: %s" % (p, e))
     if args.compare_backends:
         for other in (b for b in backends.CPU_PREFERENCE if b != primary):
             runs.append(serve(bundle_dir, photos, other, edges, args, extra, log_dir, engines))
+    measured = [run["precision"] for run in runs if run["backend"] == primary]
+    log("the model alone: OpenVINO in %s at batch 1 and %d, %d rounds ..." % (", ".join(measured), MODEL_BATCH,
+                                                                            args.rounds))
+    model_only = model_only_rounds(engines, measured, args.rounds)
+    best = best_variant([run for run in runs if run["backend"] == primary], measured)
     peers = {}
-    for name in args.peers:
-        python = peer_harness.python_for(name, args.peer_venvs)
-        peers[name] = peer_harness.run_peer(name, python, bundle_dir, photos, edges, primary, ENGINE_THREADS, run_level,
-                                            log_dir, max_requests=args.requests, seconds=args.seconds)
-    engine = runs[0]["engine_alone"] or {k: dict(percentiles(v), threads=ENGINE_THREADS)
-                                         for k, v in engines.measure(runs=200).items()}
+    for p in [F32] + ([best] if best else []):
+        peers[p] = {}
+        for name in args.peers:
+            python = peer_harness.python_for(name, args.peer_venvs)
+            peers[p][name] = peer_harness.run_peer(name, python, bundle_dir, photos, edges, primary, ENGINE_THREADS,
+                                                   run_level, log_dir, max_requests=args.requests, seconds=args.seconds,
+                                                   precision=p)
+    first = runs[0]
+    engine = first["engine_alone"] or {k: dict(percentiles(v), threads=ENGINE_THREADS)
+                                       for k, v in engines.measure([engine_key("onnxruntime", F32, 1),
+                                                                    engine_key("openvino", F32, 1)], runs=200).items()}
     settings = "BACKEND=%s %s" % (primary, " ".join("%s=%s" % kv for kv in sorted(extra.items())) or "defaults")
     result = {"bundle": bundle_dir, "model": meta["name"], "input_shape": meta["input"]["shape"], "cpus": os.cpu_count(),
-              "load_average": os.getloadavg(), "photos": [{"name": n, "bytes": len(b)} for n, b in photos],
-              "backend": primary, "settings": settings, "engine_alone": engine, "preprocessing_alone": prep_alone,
-              "services": runs,
-              "in_process": runs[0]["in_process"], "levels": runs[0]["levels"], "http_floor": runs[0]["http_floor"],
+              "cpu": cpu_name, "capabilities": capabilities, "load_average_before": load_before,
+              "load_average": os.getloadavg(), "seconds": time.time() - began,
+              "random_weights": os.path.isfile(os.path.join(bundle_dir, bench_bundle.STAMP)),
+              "photos": [{"name": n, "bytes": len(b)} for n, b in photos],
+              "backend": primary, "settings": settings, "precisions": measured, "best_variant": best,
+              "not_measured": dict(why_not, **failed), "engine_alone": engine, "model_only": model_only,
+              "preprocessing_alone": prep_alone, "services": runs,
+              "in_process": first["in_process"], "levels": first["levels"], "http_floor": first["http_floor"],
               "peers": peers}
     result["ratios"] = ratios(result)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)
     plot(result, args.plot)
     print(table(result))
-    measured = [run["in_process"] for run in runs if run["in_process"]] + [lvl for run in runs for lvl in run["levels"]]
-    busy = [m["cpu"]["other_cores"] for m in measured if m.get("cpu")]
+    with open(os.path.splitext(args.json)[0] + ".md", "w") as f:
+        f.write(markdown([result]))
+    measured_levels = [run["in_process"] for run in runs if run["in_process"]] + [
+        lvl for run in runs for lvl in run["levels"]]
+    busy = [m["cpu"]["other_cores"] for m in measured_levels if m.get("cpu")]
     if busy and max(busy) > 0.25:
         log("note: other processes used up to %.1f of the %d CPU cores during the measurements: these figures are "
             "noisy; rerun on a quiet machine" % (max(busy), os.cpu_count() or 0))
-    log("wrote %s and %s" % (args.json, args.plot))
-    failures = sum(lvl["errors"] for run in runs for lvl in run["levels"])
-    failures += sum(lvl["errors"] for levels in peers.values() for lvl in levels)
+    log("wrote %s, %s and %s in %.0f s (load average %.2f before, %.2f after)" % (
+        args.json, args.plot, os.path.splitext(args.json)[0] + ".md", result["seconds"], load_before[0],
+        result["load_average"][0]))
+    all_peer_levels = [lvl for by_name in peers.values() for levels in by_name.values() for lvl in levels]
+    failures = sum(lvl["errors"] for run in runs for lvl in run["levels"]) + sum(lvl["errors"] for lvl in all_peer_levels)
     unclean = [run for run in runs if not stopped_cleanly(run["exit_status"], run["killed"])]
     if failures:
         log("serve_bench: error: %d requests failed, e.g. %s" % (failures, [
             lvl["error_samples"] for run in runs for lvl in run["levels"] if lvl["errors"]] + [
-            lvl["error_samples"] for levels in peers.values() for lvl in levels if lvl["errors"]]))
+            lvl["error_samples"] for lvl in all_peer_levels if lvl["errors"]]))
     for run in unclean:
-        log("serve_bench: error: the service (%s) did not stop cleanly on SIGTERM (exit status %s%s)"
-            % (run["backend"], run["exit_status"], ", killed after the timeout" if run["killed"] else ""))
-    return 1 if failures or unclean else 0
+        log("serve_bench: error: the service (%s, %s) did not stop cleanly on SIGTERM (exit status %s%s)"
+            % (run["backend"], run["precision"], run["exit_status"], ", killed after the timeout" if run["killed"] else ""))
+    for p, why in failed.items():
+        log("serve_bench: error: PRECISION=%s was not measured: %s" % (p, why.splitlines()[0]))
+    return 1 if failures or unclean or failed else 0
 
 
 if __name__ == "__main__":

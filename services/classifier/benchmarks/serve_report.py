@@ -1,46 +1,118 @@
-"""`make bench-serve`'s report: the goals' ratios, what each latency goal leaves beyond the floor of
-the same work in process plus a bare GET, where a lone request's milliseconds go, the table and the
-plot, all computed from the result dict that serve_bench.py measures and writes as JSON."""
+"""`make bench-serve`'s report: the goals' ratios, per precision and across them, what each latency
+goal leaves beyond the floor of the same work in process plus a bare GET, what the machine's ceiling
+leaves each throughput goal, where a lone request's milliseconds go, the table and the plot, all
+computed from the result dict that serve_bench.py measures and writes as JSON; and the README's
+measured-numbers rows for it, as medians and spreads of several such JSON files:
+
+    python services/classifier/benchmarks/serve_report.py --readme README.md build/bench/serve*.json
+"""
 from __future__ import annotations
+
+import argparse
+import json
+import sys
 
 import numpy as np
 
-GOALS = {   # (ratio, at most / at least, goal)
-    "service_c1_over_engine": ("max", 1.35),      # service p50 at 1 client / ONNX Runtime alone at batch 1
+F32 = "f32"
+GOALS = {   # (at most / at least, goal)
+    "service_c1_over_engine": ("max", 1.35),      # service p50 at 1 client / ONNX Runtime alone at batch 1 (retired)
     "service_c1_over_in_process": ("max", 1.15),  # service p50 at 1 client / the same work in this process
     "throughput_top_over_c1": ("min", 1.5),       # service req/s at the most clients / at 1
+    "service_top_over_best_peer": ("min", 1.5),   # service req/s at the most clients / the best peer's, same precision
+    "model_b8_int8_over_f32": ("min", 2.0),       # OpenVINO alone, batch 8 images/s: int8 / f32
+    "service_top_int8_over_f32": ("min", 1.6),    # service req/s at the most clients: int8 / f32
+    "service_top_best_over_f32": ("min", 2.0),    # the same: the best variant / f32
 }
+README_BEGIN, README_END = "<!-- bench-serve:begin -->", "<!-- bench-serve:end -->"
 
 
-def ratios(result):
-    """The goals' ratios, and this service / each peer: p50 at 1 client, req/s at the most clients."""
-    levels = {lvl["concurrency"]: lvl for lvl in result["levels"]}
+class ReportError(ValueError):
+    pass
+
+
+def met(key, value):
+    """Whether `value` meets GOALS[key]; None when not measured."""
+    if value is None:
+        return None
+    kind, goal = GOALS[key]
+    return value <= goal if kind == "max" else value >= goal
+
+
+def _by_concurrency(levels):
+    return {lvl["concurrency"]: lvl for lvl in levels}
+
+
+def _div(a, b):
+    return a / b if a is not None and b else None
+
+
+def run_ratios(run, peers):
+    """One service run's ratios (one backend, one precision); `peers` {name: levels} in the same precision."""
+    levels = _by_concurrency(run["levels"])
     one, top = levels.get(1), levels[max(levels)]
-    rounds = result["services"][0]["rounds"]
-    out = {
-        "throughput_top_over_c1": top["throughput_rps"] / one["throughput_rps"] if one and one["throughput_rps"] else None,
-        "top_concurrency": top["concurrency"],
-    }
+    rounds = run["rounds"]
+    out = {"precision": run.get("precision", F32), "top_concurrency": top["concurrency"],
+           "c1_p50_ms": one and one["latency"]["p50_ms"], "c1_rps": one and one["throughput_rps"],
+           "top_rps": top["throughput_rps"],
+           "throughput_top_over_c1": _div(top["throughput_rps"], one and one["throughput_rps"])}
     # medians of the rounds' ratios (lone_rounds): each round's service and references side by side
     for key, per_round in (("service_c1_over_engine", "service_over_engine"),
                            ("service_c1_over_in_process", "service_over_in_process")):
         median, low, high = spread([r[per_round] for r in rounds]) if rounds else (None, None, None)
         out[key], out[key + "_range"] = median, ([low, high] if rounds else None)
-    for key, (kind, goal) in GOALS.items():
-        value = out[key]
-        out[key + "_met"] = value is not None and (value <= goal if kind == "max" else value >= goal)
-    out["floors"] = floors(rounds, result.get("http_floor"))
-    peers = {}
-    for name, peer_levels in result.get("peers", {}).items():
-        by = {lvl["concurrency"]: lvl for lvl in peer_levels}
+    peer_rows, best = {}, None
+    for name, peer_levels in (peers or {}).items():
+        by = _by_concurrency(peer_levels)
         row = {}
         if one and 1 in by and by[1]["latency"]["p50_ms"]:
             row["latency_c1"] = one["latency"]["p50_ms"] / by[1]["latency"]["p50_ms"]
         if top["concurrency"] in by and by[top["concurrency"]]["throughput_rps"]:
-            row["throughput_top"] = top["throughput_rps"] / by[top["concurrency"]]["throughput_rps"]
-        peers[name] = row
-    out["peers"] = peers
+            rps = by[top["concurrency"]]["throughput_rps"]
+            row["throughput_top"], row["rps_top"] = top["throughput_rps"] / rps, rps
+            if best is None or rps > best[1]:
+                best = (name, rps)
+        peer_rows[name] = row
+    out["peers"] = peer_rows
+    out["best_peer"], out["best_peer_rps"] = best if best else (None, None)
+    out["service_top_over_best_peer"] = _div(top["throughput_rps"], out["best_peer_rps"])
+    ceiling = (run.get("ceiling") or {}).get("images_per_s")
+    out["ceiling_rps"] = ceiling
+    out["service_over_ceiling"] = _div(top["throughput_rps"], ceiling)
+    out["best_peer_over_ceiling"] = _div(out["best_peer_rps"], ceiling)
+    # the most each throughput goal could read on this machine: the ceiling in the numerator
+    out["ceiling_allows"] = {"throughput_top_over_c1": _div(ceiling, out["c1_rps"]),
+                             "service_top_over_best_peer": _div(ceiling, out["best_peer_rps"])}
+    for key in ("service_c1_over_engine", "service_c1_over_in_process", "throughput_top_over_c1",
+                "service_top_over_best_peer"):
+        out[key + "_met"] = met(key, out[key])
+    out["floors"] = floors(rounds, run.get("http_floor"))
     out["profile_c1"] = profile(one) if one else None
+    return out
+
+
+def ratios(result):
+    """The goals' ratios: per precision of the chosen backend (`precisions`), across precisions
+    (`across`), and, at the top level as before, the float32 run's."""
+    primary = [run for run in result["services"] if run["backend"] == result["backend"]]
+    peers = result.get("peers") or {}
+    per = {run.get("precision", F32): run_ratios(run, peers.get(run.get("precision", F32))) for run in primary}
+    f32 = per.get(F32) or run_ratios(result["services"][0], peers.get(F32))
+    model = (result.get("model_only") or {}).get("precisions", {})
+    across = {"model_b8_over_f32": {p: row.get("over_f32") for p, row in model.items() if p != F32},
+              "model_b8_over_f32_range": {p: row.get("over_f32_range") for p, row in model.items() if p != F32},
+              "service_top_over_f32": {p: _div(r["top_rps"], f32["top_rps"]) for p, r in per.items() if p != F32},
+              # the most a precision's service could serve over float32's: its ceiling in the numerator
+              "ceiling_allows_over_f32": {p: _div(r["ceiling_rps"], f32["top_rps"]) for p, r in per.items() if p != F32}}
+    best = result.get("best_variant")
+    across["best_variant"] = best
+    across["model_b8_int8_over_f32"] = across["model_b8_over_f32"].get("int8")
+    across["service_top_int8_over_f32"] = across["service_top_over_f32"].get("int8")
+    across["service_top_best_over_f32"] = across["service_top_over_f32"].get(best) if best else None
+    for key in ("model_b8_int8_over_f32", "service_top_int8_over_f32", "service_top_best_over_f32"):
+        across[key + "_met"] = met(key, across[key])
+    out = dict(f32)
+    out["precisions"], out["across"] = per, across
     return out
 
 
@@ -88,7 +160,7 @@ def _row(label, m, server_parts=None):
     fmt = lambda v: "-" if v is None else "%.2f" % v
     parts = " / ".join(fmt(server_parts.get(k)) for k in ("preprocess", "queue", "inference")) if server_parts else ""
     errors = "   (%d errors)" % m["errors"] if m.get("errors") else ""
-    return "%-34s %8.2f %8.2f %8.2f %8d %9.1f   %-16s   %s%s" % (
+    return "%-40s %8.2f %8.2f %8.2f %8d %9.1f   %-16s   %s%s" % (
         label, lat["p50_ms"], lat["p90_ms"], lat["p99_ms"], lat["n"], m["throughput_rps"], cores, parts, errors)
 
 
@@ -104,20 +176,21 @@ def table(result):
                                                                      pa["reference"][name] / pa["fast"][name])
                       for name in pa["fast"]), pa["max_difference_levels"]))
     rows.append("")
-    rows.append("%-34s %8s %8s %8s %8s %9s   %-16s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "requests", "req/s",
+    rows.append("%-40s %8s %8s %8s %8s %9s   %-16s   %s" % ("", "p50 ms", "p90 ms", "p99 ms", "requests", "req/s",
                                                          "CPU cores: this", "server p50 ms: preprocess / queue / inference"))
-    rows.append("%-34s %8s %8s %8s %8s %9s   %-16s" % ("", "", "", "", "", "", "/ service / other"))
+    rows.append("%-40s %8s %8s %8s %8s %9s   %-16s" % ("", "", "", "", "", "", "/ service / other"))
     for run in result["services"]:
-        ref = run["in_process"]
+        ref, tag = run["in_process"], "%s %s" % (run["backend"], run.get("precision", F32))
         if ref:
-            rows.append(_row("in process (%s)" % run["backend"], ref, {"preprocess": ref["parts_p50_ms"]["decode_preprocess"],
-                                                                     "inference": ref["parts_p50_ms"]["inference"]}))
+            rows.append(_row("in process (%s)" % tag, ref, {"preprocess": ref["parts_p50_ms"]["decode_preprocess"],
+                                                          "inference": ref["parts_p50_ms"]["inference"]}))
         for lvl in run["levels"]:
-            rows.append(_row("service (%s), %d clients" % (run["backend"], lvl["concurrency"]), lvl, lvl["server_p50_ms"]))
-    for name, levels in result.get("peers", {}).items():
-        for lvl in levels:
-            rows.append(_row("%s%s, %d clients" % (name, " (batching)" if lvl.get("batching") else "", lvl["concurrency"]),
-                             lvl))
+            rows.append(_row("service (%s), %d clients" % (tag, lvl["concurrency"]), lvl, lvl["server_p50_ms"]))
+    for precision, by_name in (result.get("peers") or {}).items():
+        for name, levels in by_name.items():
+            for lvl in levels:
+                rows.append(_row("%s%s %s, %d clients" % (name, " (batching)" if lvl.get("batching") else "", precision,
+                                                          lvl["concurrency"]), lvl))
     if result.get("http_floor"):
         rows.append("HTTP alone (GET %s on one connection): p50 %.2f ms" % (result["http_floor"]["path"],
                                                                            result["http_floor"]["p50_ms"]))
@@ -126,7 +199,7 @@ def table(result):
     goal = lambda key: ("<=" if GOALS[key][0] == "max" else ">=") + " %.2f" % GOALS[key][1]
     num = lambda v: "-" if v is None else "%.2f" % v
     span = lambda key: "" if not r.get(key + "_range") else ", rounds %.2f-%.2f" % tuple(r[key + "_range"])
-    rows += ["", "ratios (%s; 1 client: median of %d rounds, each measured beside its references):" % (
+    rows += ["", "ratios (%s f32; 1 client: median of %d rounds, each measured beside its references):" % (
                  result["backend"], len(result["services"][0]["rounds"])),
              "  service p50 at 1 client / ONNX Runtime alone at batch 1   = %s%s (goal %s): %s" % (
                  num(r["service_c1_over_engine"]), span("service_c1_over_engine"), goal("service_c1_over_engine"),
@@ -145,13 +218,19 @@ def table(result):
                  "  inference                                                     %6.2f ms" % prof["inference"],
                  "  rest of the pipeline (probe, budget, any hand-offs, top-k)    %6.2f ms" % prof["pipeline_rest"],
                  "  HTTP, routing, body and JSON, both ends of the connection     %6.2f ms" % prof["http_and_framework"]]
-    if r["peers"]:
-        rows += ["", "this service / each peer:   p50 at 1 client (lower is faster)   req/s at %d clients (higher is more)" % top]
-        rows += ["  %-24s %12s %36s" % (name, num(v.get("latency_c1")), num(v.get("throughput_top")))
-                 for name, v in r["peers"].items()]
+    for precision, pr in r.get("precisions", {}).items():
+        if pr["peers"]:
+            rows += ["", "this service / each peer, %s:   p50 at 1 client (lower is faster)   req/s at %d clients "
+                     "(higher is more)" % (precision, top)]
+            rows += ["  %-24s %12s %36s" % (name, num(v.get("latency_c1")), num(v.get("throughput_top")))
+                     for name, v in pr["peers"].items()]
+    if r.get("precisions"):
+        rows += [""] + precision_lines(result)
     if len(result["services"]) > 1:
         rows += ["", "backends (BACKEND=auto's CPU choice):   p50 at 1 client   req/s at %d clients" % top]
         for run in result["services"]:
+            if run.get("precision", F32) != F32:
+                continue
             by = {lvl["concurrency"]: lvl for lvl in run["levels"]}
             rows.append("  %-38s %8s ms %14s" % (run["backend"], num(by[1]["latency"]["p50_ms"]) if 1 in by else "-",
                                                  num(by[top]["throughput_rps"]) if top in by else "-"))
@@ -174,21 +253,115 @@ def floor_lines(fl, path):
                 fl["service_beyond_ms"])]
 
 
+def _goal(key):
+    kind, goal = GOALS[key]
+    return "%s %.2f" % ("<=" if kind == "max" else ">=", goal)
+
+
+def goal_line(text, key, value, allows=None, spread_=None):
+    """`GOAL text = value (goal): met|MISSED`, and for a missed throughput goal the most the machine's
+    ceiling allows it to read (when that is below the goal: ruled out here, not missed by the service)."""
+    if value is None:
+        return "GOAL %s: not measured" % text
+    verdict = "met" if met(key, value) else "MISSED"
+    line = "GOAL %s = %.2f%s (goal %s): %s" % (text, value, " (rounds %.2f-%.2f)" % tuple(spread_) if spread_ else "",
+                                               _goal(key), verdict)
+    if allows is not None:
+        line += "; the ceiling allows at most %.2f%s" % (
+            allows, ": the machine rules it out" if not met(key, allows) else "")
+    return line
+
+
+def precision_lines(result):
+    """The per-precision table (a column per precision) and the GOAL lines of (a) to (f)."""
+    r = result["ratios"]
+    per, across = r["precisions"], r["across"]
+    model = (result.get("model_only") or {}).get("precisions", {})
+    cols = list(per)
+    num = lambda v, f="%.2f": "-" if v is None else f % v
+    rows_def = [
+        ("model alone, OpenVINO batch 8, images/s", lambda p: num(model.get(p, {}).get("images_per_s"), "%.1f")),
+        ("model alone, batch 8, / f32", lambda p: num(1.0 if p == F32 else across["model_b8_over_f32"].get(p))),
+        ("model alone, OpenVINO batch 1, p50 ms", lambda p: num((model.get(p, {}).get("batch1") or {}).get("p50_ms"))),
+        ("service p50 at 1 client, ms", lambda p: num(per[p]["c1_p50_ms"])),
+        ("service / in process at 1 client", lambda p: num(per[p]["service_c1_over_in_process"])),
+        ("service req/s at 1 client", lambda p: num(per[p]["c1_rps"], "%.1f")),
+        ("service req/s at %d clients" % r["top_concurrency"], lambda p: num(per[p]["top_rps"], "%.1f")),
+        ("service at %d clients / at 1" % r["top_concurrency"], lambda p: num(per[p]["throughput_top_over_c1"])),
+        ("service at %d clients / f32's" % r["top_concurrency"],
+         lambda p: num(1.0 if p == F32 else across["service_top_over_f32"].get(p))),
+        ("best peer at %d clients, req/s" % r["top_concurrency"], lambda p: num(per[p]["best_peer_rps"], "%.1f")),
+        ("service / best peer", lambda p: num(per[p]["service_top_over_best_peer"])),
+        ("ceiling, images/s (in process, pipelined)", lambda p: num(per[p]["ceiling_rps"], "%.1f")),
+        ("service / ceiling", lambda p: num(per[p]["service_over_ceiling"])),
+        ("best peer / ceiling", lambda p: num(per[p]["best_peer_over_ceiling"])),
+    ]
+    out = ["per precision (%s; PRECISION=<column>; the peers run f32 and the best variant, %s):" % (
+        result["backend"], across.get("best_variant") or "none"),
+        "  %-44s" % "" + "".join("%12s" % c for c in cols)]
+    out += ["  %-44s" % label + "".join("%12s" % f(c) for c in cols) for label, f in rows_def]
+    if result.get("not_measured"):
+        out += ["  not measured: %s" % "; ".join("%s (%s)" % (p, why.splitlines()[0])
+                                                for p, why in sorted(result["not_measured"].items()))]
+    top = r["top_concurrency"]
+    out += ["", "goals:"]
+    for p in cols:
+        if p != F32:
+            out.append(goal_line("(a) model alone, batch 8 images/s, %s / f32" % p, "model_b8_int8_over_f32",
+                                 across["model_b8_over_f32"].get(p), spread_=across["model_b8_over_f32_range"].get(p))
+                       if p == "int8" else "     (a) model alone, batch 8 images/s, %s / f32 = %s (no goal)" % (
+                           p, num(across["model_b8_over_f32"].get(p))))
+    out.append(goal_line("(b) service req/s at %d clients, int8 / f32" % top, "service_top_int8_over_f32",
+                         across["service_top_int8_over_f32"], across["ceiling_allows_over_f32"].get("int8")))
+    best = across.get("best_variant")
+    out.append(goal_line("(b) service req/s at %d clients, best variant (%s) / f32" % (top, best or "none"),
+                         "service_top_best_over_f32", across["service_top_best_over_f32"],
+                         across["ceiling_allows_over_f32"].get(best) if best else None))
+    for p in cols:
+        pr = per[p]
+        if pr["best_peer"]:
+            out.append(goal_line("(c) service at %d clients / best peer (%s), %s" % (top, pr["best_peer"], p),
+                                 "service_top_over_best_peer", pr["service_top_over_best_peer"],
+                                 pr["ceiling_allows"]["service_top_over_best_peer"]))
+    for p in cols:
+        out.append(goal_line("(d) service at %d clients / 1 client, %s" % (top, p), "throughput_top_over_c1",
+                             per[p]["throughput_top_over_c1"], per[p]["ceiling_allows"]["throughput_top_over_c1"]))
+    for p in cols:
+        out.append(goal_line("(e) service p50 at 1 client / in process, %s" % p, "service_c1_over_in_process",
+                             per[p]["service_c1_over_in_process"], spread_=per[p]["service_c1_over_in_process_range"]))
+    for p in cols:
+        if per[p]["service_over_ceiling"] is not None:
+            out.append("     (f) %s at %d clients: service / ceiling = %.2f, best peer / ceiling = %s (%.1f of %.1f images/s)"
+                       % (p, top, per[p]["service_over_ceiling"], num(per[p]["best_peer_over_ceiling"]),
+                          per[p]["top_rps"], per[p]["ceiling_rps"]))
+    if result.get("random_weights"):
+        out += ["", "the bench bundle's weights are random: its variants' accuracy is chance (recorded with --force); "
+                    "these figures are speed only"]
+    return out
+
+
 def plot(result, path):
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (ax1, ax2, ax3) = plt.subplots(1, 3, figsize=(16, 4.6))
     conc = sorted({lvl["concurrency"] for run in result["services"] for lvl in run["levels"]})
+    colors = {}
     for run in result["services"]:
-        levels = run["levels"]
+        levels, tag = run["levels"], "%s %s" % (run["backend"], run.get("precision", F32))
         c = [lvl["concurrency"] for lvl in levels]
-        ax1.plot(c, [lvl["latency"]["p50_ms"] for lvl in levels], "o-", label="service (%s) p50" % run["backend"])
-        ax2.plot(c, [lvl["throughput_rps"] for lvl in levels], "o-", label="service (%s)" % run["backend"])
-    for name, levels in result.get("peers", {}).items():
-        c = [lvl["concurrency"] for lvl in levels]
-        ax1.plot(c, [lvl["latency"]["p50_ms"] for lvl in levels], "x--", label="%s p50" % name)
-        ax2.plot(c, [lvl["throughput_rps"] for lvl in levels], "x--", label=name)
+        line = ax1.plot(c, [lvl["latency"]["p50_ms"] for lvl in levels], "o-", label="service (%s) p50" % tag)[0]
+        ax2.plot(c, [lvl["throughput_rps"] for lvl in levels], "o-", label="service (%s)" % tag, color=line.get_color())
+        if run["backend"] == result["backend"]:
+            colors[run.get("precision", F32)] = line.get_color()
+        if run.get("ceiling"):
+            ax2.axhline(run["ceiling"]["images_per_s"], color=line.get_color(), lw=1, ls=":",
+                        label="ceiling (%s)" % run.get("precision", F32))
+    for precision, by_name in (result.get("peers") or {}).items():
+        for name, levels in by_name.items():
+            c = [lvl["concurrency"] for lvl in levels]
+            ax1.plot(c, [lvl["latency"]["p50_ms"] for lvl in levels], "x--", label="%s %s p50" % (name, precision))
+            ax2.plot(c, [lvl["throughput_rps"] for lvl in levels], "x--", label="%s %s" % (name, precision))
     engine = result["engine_alone"]["onnxruntime"]["p50_ms"]
     ax1.axhline(engine, color="k", lw=1, label="ONNX Runtime alone, batch 1")
     ax2.axhline(1000.0 / engine, color="k", lw=1, label="ONNX Runtime alone, one image at a time")
@@ -199,10 +372,197 @@ def plot(result, path):
         ax.set_xticklabels([str(c) for c in conc])
         ax.minorticks_off()
         ax.grid(True, alpha=0.3)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=6)
     ax2.set_ylim(bottom=0)
-    fig.suptitle("%s: the service over HTTP vs the engine alone and Python peers (%s)" % (
+    # per precision: the model alone at batch 8, the service and the best peer at the most clients, the ceiling
+    per = result["ratios"].get("precisions", {})
+    model = (result.get("model_only") or {}).get("precisions", {})
+    bars = [("model alone b8", lambda p: model.get(p, {}).get("images_per_s")),
+            ("service", lambda p: per[p]["top_rps"]), ("best peer", lambda p: per[p]["best_peer_rps"]),
+            ("ceiling", lambda p: per[p]["ceiling_rps"])]
+    width = 0.8 / max(1, len(per))
+    for i, p in enumerate(per):
+        ax3.bar([j + i * width for j in range(len(bars))], [f(p) or 0.0 for _, f in bars], width, label=p,
+                color=colors.get(p))
+    ax3.set_xticks([j + width * (len(per) - 1) / 2 for j in range(len(bars))])
+    ax3.set_xticklabels([name for name, _ in bars], fontsize=8)
+    ax3.set(ylabel="images / s", title="per precision, %d clients" % max(conc))
+    ax3.grid(True, axis="y", alpha=0.3)
+    ax3.legend(fontsize=7)
+    fig.suptitle("%s: the service over HTTP vs the engine alone, the ceiling and Python peers (%s)" % (
         result["model"], result["settings"]), fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+# --- the README's measured-numbers rows, from one or several runs ----------------------------------
+
+def _agg(values, fmt="%.2f", bold=False):
+    """"MEDIAN (LOW-HIGH)" of the runs' values (None: not measured in that run); "-" when none was."""
+    values = [v for v in values if v is not None]
+    if not values:
+        return "-"
+    median, low, high = spread(values)
+    text = ("**%s**" if bold else "%s") % (fmt % median)
+    return text + (" (%s-%s)" % (fmt % low, fmt % high) if len(values) > 1 else "")
+
+
+def _verdict(key, values):
+    values = [v for v in values if v is not None]
+    if not values:
+        return ""
+    median = spread(values)[0]
+    return "goal %s: %s" % (_goal(key), "met" if met(key, median) else "missed")
+
+
+def markdown(results):
+    """The Markdown block of bench-serve's measured numbers: a table of medians over `results` (serve.json
+    dicts) with their spread (lowest-highest) when there are several, and the runs' load averages."""
+    if not results:
+        raise ReportError("no results to summarise")
+    precisions = []
+    for res in results:
+        precisions += [p for p in res["ratios"].get("precisions", {F32: None}) if p not in precisions]
+    per = lambda p, key: [res["ratios"].get("precisions", {}).get(p, {}).get(key) for res in results]
+    across = lambda key, p: [res["ratios"].get("across", {}).get(key, {}).get(p) for res in results]
+    model = lambda p, key: [((res.get("model_only") or {}).get("precisions", {}).get(p) or {}).get(key)
+                            for res in results]
+    top = results[0]["ratios"]["top_concurrency"]
+    backend = results[0]["backend"]
+    cmd = "`make bench-serve`"
+    rows = []
+    r1 = [res["ratios"] for res in results]
+    rows.append(("a 640 x 427 JPEG over HTTP, 1 client, `BACKEND=%s` f32, p50" % backend,
+                 "%s ms: %sx ONNX Runtime alone at batch 1 (%s ms), timed beside it in rounds; %s" % (
+                     _agg([r["c1_p50_ms"] for r in r1]), _agg([r["service_c1_over_engine"] for r in r1], bold=True),
+                     _agg([res["engine_alone"]["onnxruntime"]["p50_ms"] for res in results]),
+                     _agg([r["floors"] and r["floors"]["service_c1_over_engine"]["least_ratio"] for r in r1]) +
+                     "x is the least any HTTP server takes here (in process + a bare `GET`)")))
+    rows.append(("the same vs the same work in one process, per precision",
+                 "; ".join("%s %sx" % (p, _agg(per(p, "service_c1_over_in_process"), bold=True)) for p in precisions) +
+                 " (%s)" % _verdict("service_c1_over_in_process", per(F32, "service_c1_over_in_process"))))
+    rows.append(("the model alone, OpenVINO batch %d, %s threads, images/s" % (8, "2"),
+                 "; ".join("%s %s%s" % (p, _agg(model(p, "images_per_s"), "%.0f"),
+                                        "" if p == F32 else " (%sx f32%s)" % (
+                                            _agg(model(p, "over_f32"), bold=True),
+                                            "; " + _verdict("model_b8_int8_over_f32", model(p, "over_f32"))
+                                            if p == "int8" else ""))
+                           for p in precisions)))
+    best = [res["ratios"].get("across", {}).get("best_variant") for res in results]
+    best_values = [res["ratios"].get("across", {}).get("service_top_best_over_f32") for res in results]
+    rows.append(("service throughput at %d clients, req/s, per precision" % top,
+                 "; ".join("%s %s%s" % (p, _agg(per(p, "top_rps"), "%.0f"),
+                                        "" if p == F32 else " (%sx f32%s)" % (
+                                            _agg(across("service_top_over_f32", p), bold=True),
+                                            "; " + _verdict("service_top_int8_over_f32", across("service_top_over_f32", p))
+                                            if p == "int8" else ""))
+                           for p in precisions) +
+                 ("; best variant (%s) / f32 %sx, %s" % ("/".join(sorted({b for b in best if b})),
+                                                         _agg(best_values, bold=True),
+                                                         _verdict("service_top_best_over_f32", best_values))
+                  if any(best) else "")))
+    rows.append(("service throughput, %d clients vs 1" % top,
+                 "; ".join("%s %sx" % (p, _agg(per(p, "throughput_top_over_c1"), bold=True)) for p in precisions) +
+                 " (%s; the ceiling allows f32 %sx)" % (
+                     _verdict("throughput_top_over_c1", per(F32, "throughput_top_over_c1")),
+                     _agg([r["precisions"].get(F32, {}).get("ceiling_allows", {}).get("throughput_top_over_c1")
+                           for r in r1]))))
+    peer_cells = []
+    for p in precisions:
+        values = per(p, "service_top_over_best_peer")
+        if any(v is not None for v in values):
+            names = sorted({n for n in per(p, "best_peer") if n})
+            peer_cells.append("%s %sx the best peer (%s)" % (p, _agg(values, bold=True), ", ".join(names)))
+    rows.append(("this service vs the best Python peer (same engine, preprocessing and precision), req/s at %d clients"
+                 % top, ("; ".join(peer_cells) + " (%s)" % _verdict("service_top_over_best_peer",
+                                                                   per(F32, "service_top_over_best_peer")))
+                 if peer_cells else "not measured"))
+    rows.append(("the machine's ceiling: decode on 2 threads feeding OpenVINO batch 8, in process, no HTTP",
+                 "; ".join("%s %s images/s: service %s of it, best peer %s" % (
+                     p, _agg(per(p, "ceiling_rps"), "%.0f"), _agg(per(p, "service_over_ceiling")),
+                     _agg(per(p, "best_peer_over_ceiling"))) for p in precisions)))
+    pa = [res.get("preprocessing_alone") for res in results if res.get("preprocessing_alone")]
+    if pa:
+        names = list(pa[0]["fast"])
+        rows.append(("preprocessing alone: libjpeg-turbo + OpenCV vs Pillow + NumPy",
+                     "; ".join("`%s` %s vs %s ms (%sx)" % (
+                         n, _agg([a["fast"][n] for a in pa]), _agg([a["reference"][n] for a in pa]),
+                         _agg([a["reference"][n] / a["fast"][n] for a in pa], "%.1f", bold=True)) for n in names) +
+                     ", at most %s of an 8-bit level apart" % _agg([a["max_difference_levels"] for a in pa])))
+    others = {}
+    for res in results:
+        for run in res["services"]:
+            if run.get("precision", F32) == F32:
+                by = _by_concurrency(run["levels"])
+                o = others.setdefault(run["backend"], ([], []))
+                o[0].append(by[1]["latency"]["p50_ms"] if 1 in by else None)
+                o[1].append(by[max(by)]["throughput_rps"])
+    if len(others) > 1:
+        rows.append(("CPU backends in the service, f32: p50 at 1 client, req/s at %d" % top,
+                     "; ".join("%s %s ms, %s" % (b, _agg(v[0]), _agg(v[1], "%.0f")) for b, v in others.items())))
+    loads = ", ".join("%.2f-%.2f" % ((res.get("load_average_before") or res["load_average"])[0], res["load_average"][0])
+                      for res in results)
+    cpus = sorted({res.get("cpu") or "?" for res in results})
+    lines = ["| what | figure | command |", "|---|---|---|"]
+    lines += ["| %s | %s | %s |" % (what, figure, cmd) for what, figure in rows]
+    lines += ["", "%s of %d run%s of `make bench-serve` on %s (%d cores), load average (1 min) before-after each run: "
+              "%s. The bench bundle's weights are random: it measures speed, not accuracy. Regenerated from the runs' "
+              "JSON files by `make bench-readme`." % (
+                  "Medians (lowest-highest)" if len(results) > 1 else "One run", len(results),
+                  "s" if len(results) > 1 else "", ", ".join(cpus), results[0].get("cpus") or 0, loads)]
+    return "\n".join(lines) + "\n"
+
+
+def rewrite_region(text, block, begin=README_BEGIN, end=README_END):
+    """`text` with what lies between the markers replaced by `block`; ReportError without exactly one
+    pair of markers in order."""
+    if text.count(begin) != 1 or text.count(end) != 1 or text.index(begin) > text.index(end):
+        raise ReportError("the README needs exactly one %s ... %s pair, in that order, around the bench-serve rows "
+                          "(found %d and %d)" % (begin, end, text.count(begin), text.count(end)))
+    head, rest = text.split(begin, 1)
+    tail = rest.split(end, 1)[1]
+    return head + begin + "\n" + block.rstrip("\n") + "\n" + end + tail
+
+
+def load_results(paths):
+    """The serve.json dicts at `paths`; ReportError for a file that is missing or not a bench-serve result."""
+    out = []
+    for path in paths:
+        try:
+            with open(path) as f:
+                res = json.load(f)
+        except (OSError, ValueError) as e:
+            raise ReportError("%s: %s" % (path, e))
+        if not isinstance(res, dict) or "ratios" not in res or "services" not in res:
+            raise ReportError("%s is not a serve_bench.py result (no ratios and services)" % path)
+        if "precisions" not in res["ratios"]:
+            res["ratios"] = ratios(res)   # an older result: its ratios computed here
+        out.append(res)
+    return out
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description="bench-serve's Markdown numbers from serve.json files")
+    p.add_argument("results", nargs="+", help="serve.json files of `make bench-serve` runs")
+    p.add_argument("--readme", help="rewrite the region between %s and %s of this file" % (README_BEGIN, README_END))
+    args = p.parse_args(argv)
+    try:
+        block = markdown(load_results(args.results))
+        if args.readme:
+            with open(args.readme) as f:
+                text = f.read()
+            new = rewrite_region(text, block)
+            with open(args.readme, "w") as f:
+                f.write(new)
+            print("rewrote the bench-serve rows of %s from %d run(s)" % (args.readme, len(args.results)), file=sys.stderr)
+        else:
+            sys.stdout.write(block)
+    except (ReportError, OSError) as e:
+        print("serve_report: error: %s" % e, file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -43,7 +43,7 @@ def main():
     p = arguments()
     args = p.parse_args()
     import uvicorn
-    uvicorn.run(make_app(Classifier(args.bundle, args.backend, args.threads)), host="127.0.0.1", port=args.port,
+    uvicorn.run(make_app(Classifier(args.bundle, args.backend, args.threads, args.precision)), host="127.0.0.1", port=args.port,
                 log_level="warning", access_log=False)
 
 

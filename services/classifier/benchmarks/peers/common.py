@@ -1,6 +1,7 @@
 """What every peer server wraps: the service's own preprocessing (mbv3.fast_preprocess, driven by
-the bundle's record) and the same engine (ONNX Runtime or OpenVINO on model.onnx, configured as the
-service's backends configure them), batch 1 or a batch, then softmax and top-5 without the
+the bundle's record) and the same engine (ONNX Runtime or OpenVINO on the precision's model file:
+model-int8.onnx for int8, model.onnx otherwise; OpenVINO compiled with mbv3.precision.openvino_config
+as the service's backend compiles it), batch 1 or a batch, then softmax and top-5 without the
 background class. Only mbv3's TensorFlow-free modules are used (on PYTHONPATH), so a peer's own
 virtual environment needs NumPy, Pillow, simplejpeg, OpenCV and the engine, not the service."""
 import argparse
@@ -8,22 +9,24 @@ import argparse
 import numpy as np
 
 from mbv3 import bundle, fast_preprocess
+from mbv3 import precision as mp
 from mbv3.classify import softmax, top_k
 
 
 class Classifier:
-    def __init__(self, bundle_dir, backend="onnxruntime", threads=2):
+    def __init__(self, bundle_dir, backend="onnxruntime", threads=2, precision="f32"):
         self.bundle = bundle.load(bundle_dir)
         self.prep = self.bundle.preprocessing
         self.labels = self.bundle.labels
         self.background = self.bundle.background_index
         self.transform, _ = fast_preprocess.select("auto")
-        path = self.bundle.file(bundle.ONNX)
+        variant = None if precision == "f32" else self.bundle.info.variant(precision, backend)
+        if precision != "f32" and variant is None:
+            raise SystemExit("the bundle records no %s variant for %s" % (precision, backend))
+        path = self.bundle.file(variant.file if variant is not None and variant.file else bundle.ONNX)
         if backend == "openvino":
             import openvino as ov
-            compiled = ov.Core().compile_model(path, "CPU", {
-                "PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1, "INFERENCE_PRECISION_HINT": "f32",
-                "INFERENCE_NUM_THREADS": threads})
+            compiled = ov.Core().compile_model(path, "CPU", mp.openvino_config(precision, threads))
             request = compiled.create_infer_request()
             self._run = lambda x: np.array(request.infer({0: x})[0])
         else:
@@ -57,4 +60,5 @@ def arguments():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--backend", default="onnxruntime")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--precision", default="f32", help="f32, or a variant the bundle records (bf16, int8)")
     return p

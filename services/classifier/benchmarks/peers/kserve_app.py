@@ -20,7 +20,7 @@ def main():
     class ImageModel(kserve.Model):
         def __init__(self):
             super().__init__("mbv3")
-            self.clf = Classifier(args.bundle, args.backend, args.threads)
+            self.clf = Classifier(args.bundle, args.backend, args.threads, args.precision)
             self.ready = True
 
         def preprocess(self, payload, headers=None):

@@ -14,9 +14,9 @@ import litserve as ls  # noqa: E402
 
 
 class ImageAPI(ls.LitAPI):
-    def __init__(self, bundle, backend, threads, **kw):
+    def __init__(self, bundle, backend, threads, precision, **kw):
         super().__init__(**kw)
-        self.args = (bundle, backend, threads)
+        self.args = (bundle, backend, threads, precision)
 
     def setup(self, device):
         self.clf = Classifier(*self.args)
@@ -43,7 +43,7 @@ def main():
     p.add_argument("--batch", action="store_true", help="LitServe's batching: max_batch_size 8, batch_timeout 5 ms")
     args = p.parse_args()
     batching = dict(max_batch_size=8, batch_timeout=0.005) if args.batch else {}
-    api = ImageAPI(args.bundle, args.backend, args.threads, **batching)
+    api = ImageAPI(args.bundle, args.backend, args.threads, args.precision, **batching)
     server = ls.LitServer(api, accelerator="cpu", devices=1, workers_per_device=1, timeout=60)
     server.run(host="127.0.0.1", port=args.port, generate_client_file=False, log_level="warning")
 

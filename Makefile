@@ -66,7 +66,7 @@ PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-onnx bench-train bench-serve bench-ab bench-devices clean
+.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-bundle bench-onnx bench-train bench-serve bench-readme bench-ab bench-devices clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -123,20 +123,26 @@ serve-container: venv ## the same model as `make serve`, in the infer-cpu contai
 
 bench: bench-onnx bench-train bench-serve bench-devices ## every benchmark
 
-bench-onnx: venv ## ONNX Runtime latency of V3_LARGE at batch 1 and 8, next to TensorFlow on the same graph
-	@test -f $(BENCH_DIR)/bundle/model.json || { set -x; rm -rf $(BENCH_DIR)/ckpt && \
-	  $(MBV3) init --model-dir $(BENCH_DIR)/ckpt && \
-	  $(MBV3) export --checkpoint $(BENCH_DIR)/ckpt --output $(BENCH_DIR)/bundle; }
+bench-bundle: venv ## the benchmarks' bundle: V3_LARGE 224, random weights, 11 digit classes, bf16 and int8 variants recorded
+	$(PY) services/classifier/benchmarks/bench_bundle.py --bundle $(BENCH_DIR)/bundle
+
+bench-onnx: bench-bundle ## ONNX Runtime latency of V3_LARGE at batch 1 and 8, next to TensorFlow on the same graph
 	$(MBV3) benchmark --bundle $(BENCH_DIR)/bundle --batch 1 8 --json $(BENCH_DIR)/onnx-latency.json
 
 bench-train: venv ## training images/s of V3_LARGE 224 batch 32 vs keras MobileNetV3Large.fit, same run
 	$(PY) model/benchmarks/train_throughput.py --steps 10 --json $(BENCH_DIR)/train-throughput.json
 
-bench-serve: venv ## the service over HTTP at 1, 8, 32 clients vs the engine alone, in process, both CPU backends and Python peers
+bench-serve: bench-bundle ## the service at f32, bf16, int8 over HTTP at 1, 8, 32 clients vs the engine alone, in process, the ceiling, both CPU backends and Python peers
 	$(PY) services/classifier/benchmarks/serve_bench.py --bundle $(BENCH_DIR)/bundle --compare-backends \
 	  --json $(BENCH_DIR)/serve.json --plot $(BENCH_DIR)/serve.png
 
-bench-ab: venv ## A/B a service setting: make bench-ab B="ONE_HOP_MAX_PIXELS=0" (two services side by side, alternating rounds)
+# the serve.json files of several `make bench-serve` runs (copy each run's serve.json aside, e.g. serve-1.json)
+BENCH_JSONS ?= $(wildcard $(BENCH_DIR)/serve*.json)
+bench-readme: venv ## rewrite README's bench-serve rows (between its bench-serve markers) from BENCH_JSONS: medians, spread, load
+	@test -n "$(BENCH_JSONS)" || { echo "no serve*.json in $(BENCH_DIR): run make bench-serve first"; exit 2; }
+	$(PY) services/classifier/benchmarks/serve_report.py --readme README.md $(BENCH_JSONS)
+
+bench-ab: bench-bundle ## A/B a service setting: make bench-ab B="ONE_HOP_MAX_PIXELS=0" (two services side by side, alternating rounds)
 	@test -n "$(B)" || { echo 'usage: make bench-ab B="KEY=VALUE ..." [A="KEY=VALUE ..."]'; exit 2; }
 	$(PY) services/classifier/benchmarks/ab_settings.py $(B) $(foreach kv,$(A),--a $(kv)) --bundle $(BENCH_DIR)/bundle \
 	  --json $(BENCH_DIR)/ab.json

@@ -398,14 +398,15 @@ def plot(result, path):
 
 # --- the README's measured-numbers rows, from one or several runs ----------------------------------
 
-def _agg(values, fmt="%.2f", bold=False):
-    """"MEDIAN (LOW-HIGH)" of the runs' values (None: not measured in that run); "-" when none was."""
+def _agg(values, fmt="%.2f", bold=False, unit=""):
+    """"MEDIAN (LOW-HIGH)" of the runs' values (None: not measured in that run), `unit` after each
+    number; "-" when none was measured."""
     values = [v for v in values if v is not None]
     if not values:
         return "-"
     median, low, high = spread(values)
-    text = ("**%s**" if bold else "%s") % (fmt % median)
-    return text + (" (%s-%s)" % (fmt % low, fmt % high) if len(values) > 1 else "")
+    text = ("**%s**" if bold else "%s") % (fmt % median + unit)
+    return text + (" (%s-%s)" % (fmt % low, fmt % high + unit) if len(values) > 1 else "")
 
 
 def _verdict(key, values):
@@ -434,18 +435,18 @@ def markdown(results):
     rows = []
     r1 = [res["ratios"] for res in results]
     rows.append(("a 640 x 427 JPEG over HTTP, 1 client, `BACKEND=%s` f32, p50" % backend,
-                 "%s ms: %sx ONNX Runtime alone at batch 1 (%s ms), timed beside it in rounds; %s" % (
-                     _agg([r["c1_p50_ms"] for r in r1]), _agg([r["service_c1_over_engine"] for r in r1], bold=True),
-                     _agg([res["engine_alone"]["onnxruntime"]["p50_ms"] for res in results]),
-                     _agg([r["floors"] and r["floors"]["service_c1_over_engine"]["least_ratio"] for r in r1]) +
-                     "x is the least any HTTP server takes here (in process + a bare `GET`)")))
+                 "%s: %s ONNX Runtime alone at batch 1 (%s), timed beside it in rounds; %s" % (
+                     _agg([r["c1_p50_ms"] for r in r1], unit=" ms"), _agg([r["service_c1_over_engine"] for r in r1], bold=True, unit="x"),
+                     _agg([res["engine_alone"]["onnxruntime"]["p50_ms"] for res in results], unit=" ms"),
+                     _agg([r["floors"] and r["floors"]["service_c1_over_engine"]["least_ratio"] for r in r1], unit="x") +
+                     " is the least any HTTP server takes here (in process + a bare `GET`)")))
     rows.append(("the same vs the same work in one process, per precision",
-                 "; ".join("%s %sx" % (p, _agg(per(p, "service_c1_over_in_process"), bold=True)) for p in precisions) +
+                 "; ".join("%s %s" % (p, _agg(per(p, "service_c1_over_in_process"), bold=True, unit="x")) for p in precisions) +
                  " (%s)" % _verdict("service_c1_over_in_process", per(F32, "service_c1_over_in_process"))))
     rows.append(("the model alone, OpenVINO batch %d, %s threads, images/s" % (8, "2"),
                  "; ".join("%s %s%s" % (p, _agg(model(p, "images_per_s"), "%.0f"),
-                                        "" if p == F32 else " (%sx f32%s)" % (
-                                            _agg(model(p, "over_f32"), bold=True),
+                                        "" if p == F32 else " (%s f32%s)" % (
+                                            _agg(model(p, "over_f32"), bold=True, unit="x"),
                                             "; " + _verdict("model_b8_int8_over_f32", model(p, "over_f32"))
                                             if p == "int8" else ""))
                            for p in precisions)))
@@ -453,27 +454,27 @@ def markdown(results):
     best_values = [res["ratios"].get("across", {}).get("service_top_best_over_f32") for res in results]
     rows.append(("service throughput at %d clients, req/s, per precision" % top,
                  "; ".join("%s %s%s" % (p, _agg(per(p, "top_rps"), "%.0f"),
-                                        "" if p == F32 else " (%sx f32%s)" % (
-                                            _agg(across("service_top_over_f32", p), bold=True),
+                                        "" if p == F32 else " (%s f32%s)" % (
+                                            _agg(across("service_top_over_f32", p), bold=True, unit="x"),
                                             "; " + _verdict("service_top_int8_over_f32", across("service_top_over_f32", p))
                                             if p == "int8" else ""))
                            for p in precisions) +
-                 ("; best variant (%s) / f32 %sx, %s" % ("/".join(sorted({b for b in best if b})),
-                                                         _agg(best_values, bold=True),
+                 ("; best variant (%s) / f32 %s, %s" % ("/".join(sorted({b for b in best if b})),
+                                                         _agg(best_values, bold=True, unit="x"),
                                                          _verdict("service_top_best_over_f32", best_values))
                   if any(best) else "")))
     rows.append(("service throughput, %d clients vs 1" % top,
-                 "; ".join("%s %sx" % (p, _agg(per(p, "throughput_top_over_c1"), bold=True)) for p in precisions) +
-                 " (%s; the ceiling allows f32 %sx)" % (
+                 "; ".join("%s %s" % (p, _agg(per(p, "throughput_top_over_c1"), bold=True, unit="x")) for p in precisions) +
+                 " (%s; the ceiling allows f32 %s)" % (
                      _verdict("throughput_top_over_c1", per(F32, "throughput_top_over_c1")),
                      _agg([r["precisions"].get(F32, {}).get("ceiling_allows", {}).get("throughput_top_over_c1")
-                           for r in r1]))))
+                           for r in r1], unit="x"))))
     peer_cells = []
     for p in precisions:
         values = per(p, "service_top_over_best_peer")
         if any(v is not None for v in values):
             names = sorted({n for n in per(p, "best_peer") if n})
-            peer_cells.append("%s %sx the best peer (%s)" % (p, _agg(values, bold=True), ", ".join(names)))
+            peer_cells.append("%s %s the best peer (%s)" % (p, _agg(values, bold=True, unit="x"), ", ".join(names)))
     rows.append(("this service vs the best Python peer (same engine, preprocessing and precision), req/s at %d clients"
                  % top, ("; ".join(peer_cells) + " (%s)" % _verdict("service_top_over_best_peer",
                                                                    per(F32, "service_top_over_best_peer")))
@@ -486,9 +487,9 @@ def markdown(results):
     if pa:
         names = list(pa[0]["fast"])
         rows.append(("preprocessing alone: libjpeg-turbo + OpenCV vs Pillow + NumPy",
-                     "; ".join("`%s` %s vs %s ms (%sx)" % (
-                         n, _agg([a["fast"][n] for a in pa]), _agg([a["reference"][n] for a in pa]),
-                         _agg([a["reference"][n] / a["fast"][n] for a in pa], "%.1f", bold=True)) for n in names) +
+                     "; ".join("`%s` %s vs %s (%s)" % (
+                         n, _agg([a["fast"][n] for a in pa], unit=" ms"), _agg([a["reference"][n] for a in pa], unit=" ms"),
+                         _agg([a["reference"][n] / a["fast"][n] for a in pa], "%.1f", bold=True, unit="x")) for n in names) +
                      ", at most %s of an 8-bit level apart" % _agg([a["max_difference_levels"] for a in pa])))
     others = {}
     for res in results:
@@ -500,17 +501,16 @@ def markdown(results):
                 o[1].append(by[max(by)]["throughput_rps"])
     if len(others) > 1:
         rows.append(("CPU backends in the service, f32: p50 at 1 client, req/s at %d" % top,
-                     "; ".join("%s %s ms, %s" % (b, _agg(v[0]), _agg(v[1], "%.0f")) for b, v in others.items())))
+                     "; ".join("%s %s, %s req/s" % (b, _agg(v[0], unit=" ms"), _agg(v[1], "%.0f")) for b, v in others.items())))
     loads = ", ".join("%.2f-%.2f" % ((res.get("load_average_before") or res["load_average"])[0], res["load_average"][0])
                       for res in results)
     cpus = sorted({res.get("cpu") or "?" for res in results})
     lines = ["| what | figure | command |", "|---|---|---|"]
     lines += ["| %s | %s | %s |" % (what, figure, cmd) for what, figure in rows]
-    lines += ["", "%s of %d run%s of `make bench-serve` on %s (%d cores), load average (1 min) before-after each run: "
+    runs = "Medians (lowest-highest) of %d runs" % len(results) if len(results) > 1 else "One run"
+    lines += ["", "%s of `make bench-serve` on %s (%d cores), load average (1 min) before-after each run: "
               "%s. The bench bundle's weights are random: it measures speed, not accuracy. Regenerated from the runs' "
-              "JSON files by `make bench-readme`." % (
-                  "Medians (lowest-highest)" if len(results) > 1 else "One run", len(results),
-                  "s" if len(results) > 1 else "", ", ".join(cpus), results[0].get("cpus") or 0, loads)]
+              "JSON files by `make bench-readme`." % (runs, ", ".join(cpus), results[0].get("cpus") or 0, loads)]
     return "\n".join(lines) + "\n"
 
 

@@ -436,8 +436,10 @@ def markdown(results):
     r1 = [res["ratios"] for res in results]
     rows.append(("a 640 x 427 JPEG over HTTP, 1 client, `BACKEND=%s` f32, p50" % backend,
                  "%s: %s ONNX Runtime alone at batch 1 (%s), timed beside it in rounds; %s" % (
-                     _agg([r["c1_p50_ms"] for r in r1], unit=" ms"), _agg([r["service_c1_over_engine"] for r in r1], bold=True, unit="x"),
-                     _agg([res["engine_alone"]["onnxruntime"]["p50_ms"] for res in results], unit=" ms"),
+                     _agg([r["c1_p50_ms"] for r in r1], unit=" ms"),
+                     _agg([r["service_c1_over_engine"] for r in r1], bold=True, unit="x"),
+                     _agg([res["engine_alone"]["onnxruntime"]["p50_ms"] for res in results],
+                          unit=" ms"),
                      _agg([r["floors"] and r["floors"]["service_c1_over_engine"]["least_ratio"] for r in r1], unit="x") +
                      " is the least any HTTP server takes here (in process + a bare `GET`)")))
     rows.append(("the same vs the same work in one process, per precision",

@@ -122,7 +122,7 @@ def test_markdown_of_several_runs_gives_medians_spread_and_loads():
     runs = [result(f32_top=t, load=load) for t, load in ((100.0, (0.1, 0.9)), (120.0, (1.0, 1.5)), (110.0, (0.2, 0.4)))]
     block = serve_report.markdown(runs)
     assert block.startswith("| what | figure | command |\n|---|---|---|\n")
-    assert "f32 110 (100-120); bf16 150 (150-150) (**1.36x** (1.25-1.50x) f32)" in block                  # median (lowest-highest) over the runs
+    assert "f32 110 (100-120); bf16 150 (150-150) (**1.36x** (1.25-1.50x) f32)" in block   # median (lowest-highest)
     assert "best variant (int8) / f32 **1.55x** (1.42-1.70x), goal >= 2.00: missed" in block
     assert "Medians (lowest-highest) of 3 runs" in block
     assert "load average (1 min) before-after each run: 0.10-0.90, 1.00-1.50, 0.20-0.40" in block

@@ -278,3 +278,12 @@ def test_an_unknown_precision_is_refused_in_one_line(hostile):
         make(backend="onnxruntime", precision=hostile)
     assert str(e.value).startswith("PRECISION=") and "\n" not in str(e.value)
     assert str(e.value).endswith("choose one of auto, f32, bf16, int8")
+
+
+def test_without_a_bundle_record_the_plan_runs_float32():
+    """plan() without `info` (benchmarks/serve_bench.py plans before it needs the bundle's records)."""
+    p = plan(backend="openvino", device_ids=(0,), cpu_workers=1, threads=1, max_batch=8, cpus=2, system=FakeSystem())
+    assert (p.precision.name, p.precision.file) == ("f32", bundle_mod.ONNX)
+    with pytest.raises(BackendError, match="PRECISION=int8 cannot run on onnxruntime: the bundle records no int8"):
+        plan(backend="onnxruntime", device_ids=(0,), cpu_workers=1, threads=1, max_batch=8, cpus=2, precision="int8",
+             system=FakeSystem())

@@ -116,10 +116,11 @@ class Plan:
         return self.backend == "acl"
 
 
-def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, info, precision="auto", system=System):
+def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, info=None, precision="auto", system=System):
     """The Plan for these settings on this machine. device_ids: a tuple, or "all" for every device
     pyACL counts; threads: per CPU worker, 0 to split `cpus` between the workers; info: the bundle's
-    ModelInfo; precision: PRECISION, resolved for the planned backend (choose_precision). BACKEND=auto
+    ModelInfo (None: a bundle that records no variant); precision: PRECISION, resolved for the
+    planned backend (choose_precision). BACKEND=auto
     serves on the Ascend devices when pyACL is installed and every listed device answers, on the CPU
     when none does (or pyACL is absent), and refuses a mix: serving on part of the devices would go
     unnoticed. BackendError says what is wrong, before any model loads."""
@@ -156,8 +157,8 @@ def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, info, pr
 
 def choose_precision(setting, engine, info, capabilities=()):
     """The Precision `engine` (a planned backend's name) runs for PRECISION=`setting`, with the reason
-    in words. info: the bundle's ModelInfo; capabilities: OpenVINO's OPTIMIZATION_CAPABILITIES for
-    the CPU. A variant is usable when the bundle records it for this engine and its current files
+    in words. info: the bundle's ModelInfo, or None for one without variants; capabilities: OpenVINO's
+    OPTIMIZATION_CAPABILITIES for the CPU. A variant is usable when the bundle records it for this engine and its current files
     (ModelInfo.variant) and, on OpenVINO, the CPU runs it natively. auto takes the usable variant
     with the highest recorded speed-up over float32 (above 1; a record without speed ranks just
     above float32), else f32; f32 is float32 model.onnx; bf16 or int8 that cannot run is a
@@ -165,7 +166,7 @@ def choose_precision(setting, engine, info, capabilities=()):
     if setting not in PRECISIONS:
         raise BackendError("PRECISION=%r: choose one of %s" % (setting, ", ".join(PRECISIONS)))
     if engine == "acl":
-        om = info.om.file if info.om else OM
+        om = info.om.file if info is not None and info.om else OM
         if setting not in ("auto", "f32"):
             raise BackendError("PRECISION=%s cannot run on the Ascend backend: %s carries the precision ATC built it "
                                "with (mbv3 om --precision-mode); set PRECISION=auto or f32" % (setting, om))
@@ -201,13 +202,13 @@ def _usable(name, engine, info, capabilities):
         return None, ["%s does not run %s (%s does)" % (ENGINE_NAMES.get(engine, engine), name,
                                                         " or ".join("BACKEND=%s" % e for e in RUNS[name]))]
     problems = []
-    record = info.variant(name, engine)
+    record = info.variant(name, engine) if info is not None else None
     if record is None:
-        if any((v.precision, v.engine) == (name, engine) for v in info.variants or ()):
+        if info is not None and any((v.precision, v.engine) == (name, engine) for v in info.variants or ()):
             problems.append("the bundle's %s record for %s was measured on other model files (their sha256 differs "
                             "from model.json's: run mbv3 quantize --precision %s again)" % (name, engine, name))
         else:
-            others = sorted(e for e in RUNS[name] if e != engine and info.variant(name, e) is not None)
+            others = sorted(e for e in RUNS[name] if e != engine and info is not None and info.variant(name, e))
             problems.append("the bundle records no %s variant validated on %s for its current files (mbv3 quantize "
                             "--precision %s)%s" % (name, engine, name, "; it records one for %s: set BACKEND=%s" % (
                                 others[0], others[0]) if others else ""))

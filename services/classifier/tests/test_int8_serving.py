@@ -139,3 +139,17 @@ def test_precision_int8_without_a_record_stops_start_up(bundle_dir):  # noqa: F8
     lines = [line for line in err.splitlines() if "PRECISION=int8" in line]
     assert lines == ["classifier: error: PRECISION=int8 cannot run on onnxruntime: the bundle records no int8 variant "
                      "validated on onnxruntime for its current files (mbv3 quantize --precision int8)"], err[-3000:]
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_a_damaged_int8_file_is_a_load_error_naming_it(int8_bundle, tmp_path, backend):
+    """A model.json rewritten to match a damaged model-int8.onnx passes the sha256 checks: the engine's
+    load is then what refuses it, fatally and in one line."""
+    damaged = tmp_path / variants.INT8_FILE
+    with open(int8_bundle.file(variants.INT8_FILE), "rb") as f:
+        damaged.write_bytes(f.read()[:5000])
+    chosen = backends.Precision("int8", variants.INT8_FILE)
+    loaded = bundle_mod.Bundle(str(tmp_path), int8_bundle.info, int8_bundle.labels)
+    with pytest.raises(backends.BackendError) as e:
+        backends.create(loaded, backend=backend, threads=1, max_batch=2, precision=chosen)
+    assert e.value.fatal and str(damaged) in str(e.value) and "\n" not in str(e.value)

@@ -158,11 +158,11 @@ def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, info=Non
 def choose_precision(setting, engine, info, capabilities=()):
     """The Precision `engine` (a planned backend's name) runs for PRECISION=`setting`, with the reason
     in words. info: the bundle's ModelInfo, or None for one without variants; capabilities: OpenVINO's
-    OPTIMIZATION_CAPABILITIES for the CPU. A variant is usable when the bundle records it for this engine and its current files
-    (ModelInfo.variant) and, on OpenVINO, the CPU runs it natively. auto takes the usable variant
-    with the highest recorded speed-up over float32 (above 1; a record without speed ranks just
-    above float32), else f32; f32 is float32 model.onnx; bf16 or int8 that cannot run is a
-    BackendError. The Ascend backend runs its .om as ATC built it: only auto and f32 pass there."""
+    OPTIMIZATION_CAPABILITIES for the CPU. A variant is usable when the bundle records it for this
+    engine and its current files (ModelInfo.variant) and, on OpenVINO, the CPU runs it natively. auto
+    takes the usable variant with the highest recorded speed-up over float32 (above 1; a record
+    without speed ranks just above float32), else f32; f32 is float32 model.onnx; bf16 or int8 that
+    cannot run is a BackendError. The Ascend backend runs its .om as ATC built it: only auto and f32 pass there."""
     if setting not in PRECISIONS:
         raise BackendError("PRECISION=%r: choose one of %s" % (setting, ", ".join(PRECISIONS)))
     if engine == "acl":

@@ -24,7 +24,8 @@ from .errors import MbV3Error, first_line
 ENGINE = "openvino"
 DEVICE = "CPU"
 # the capability OpenVINO's CPU plugin lists in OPTIMIZATION_CAPABILITIES when the CPU has native bfloat16
-NATIVE = {"bf16": "BF16"}
+NATIVE = {"bf16": "BF16", "int8": "INT8"}
+INT8_FILE = "model-int8.onnx"            # the quantized model an int8 variant runs, in the bundle
 HINTS = {"bf16": "bf16", "f32": "f32"}   # INFERENCE_PRECISION_HINT's values
 DEFAULT_MAX_TOP1_DROP = 0.5              # points of top-1 bf16 may lose against float32
 DEFAULT_BATCH = 32

@@ -35,11 +35,13 @@ class Service:
         self.bundle = bundle.load(s.MODEL_DIR, verify=True)  # schema, sha256s, labels; shapes at load
         try:
             self.plan = backends.plan(backend=s.BACKEND, device_ids=s.device_ids, cpu_workers=s.CPU_WORKERS,
-                                      threads=s.THREADS, max_batch=s.MAX_BATCH, cpus=available_cpus())
+                                      threads=s.THREADS, max_batch=s.MAX_BATCH, cpus=available_cpus(),
+                                      info=self.bundle.info, precision=s.PRECISION)
         except backends.BackendError as e:
             raise SettingsError(str(e))
         if self.plan.why:
             log.info(self.plan.why)
+        log.info("precision: %s, %s (%s)", self.plan.precision.name, self.plan.precision.file, self.plan.precision.why)
         self.engine = Engine(self._workers(backend_factory or backends.create), max_batch=s.MAX_BATCH,
                              max_delay_ms=s.MAX_DELAY_MS, max_queue=s.MAX_QUEUE, metrics=self.metrics, log=log.info)
         self.pool = concurrent.futures.ThreadPoolExecutor(s.preprocess_workers, thread_name_prefix="preprocess")
@@ -64,7 +66,7 @@ class Service:
         on its own thread."""
         s, plan = self.settings, self.plan
         load = functools.partial(create, self.bundle, backend=plan.backend, threads=plan.threads,
-                                 max_batch=plan.max_batch, cache_dir=s.OPENVINO_CACHE_DIR, precision=s.PRECISION)
+                                 max_batch=plan.max_batch, cache_dir=s.OPENVINO_CACHE_DIR, precision=plan.precision)
         if plan.on_devices:
             return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d, self.metrics)
                     for d in plan.devices]
@@ -132,7 +134,9 @@ class Service:
         """How the model is served (the `serving` object of /v1/model)."""
         s = self.settings
         backend = self.engine.backend
-        return {"backend": self.backend_description, "max_batch": self.engine.max_batch,
+        precision = self.plan.precision
+        return {"backend": self.backend_description, "precision": precision.name, "model_file": precision.file,
+                "precision_reason": precision.why, "variant": precision.summary(), "max_batch": self.engine.max_batch,
                 "max_delay_ms": s.MAX_DELAY_MS, "ready": self.ready,
                 "threads": backend.threads if backend else None, "preprocess_workers": s.preprocess_workers,
                 "preprocessing": self.images.description,

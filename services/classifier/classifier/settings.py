@@ -63,9 +63,10 @@ class Settings:
     # OpenVINO's compiled-model cache; empty: none (compiling MobileNetV3 takes 0.1-0.2 s, and the
     # containers' root file system is read-only)
     OPENVINO_CACHE_DIR: str = ""
-    # OpenVINO's inference precision: auto runs bf16 when the bundle records it as validated (mbv3 quantize)
-    # and the CPU has it natively, else f32; f32 always; bf16 requires both or stops start-up.
-    # ONNX Runtime and Ascend ignore it.
+    # What the CPU backend runs (backends.choose_precision, decided at start-up): auto takes the fastest
+    # variant (bf16, int8) the bundle records as validated for the backend's engine (mbv3 quantize) and
+    # the CPU runs natively, else f32; f32 always float32; bf16/int8 that cannot run stop start-up.
+    # The Ascend backend runs its .om as built: auto or f32 only.
     PRECISION: str = "auto"
     PREPROCESS_WORKERS: int = 0               # 0: one per core this process may use
     # auto: libjpeg-turbo + OpenCV when installed (mbv3.fast_preprocess), else Pillow + NumPy (the reference)

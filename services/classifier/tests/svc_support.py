@@ -139,3 +139,23 @@ def classify(url, data, content_type="image/jpeg", **params):
 def model_json(bundle):
     with open(os.path.join(bundle, "model.json")) as f:
         return json.load(f)
+
+
+def variant_record(info, precision, engine, speed=None, **changes):
+    """A PrecisionVariant as `mbv3 quantize` writes it for `info`'s current files (int8: its file
+    model-int8.onnx must be listed in info.files). speed: (float32, reduced) images/s, or None. The
+    figures are made up: the command that measures them is tested in model/tests."""
+    from mbv3 import bundle as bundle_mod
+    from mbv3 import precision as variants
+    int8 = precision == "int8"
+    fields = dict(precision=precision, engine=engine, engine_version="1.0", device="CPU", device_name="a CPU",
+                  model_sha256=info.files[variants.INT8_FILE if int8 else bundle_mod.ONNX].sha256, data="/data",
+                  split="validation", examples=500, float32=bundle_mod.Accuracy(0.91, 0.99),
+                  reduced=bundle_mod.Accuracy(0.905, 0.99), top1_agreement=0.99, max_top1_drop=1.0, top1_drop=0.5,
+                  forced=False, native=True, validated="2026-12-07T17:00:00Z",
+                  file=variants.INT8_FILE if int8 else None,
+                  source_sha256=info.files[bundle_mod.ONNX].sha256 if int8 else None,
+                  calibration=bundle_mod.Calibration("/data", "train", 32, "test") if int8 else None,
+                  speed=bundle_mod.Speed(8, 2, speed[0], speed[1]) if speed else None)
+    fields.update(changes)
+    return bundle_mod.PrecisionVariant(**fields)

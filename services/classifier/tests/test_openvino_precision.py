@@ -1,8 +1,9 @@
-"""PRECISION with BACKEND=openvino: bfloat16 runs only when the bundle records it as validated and the
-CPU has it natively; f32 is today's float32; bf16 demands both or stops start-up in one line. The
-choice is made from the bundle's record and OPTIMIZATION_CAPABILITIES, both injected here, so the
-branch of a CPU without BF16 runs on any machine; the compiled model's own reading of the hint says
-what actually runs."""
+"""PRECISION=bf16 with BACKEND=openvino: bfloat16 runs only when the bundle records it as validated and
+the CPU has it natively; f32 is today's float32; bf16 demands both or stops start-up in one line. The
+choice (backends.choose_precision, made at planning) is made from the bundle's record and
+OPTIMIZATION_CAPABILITIES, both injected here, so the branch of a CPU without BF16 runs on any
+machine; the compiled model's own reading of the hint says what actually runs. int8 and the ranking
+of several variants: test_backend_plan.py and test_int8_serving.py."""
 import shutil
 
 import numpy as np
@@ -12,7 +13,7 @@ import requests
 from classifier import backends
 from classifier import settings as settings_mod
 from classifier.backends.base import BackendError
-from classifier.backends.openvino import OpenVinoBackend, choose_precision
+from classifier.backends import choose_precision
 from mbv3 import bundle as bundle_mod
 from mbv3 import precision as variants
 
@@ -57,16 +58,19 @@ def test_the_choice(bundles, recorded, caps, setting, hint):
     info = bundles[1 if recorded else 0].info
     if hint is None:
         with pytest.raises(BackendError) as e:
-            choose_precision(setting, info, caps)
-        assert e.value.fatal and str(e.value).startswith("PRECISION=bf16 cannot run: ")
+            choose_precision(setting, "openvino", info, caps)
+        assert str(e.value).startswith("PRECISION=bf16 cannot run on openvino: ")
         assert ("records no bf16" in str(e.value)) == (not recorded)
         assert ("no native bf16" in str(e.value)) == ("BF16" not in caps)
         assert "\n" not in str(e.value)
         return
-    chosen, why = choose_precision(setting, info, caps)
-    assert chosen == hint and why.startswith("PRECISION=%s" % setting)
+    chosen = choose_precision(setting, "openvino", info, caps)
+    why = chosen.why
+    assert chosen.name == hint and chosen.file == bundle_mod.ONNX and why.startswith("PRECISION=%s" % setting)
+    assert (chosen.variant is not None) == (hint == "bf16")
     if hint == "bf16":
         assert "500 validation images" in why and "agreement 0.9960" in why and "the CPU has BF16" in why
+        assert "speed not recorded" in why
     elif setting == "auto":
         assert ("records no bf16" in why) == (not recorded) and ("no native bf16" in why) == ("BF16" not in caps)
 
@@ -75,61 +79,60 @@ def test_a_record_for_another_model_or_precision_does_not_count(bundles):
     info = bundles[1].info
     stale = bundle_mod.ModelInfo.from_dict(info.to_dict())
     stale.variants = [_record(info, model_sha256="0" * 64)]        # measured on an earlier model.onnx
-    assert choose_precision("auto", stale, WITH_BF16)[0] == "f32"
+    chosen = choose_precision("auto", "openvino", stale, WITH_BF16)
+    assert chosen.name == "f32" and "measured on other model files" in chosen.why
     forced = bundle_mod.ModelInfo.from_dict(info.to_dict())
     forced.variants = [_record(info, forced=True, top1_drop=2.0)]
-    hint, why = choose_precision("auto", forced, WITH_BF16)
-    assert hint == "bf16" and "recorded with --force" in why and "2.00 points down" in why
+    chosen = choose_precision("auto", "openvino", forced, WITH_BF16)
+    assert chosen.name == "bf16" and "recorded with --force" in chosen.why and "2.00 points down" in chosen.why
 
 
 def test_the_setting_is_checked_at_start_up():
     assert settings_mod.load(environ={}, dotenv=None).PRECISION == "auto" == backends.PRECISIONS[0]
     assert settings_mod.load(environ={"PRECISION": "bf16"}, dotenv=None).PRECISION == "bf16"
-    with pytest.raises(settings_mod.SettingsError, match=r"PRECISION='fp16': choose one of auto, f32, bf16"):
+    with pytest.raises(settings_mod.SettingsError, match=r"PRECISION='fp16': choose one of auto, f32, bf16, int8"):
         settings_mod.load(environ={"PRECISION": "fp16"}, dotenv=None)
 
 
 # --- OpenVINO on this CPU -------------------------------------------------------------------------
 
-def _backend(loaded, setting, caps=None):
-    return OpenVinoBackend(loaded.file(bundle_mod.ONNX), loaded.info, threads=1, max_batch=4, precision=setting,
-                           capabilities=caps)
+def _backend(loaded, setting, caps):
+    chosen = choose_precision(setting, "openvino", loaded.info, caps)
+    return backends.create(loaded, backend="openvino", threads=1, max_batch=4, precision=chosen)
 
 
 @pytest.mark.parametrize("recorded", [False, True])
 @pytest.mark.parametrize("setting", ["auto", "f32", "bf16"])
 def test_the_backend_runs_what_it_says(bundles, recorded, setting):
-    import openvino as ov
-    if variants.NATIVE["bf16"] not in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES"):
+    caps = backends.System.capabilities()
+    if variants.NATIVE["bf16"] not in caps:
         pytest.skip("this CPU has no native bf16")
     loaded = bundles[1 if recorded else 0]
     if setting == "bf16" and not recorded:
-        with pytest.raises(BackendError, match="PRECISION=bf16 cannot run: the bundle records no bf16") as e:
-            _backend(loaded, setting)
-        assert e.value.fatal
+        with pytest.raises(BackendError, match="PRECISION=bf16 cannot run on openvino: the bundle records no bf16"):
+            _backend(loaded, setting, caps)
         return
-    backend = _backend(loaded, setting)
+    backend = _backend(loaded, setting, caps)
     expected = "bf16" if recorded and setting != "f32" else "f32"
-    assert backend.precision == expected     # the compiled model's own reading of the hint
-    assert ", %s: PRECISION=%s" % (expected, setting) in backend.describe()
+    assert backend.precision == expected == backend.inference_precision   # the compiled model's own reading
+    assert ", %s: model.onnx, inference precision %s)" % (expected, expected) in backend.describe()
     batch = np.random.default_rng(0).uniform(-1, 1, (3, SIZE, SIZE, 3)).astype(np.float32)
     out = backend.run(batch)
     assert out.shape == (3, loaded.num_classes) and out.dtype == np.float32 and np.isfinite(out).all()
     backend.close()
 
 
-def test_a_cpu_without_bf16_runs_f32_or_refuses(bundles):
+def test_a_cpu_without_bf16_runs_f32(bundles):
     backend = _backend(bundles[1], "auto", WITHOUT_BF16)
-    assert backend.precision == "f32" and "no native bf16" in backend.describe()
+    assert backend.precision == "f32" == backend.inference_precision
     backend.close()
-    with pytest.raises(BackendError, match="PRECISION=bf16 cannot run: the CPU has no native bf16"):
-        _backend(bundles[1], "bf16", WITHOUT_BF16)
 
 
-def test_onnx_runtime_ignores_it(bundles):
-    backend = backends.create(bundles[0], backend="onnxruntime", threads=1, max_batch=4, precision="bf16")
-    assert backend.name == "onnxruntime"
-    backend.close()
+def test_onnx_runtime_refuses_bf16_at_planning(bundles):
+    with pytest.raises(BackendError, match=r"PRECISION=bf16 cannot run on onnxruntime: ONNX Runtime does not run "
+                                           r"bf16 \(BACKEND=openvino does\)"):
+        choose_precision("bf16", "onnxruntime", bundles[1].info, WITH_BF16)
+    assert choose_precision("auto", "onnxruntime", bundles[1].info, WITH_BF16).name == "f32"
 
 
 # --- the service ----------------------------------------------------------------------------------
@@ -143,9 +146,12 @@ def test_v1_model_and_the_log_say_which_precision_runs_and_why(bundles):
         serving = body["serving"]
         (shown,) = body["variants"]   # the record itself, its data set's path cut to its name as every path there
         assert shown["precision"] == "bf16" and shown["top1_agreement"] == 0.996 and shown["data"] == "data"
-        assert ", bf16: PRECISION=auto: bf16 validated on 500 validation images" in serving["backend"], serving
+        assert (serving["precision"], serving["model_file"]) == ("bf16", "model.onnx"), serving
+        assert ", bf16: model.onnx, inference precision bf16)" in serving["backend"], serving
+        assert serving["precision_reason"].startswith("PRECISION=auto: bf16 (model.onnx) validated on 500 validation")
+        assert serving["variant"]["top1_agreement"] == 0.996 and serving["variant"]["speed"] is None
         s.stop()
-        assert "bf16: PRECISION=auto: bf16 validated" in s.stderr()
+        assert "precision: bf16, model.onnx (PRECISION=auto: bf16 (model.onnx) validated" in s.stderr()
 
 
 def test_precision_bf16_without_a_record_stops_start_up(bundles):
@@ -154,6 +160,6 @@ def test_precision_bf16_without_a_record_stops_start_up(bundles):
         server.proc.wait(timeout=120)
     finally:
         code, err = server.stop()
-    assert code != 0
+    assert code == 2   # decided at planning, before a model loads
     lines = [line for line in err.splitlines() if "PRECISION=bf16" in line]
-    assert len(lines) == 1 and "cannot run: the bundle records no bf16" in lines[0], err[-3000:]
+    assert len(lines) == 1 and "cannot run on openvino: the bundle records no bf16" in lines[0], err[-3000:]

@@ -1,5 +1,8 @@
-"""ONNX Runtime on the CPU: a bundle's model.onnx, dynamic batch, configurable threads."""
+"""ONNX Runtime on the CPU: a bundle's model.onnx, or its int8 model when the Plan says so (a QDQ
+ONNX file the default CPU provider runs), dynamic batch, configurable threads."""
 from __future__ import annotations
+
+import os
 
 import numpy as np
 
@@ -12,11 +15,13 @@ from .base import Backend, BackendError
 class OnnxRuntimeBackend(Backend):
     name = "onnxruntime"
 
-    def __init__(self, model_path, info, threads, max_batch):
+    def __init__(self, model_path, info, threads, max_batch, precision="f32"):
         """model_path: the .onnx file; info: the bundle's ModelInfo, whose input and output shapes
         the model must have; threads: intra-op threads; max_batch: the largest run (the model's
-        batch is dynamic, so this is the caller's limit)."""
+        batch is dynamic, so this is the caller's limit); precision: the Plan's ("f32" or "int8"),
+        which model_path is."""
         self.path = model_path
+        self.precision = precision
         self.threads = int(threads)
         self._max_batch = int(max_batch)
         self.image_shape = (info.preprocessing.height, info.preprocessing.width, 3)
@@ -57,8 +62,8 @@ class OnnxRuntimeBackend(Backend):
             raise BackendError("onnxruntime run failed: %s" % first_line(e))
 
     def describe(self):
-        return "onnxruntime %s (CPUExecutionProvider, %s intra-op threads)" % (
-            __import__("onnxruntime").__version__, self.threads)
+        return "onnxruntime %s (CPUExecutionProvider, %s intra-op threads, %s: %s)" % (
+            __import__("onnxruntime").__version__, self.threads, self.precision, os.path.basename(self.path))
 
     def close(self):
         self.single = self.batched = None

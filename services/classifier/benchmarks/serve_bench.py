@@ -354,8 +354,11 @@ def service_backend(loaded, backend, threads, precision):
     """The service's own backend for `loaded` as the service builds it with BACKEND, THREADS and
     PRECISION=`precision` (the one place that calls the service's backends API)."""
     from classifier import backends
-    return backends.create(loaded, backend=backend, device_id=0, threads=service_threads(backend, threads),
-                           max_batch=MODEL_BATCH, precision=precision)
+    from classifier.settings import available_cpus
+    planned = backends.plan(backend=backend, device_ids=(0,), cpu_workers=1, threads=threads, max_batch=MODEL_BATCH,
+                            cpus=available_cpus(), info=loaded.info, precision=precision)
+    return backends.create(loaded, backend=planned.backend, device_id=0, threads=planned.threads,
+                           max_batch=MODEL_BATCH, precision=planned.precision)
 
 
 class InProcess:

@@ -103,7 +103,7 @@ def cmd_export(args):
 def cmd_predict(args):
     import numpy as np
     from . import numpy_preprocess, onnx_classifier
-    clf = onnx_classifier.OnnxClassifier(args.bundle, args.threads)
+    clf = onnx_classifier.OnnxClassifier(args.bundle, args.threads, args.precision)
     prep = clf.bundle.preprocessing
     failures = 0
     for path in args.images:
@@ -184,16 +184,17 @@ def cmd_eval(args):
         if given:
             raise MbV3Error("%s applies to --checkpoint; a bundle's weights and input size are fixed in its model.json"
                             % " and ".join(given))
-        from . import bundle
-        bundle.load(args.bundle)
+        from . import bundle, onnx_classifier
+        onnx_classifier.model_file(bundle.load(args.bundle).info, args.precision or "f32")   # before TensorFlow
         _check_data(args.data)
         import_tensorflow()
         from . import bundle_eval
         result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
-                                      threads=args.threads or 0, preprocessing=args.preprocessing or "reference")
+                                      threads=args.threads or 0, preprocessing=args.preprocessing or "reference",
+                                      precision=args.precision or "f32")
     else:
-        given = [flag for flag, value in (("--threads", args.threads), ("--preprocessing", args.preprocessing))
-                 if value is not None]
+        given = [flag for flag, value in (("--threads", args.threads), ("--preprocessing", args.preprocessing),
+                                          ("--precision", args.precision)) if value is not None]
         if given:
             raise MbV3Error("%s %s to --bundle (ONNX Runtime)" % (" and ".join(given), "applies" if len(given) == 1 else "apply"))
         _check_checkpoint(args.checkpoint)
@@ -292,7 +293,7 @@ def _positive(text):
 
 
 def parser():
-    from . import atc, precision  # no TensorFlow: the `om` and `quantize` defaults live there
+    from . import atc, onnx_classifier, precision  # no TensorFlow: the `om`, `quantize` and precision defaults
     p = _Parser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
                 "training, export to ONNX / frozen GraphDef, prediction.")
     p.add_argument("--version", action="version", version="mbv3 " + __version__)
@@ -352,6 +353,9 @@ def parser():
     s.add_argument("--preprocessing", choices=fast_preprocess.CHOICES,
                    help="--bundle: reference (Pillow + NumPy, the default), fast (libjpeg-turbo + OpenCV, as the "
                    "service serves when they are installed) or auto, as the service's PREPROCESSING setting")
+    s.add_argument("--precision", choices=list(onnx_classifier.PRECISIONS),
+                   help="--bundle: f32 runs model.onnx (the default); int8 its validated %s (mbv3 quantize)"
+                   % precision.INT8_FILE)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")
@@ -421,6 +425,8 @@ def parser():
     s.add_argument("--bundle", required=True)
     s.add_argument("--top-k", type=_positive, default=5)
     s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--precision", choices=list(onnx_classifier.PRECISIONS), default="f32",
+                   help="f32 runs model.onnx; int8 the bundle's validated %s (mbv3 quantize)" % precision.INT8_FILE)
     s.add_argument("images", nargs="+")
     s.set_defaults(fn=cmd_predict)
 

@@ -25,9 +25,9 @@ import numpy as np
 
 from . import bundle, bundle_eval, classify, data, fast_preprocess, fileio, onnx_classifier, scoring
 from .console import format_duration, say
-from .errors import BundleError, ImageError, MbV3Error, first_line
+from .errors import ImageError, MbV3Error, first_line
 
-OPENVINO, ONNXRUNTIME = "openvino", "onnxruntime"
+OPENVINO, ONNXRUNTIME = "openvino", onnx_classifier.ENGINE
 ENGINES = (OPENVINO, ONNXRUNTIME)
 ENGINE = OPENVINO                        # where bf16 is measured (an OpenVINO hint)
 DEVICE = "CPU"
@@ -76,6 +76,7 @@ class _Compiled(object):
     """A model compiled by OpenVINO's CPU plugin with one precision's configuration."""
 
     def __init__(self, core, model, precision, threads):
+        self.precision = precision
         self.compiled = core.compile_model(model, DEVICE, openvino_config(precision, threads))
         self.runs_as = type_name(self.compiled.get_property("INFERENCE_PRECISION_HINT"))
         self.request = self.compiled.create_infer_request()
@@ -87,7 +88,8 @@ class _Compiled(object):
 class _Session(object):
     """A model in ONNX Runtime's CPU provider, checked against model.json's shapes as a server checks."""
 
-    def __init__(self, path, info, threads):
+    def __init__(self, path, info, precision, threads):
+        self.precision = precision
         self.session = onnx_classifier.onnx_session(path, threads)
         onnx_classifier.check_session(self.session, info, path)
         self.input_name, self.output_name = info.input.name, info.output.name
@@ -425,10 +427,8 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
                 versions[engine], device_names[engine] = ov_version, device_name
                 runs_as[engine] = "the plugin reads back %s" % runners[engine][1].runs_as
             else:
-                try:
-                    runners[engine] = (_Session(model_path, info, threads), _Session(reduced_path, info, threads))
-                except BundleError as e:
-                    raise MbV3Error(str(e))
+                runners[engine] = (_Session(model_path, info, "f32", threads),
+                                       _Session(reduced_path, info, precision, threads))
                 versions[engine], device_names[engine] = _ort_version(), _cpu_name()
                 runs_as[engine] = "CPU provider"
         files = data.shard_files(data_dir, record)

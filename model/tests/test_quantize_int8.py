@@ -203,8 +203,12 @@ def test_a_drop_past_the_threshold_leaves_nothing_unless_forced(world, fresh, tm
         pytest.skip(message)
     assert "on openvino" in message and "on onnxruntime" in message and "nothing recorded" in message
     assert {name: (fresh / name).read_bytes() for name in os.listdir(str(fresh))} == before
+    logs = []
     variants = precision.measure(str(fresh), str(world / "data"), "int8", max_top1_drop=0, calibration=str(folder),
-                                 calibration_size=40, force=True, **QUIET)
+                                 calibration_size=40, force=True, progress_seconds=0, log=logs.append,
+                                 speed_seconds=0.05)
+    assert any(line.startswith("calibration: ") and " img/s, ETA " in line for line in logs), logs
+    assert any(line.startswith("quantize: ") and " img/s " in line for line in logs), logs
     info = bundle.load(str(fresh), verify=True).info
     assert [v.engine for v in variants] == list(precision.ENGINES)
     for variant in variants:

@@ -3,12 +3,13 @@
 Each record's image goes through what the servers do with an uploaded file: Pillow's decode and
 the NumPy eval transform (mbv3.numpy_preprocess; or with preprocessing="fast"/"auto" the service's
 libjpeg-turbo + OpenCV path, mbv3.fast_preprocess) driven by the bundle's preprocessing record, then the
-bundle's model.onnx in ONNX Runtime (mbv3.onnx_classifier), after the checks a server makes before it
-serves. TensorFlow only reads the TFRecords; no TensorFlow graph is built. Counting is
-mbv3.evaluate's (mbv3.scoring): the last partial batch is included, and a record that does not
-parse or an image that does not decode is skipped and counted. The result is printed and written
-as JSON beside the bundle (`<bundle>.eval-<split>.json`), never inside it: the bundle's files are
-hashed in its model.json.
+bundle's model.onnx (or, with precision="int8", its validated model-int8.onnx) in ONNX Runtime
+(mbv3.onnx_classifier), after the checks a server makes before it serves. TensorFlow only reads the
+TFRecords; no TensorFlow graph is built. Counting is mbv3.evaluate's (mbv3.scoring): the last partial
+batch is included, and a record that does not parse or an image that does not decode is skipped and
+counted. The result is printed and written as JSON beside the bundle (`<bundle>.eval-<split>.json`,
+`<bundle>.eval-<split>-int8.json` for int8), never inside it: the bundle's files are hashed in its
+model.json.
 """
 import concurrent.futures
 import os
@@ -78,20 +79,22 @@ def _batches(records, size):
         yield batch
 
 
-def result_path(bundle_dir, split):
-    return "%s.eval-%s.json" % (os.path.abspath(bundle_dir).rstrip(os.sep), split)
+def result_path(bundle_dir, split, precision="f32"):
+    return "%s.eval-%s%s.json" % (os.path.abspath(bundle_dir).rstrip(os.sep), split,
+                                  "" if precision == "f32" else "-" + precision)
 
 
 def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0, workers=None, write=True,
-             progress_seconds=PROGRESS_SECONDS, log=say, preprocessing="reference"):
+             progress_seconds=PROGRESS_SECONDS, log=say, preprocessing="reference", precision="f32"):
     """Score a bundle over a split; returns the result record (mbv3.evaluate's fields, plus the bundle's).
-    preprocessing: fast_preprocess.CHOICES, as the service's PREPROCESSING setting."""
+    preprocessing: fast_preprocess.CHOICES, as the service's PREPROCESSING setting; precision:
+    onnx_classifier.PRECISIONS."""
     try:
         transform, described = fast_preprocess.select(preprocessing)
     except (ValueError, ImportError) as e:
         raise MbV3Error("preprocessing %s: %s" % (preprocessing, e))
-    loaded = onnx_classifier.verify_bundle(bundle_dir)   # what a server checks before it serves
-    clf = onnx_classifier.OnnxClassifier(loaded.path, threads)
+    loaded = onnx_classifier.verify_bundle(bundle_dir, precision)   # what a server checks before it serves
+    clf = onnx_classifier.OnnxClassifier(loaded.path, threads, precision)
     info = loaded.info
     meta = data.load(data_dir)
     if info.num_classes != meta.num_classes:
@@ -106,9 +109,9 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
         log("warning: the bundle's labels.txt differs from the data set's %s (the scores count class indices)"
             % data_labels)
     prep = info.preprocessing
-    log("%s: %s v%s (%s weights, step %s), input %dx%d, %s preprocessing, ONNX Runtime; %d %s images"
+    log("%s: %s v%s (%s weights, step %s), input %dx%d, %s preprocessing, %s in ONNX Runtime; %d %s images"
         % (loaded.path, info.name, info.version, info.source.weights, info.source.step, prep.height, prep.width,
-           described, expected, split))
+           described, clf.model_file, expected, split))
 
     tally = scoring.Tally()
     skipped = 0
@@ -131,7 +134,8 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
 
     result = {
         "bundle": loaded.path, "name": info.name, "version": info.version,
-        "onnx_sha256": info.files[bundle.ONNX].sha256,
+        "onnx_sha256": info.files[bundle.ONNX].sha256, "precision": precision, "model_file": clf.model_file,
+        "model_sha256": info.files[clf.model_file].sha256,
         "checkpoint": info.source.checkpoint, "step": info.source.step, "weights": info.source.weights,
         "data": os.path.abspath(data_dir), "split": split,
         "image_size": prep.height if prep.height == prep.width else [prep.height, prep.width],
@@ -139,10 +143,10 @@ def evaluate(bundle_dir, data_dir, split="validation", batch_size=100, threads=0
     }
     result.update(tally.fields(expected, skipped, seconds))
     tally.check(expected, skipped, log)
-    log("%s (%s v%s, ONNX Runtime): top-1 %.4f  top-5 %.4f  over %d %s images" % (
-        loaded.path, info.name, info.version, result["top1"], result["top5"], tally.seen, split))
+    log("%s (%s v%s, %s, ONNX Runtime): top-1 %.4f  top-5 %.4f  over %d %s images" % (
+        loaded.path, info.name, info.version, precision, result["top1"], result["top5"], tally.seen, split))
     if write:
-        written = scoring.write_json(result, result_path(loaded.path, split), log)
+        written = scoring.write_json(result, result_path(loaded.path, split, precision), log)
         if written:
             result["written_to"] = written
     return result

@@ -103,7 +103,7 @@ def cmd_export(args):
 def cmd_predict(args):
     import numpy as np
     from . import numpy_preprocess, onnx_classifier
-    clf = onnx_classifier.OnnxClassifier(args.bundle, args.threads)
+    clf = onnx_classifier.OnnxClassifier(args.bundle, args.threads, args.precision)
     prep = clf.bundle.preprocessing
     failures = 0
     for path in args.images:
@@ -184,16 +184,17 @@ def cmd_eval(args):
         if given:
             raise MbV3Error("%s applies to --checkpoint; a bundle's weights and input size are fixed in its model.json"
                             % " and ".join(given))
-        from . import bundle
-        bundle.load(args.bundle)
+        from . import bundle, onnx_classifier
+        onnx_classifier.model_file(bundle.load(args.bundle).info, args.precision or "f32")   # before TensorFlow
         _check_data(args.data)
         import_tensorflow()
         from . import bundle_eval
         result = bundle_eval.evaluate(args.bundle, args.data, split=args.split, batch_size=args.batch_size,
-                                      threads=args.threads or 0, preprocessing=args.preprocessing or "reference")
+                                      threads=args.threads or 0, preprocessing=args.preprocessing or "reference",
+                                      precision=args.precision or "f32")
     else:
-        given = [flag for flag, value in (("--threads", args.threads), ("--preprocessing", args.preprocessing))
-                 if value is not None]
+        given = [flag for flag, value in (("--threads", args.threads), ("--preprocessing", args.preprocessing),
+                                          ("--precision", args.precision)) if value is not None]
         if given:
             raise MbV3Error("%s %s to --bundle (ONNX Runtime)" % (" and ".join(given), "applies" if len(given) == 1 else "apply"))
         _check_checkpoint(args.checkpoint)
@@ -244,12 +245,14 @@ def cmd_om(args):
 
 def cmd_quantize(args):
     from . import precision
-    precision.check_arguments(args.bundle, args.data, args.split, args.precision, args.max_top1_drop)
+    options = dict(max_top1_drop=args.max_top1_drop, engines=args.engines, calibration=args.calibration,
+                   calibration_split=args.calibration_split, calibration_size=args.calibration_size,
+                   output=args.output)
+    precision.check_arguments(args.bundle, args.data, args.split, args.precision, **options)
     import_tensorflow()   # reads the TFRecords
-    variant = precision.measure(args.bundle, args.data, precision=args.precision, split=args.split,
-                                max_top1_drop=args.max_top1_drop, force=args.force, batch_size=args.batch_size,
-                                threads=args.threads)
-    print(json.dumps(precision.as_json(variant), indent=2))
+    variants = precision.measure(args.bundle, args.data, precision=args.precision, split=args.split, force=args.force,
+                                 batch_size=args.batch_size, threads=args.threads, **options)
+    print(json.dumps(precision.as_json(variants), indent=2))
     return 0
 
 
@@ -290,7 +293,7 @@ def _positive(text):
 
 
 def parser():
-    from . import atc, precision  # no TensorFlow: the `om` and `quantize` defaults live there
+    from . import atc, onnx_classifier, precision  # no TensorFlow: the `om`, `quantize` and precision defaults
     p = _Parser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
                 "training, export to ONNX / frozen GraphDef, prediction.")
     p.add_argument("--version", action="version", version="mbv3 " + __version__)
@@ -350,6 +353,9 @@ def parser():
     s.add_argument("--preprocessing", choices=fast_preprocess.CHOICES,
                    help="--bundle: reference (Pillow + NumPy, the default), fast (libjpeg-turbo + OpenCV, as the "
                    "service serves when they are installed) or auto, as the service's PREPROCESSING setting")
+    s.add_argument("--precision", choices=list(onnx_classifier.PRECISIONS),
+                   help="--bundle: f32 runs model.onnx (the default); int8 its validated %s (mbv3 quantize)"
+                   % precision.INT8_FILE)
     s.set_defaults(fn=cmd_eval)
 
     s = sub.add_parser("export", help="write a model bundle (ONNX, frozen GraphDef, model.json, labels)")
@@ -386,26 +392,41 @@ def parser():
     s.add_argument("--print", action="store_true", help="print the ATC command (and AIPP config) instead of running it")
     s.set_defaults(fn=cmd_om)
 
-    s = sub.add_parser("quantize", help="validate a reduced-precision variant of a bundle against float32 on held-out "
-                       "data (OpenVINO CPU) and record it in its model.json")
+    s = sub.add_parser("quantize", help="make or validate a reduced-precision variant of a bundle against float32 on "
+                       "held-out data (bf16: OpenVINO's hint; int8: an NNCF-quantized model-int8.onnx) and record "
+                       "it in its model.json")
     s.add_argument("--bundle", required=True)
-    s.add_argument("--precision", required=True, choices=sorted(precision.NATIVE), help="bf16: OpenVINO's bfloat16 inference "
-                   "hint on model.onnx")
+    s.add_argument("--precision", required=True, choices=sorted(precision.NATIVE), help="bf16: OpenVINO's bfloat16 "
+                   "inference hint on model.onnx; int8: NNCF post-training quantization into %s" % precision.INT8_FILE)
     s.add_argument("--data", required=True, help="TFRecord folder from `mbv3 data build` (the run's own data)")
     s.add_argument("--split", default="validation", help="the held-out split to score (default: validation)")
-    s.add_argument("--max-top1-drop", type=float, default=precision.DEFAULT_MAX_TOP1_DROP, metavar="POINTS",
+    s.add_argument("--max-top1-drop", type=float, metavar="POINTS",
                    help="refuse a variant whose top-1 is more than this many points below float32's (default: %s)"
-                   % precision.DEFAULT_MAX_TOP1_DROP)
+                   % ", ".join("%s for %s" % (v, k) for k, v in sorted(precision.DEFAULT_MAX_TOP1_DROP.items())))
     s.add_argument("--force", action="store_true", help="record the variant past the threshold, or on a CPU "
                    "without native support")
+    s.add_argument("--engines", nargs="+", choices=list(precision.ENGINES),
+                   help="the engines to validate on, one record each (default: openvino for bf16, %s for int8)"
+                   % " ".join(precision.DEFAULT_ENGINES["int8"]))
+    s.add_argument("--calibration", metavar="FOLDER", help="int8: calibrate on this image folder (any depth) or "
+                   "TFRecord data set instead of --data's --calibration-split")
+    s.add_argument("--calibration-split", help="int8: the TFRecord split to calibrate on (default: %s)"
+                   % precision.DEFAULT_CALIBRATION_SPLIT)
+    s.add_argument("--calibration-size", type=_positive, metavar="N", help="int8: calibration images (default: %d, "
+                   "at least %d)" % (precision.DEFAULT_CALIBRATION_SIZE, precision.MIN_CALIBRATION))
+    s.add_argument("--output", help="int8: write the quantized bundle as a copy of --bundle here (a new or empty "
+                   "folder) instead of into --bundle")
     s.add_argument("--batch-size", type=_positive, default=precision.DEFAULT_BATCH)
-    s.add_argument("--threads", type=int, default=0, help="OpenVINO inference threads (default: OpenVINO's choice)")
+    s.add_argument("--threads", type=int, default=0, help="inference threads in every engine (default: the engine's "
+                   "choice)")
     s.set_defaults(fn=cmd_quantize)
 
     s = sub.add_parser("predict", help="top-k classes for images with a bundle (ONNX Runtime)")
     s.add_argument("--bundle", required=True)
     s.add_argument("--top-k", type=_positive, default=5)
     s.add_argument("--threads", type=int, default=0)
+    s.add_argument("--precision", choices=list(onnx_classifier.PRECISIONS), default="f32",
+                   help="f32 runs model.onnx; int8 the bundle's validated %s (mbv3 quantize)" % precision.INT8_FILE)
     s.add_argument("images", nargs="+")
     s.set_defaults(fn=cmd_predict)
 

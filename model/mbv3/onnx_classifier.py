@@ -5,6 +5,23 @@ from . import bundle
 from .classify import softmax, top_k
 from .errors import BundleError, first_line
 
+ENGINE = "onnxruntime"           # this engine's name in a bundle's precision records
+PRECISIONS = ("f32", "int8")     # what it runs from a bundle: model.onnx, or the validated int8 model
+
+
+def model_file(info, precision="f32"):
+    """The bundle file ONNX Runtime runs for `precision`: model.onnx for f32; for int8 the file of the
+    int8 variant validated on ONNX Runtime for the bundle's current model.onnx, or a one-line error."""
+    if precision == "f32":
+        return bundle.ONNX
+    if precision not in PRECISIONS:
+        raise BundleError("precision %r: ONNX Runtime runs %s" % (precision, " or ".join(PRECISIONS)))
+    variant = info.variant(precision, ENGINE)
+    if variant is None:
+        raise BundleError("the bundle records no %s variant validated on ONNX Runtime for its model.onnx "
+                          "(mbv3 quantize --precision %s)" % (precision, precision))
+    return variant.file
+
 
 def onnx_session(model, threads=0):
     """A CPU InferenceSession for a path or serialized bytes; threads=0 lets ORT choose."""
@@ -37,25 +54,27 @@ def check_session(session, info, where):
                           % (where, classes, info.num_classes))
 
 
-def verify_bundle(path):
+def verify_bundle(path, precision="f32"):
     """Everything a server checks before it serves: model.json against its schema, every file's size
-    and sha256, labels = num_classes, and the ONNX model's shapes. Returns the loaded bundle."""
+    and sha256, labels = num_classes, and the shapes of the ONNX model `precision` runs. Returns the
+    loaded bundle."""
     loaded = bundle.load(path, verify=True)
-    model = loaded.file(bundle.ONNX)
+    model = loaded.file(model_file(loaded.info, precision))
     check_session(onnx_session(model), loaded.info, model)
     return loaded
 
 
 class OnnxClassifier(object):
-    """A loaded bundle plus its ONNX Runtime session."""
+    """A loaded bundle plus an ONNX Runtime session of the model it runs in `precision` (model_file)."""
 
-    def __init__(self, path, threads=0):
+    def __init__(self, path, threads=0, precision="f32"):
         self.bundle = bundle.load(path)
         self.input_name = self.bundle.info.input.name
         self.output_name = self.bundle.info.output.name
         self.size = self.bundle.preprocessing.size
-        self.session = onnx_session(self.bundle.file(bundle.ONNX), threads)
-        check_session(self.session, self.bundle.info, self.bundle.file(bundle.ONNX))
+        self.model_file = model_file(self.bundle.info, precision)
+        self.session = onnx_session(self.bundle.file(self.model_file), threads)
+        check_session(self.session, self.bundle.info, self.bundle.file(self.model_file))
 
     def logits(self, batch):
         return self.session.run([self.output_name], {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]

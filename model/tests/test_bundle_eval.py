@@ -104,7 +104,7 @@ def test_cli_prints_and_writes_json_beside_the_bundle(world):
 
 
 def test_an_unwritable_result_file_loses_nothing(world, tmp_path, monkeypatch):
-    monkeypatch.setattr(bundle_eval, "result_path", lambda bundle_dir, split: str(tmp_path / "gone" / "r.json"))
+    monkeypatch.setattr(bundle_eval, "result_path", lambda bundle_dir, split, precision: str(tmp_path / "gone" / "r.json"))
     logs = []
     result = bundle_eval.evaluate(str(world / "bundle"), str(world / "data"), log=logs.append)
     assert result["examples"] == 12 and "written_to" not in result

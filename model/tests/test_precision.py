@@ -65,13 +65,14 @@ def test_records_a_validated_bf16_variant(world, fresh):
     result = run_cli("quantize", "--bundle", fresh, "--precision", "bf16", "--data", world / "data", "--split", "val",
                      "--batch-size", "4")
     assert result.returncode == 0, result.stderr[-2000:]
-    printed = json.loads(result.stdout)
+    (printed,) = json.loads(result.stdout)
     held_out = data.num_examples(str(world / "data"), "validation")
     assert held_out == 9 and printed["examples"] == held_out and printed["split"] == "validation"
-    assert "float32 top-1" in result.stderr and "recorded bf16 in" in result.stderr
+    assert "float32 top-1" in result.stderr and "recorded bf16 for openvino in" in result.stderr
     after = bundle.load(str(fresh), verify=True).info      # model.onnx and labels untouched, sha256s hold
     variant = after.variant("bf16", "openvino")
-    assert variant is not None and precision.as_json(variant) == printed
+    assert variant is not None and precision.as_json([variant]) == [printed]
+    assert variant.speed.batch == 8 and variant.speed.float32 > 0 and variant.speed.reduced > 0
     assert variant.native and not variant.forced and variant.device == "CPU" and variant.file is None
     assert variant.model_sha256 == after.files[bundle.ONNX].sha256
     assert variant.top1_drop <= variant.max_top1_drop == 0.5 and 0 <= variant.top1_agreement <= 1
@@ -80,9 +81,11 @@ def test_records_a_validated_bf16_variant(world, fresh):
     assert {k: v for k, v in after.to_dict().items() if k != "variants"} == before.to_dict()
     # a second validation replaces the first rather than adding another, and shows its progress
     logs = []
-    precision.measure(str(fresh), str(world / "data"), batch_size=2, progress_seconds=0, log=logs.append)
+    precision.measure(str(fresh), str(world / "data"), batch_size=2, progress_seconds=0, log=logs.append,
+                      speed_seconds=0.05)
     assert len(bundle.load(str(fresh)).info.variants) == 1
     assert any(line.startswith("quantize: 2/9 images (22.2%)") for line in logs), logs
+    assert any(line.startswith("openvino: float32 top-1") and "batch 8: " in line for line in logs), logs
 
 
 def _losing(monkeypatch):
@@ -103,7 +106,7 @@ def test_a_drop_past_the_threshold_is_refused_unless_forced(world, fresh, capsys
     text = (fresh / bundle.METADATA).read_text()
     rc, out, err = _quantize(capsys, "--bundle", fresh, "--data", world / "data", "--max-top1-drop", "0")
     if rc == 0:   # a random model may score no image right in float32: then nothing can drop
-        f32_top1 = json.loads(out)["float32"]["top1"]
+        f32_top1 = json.loads(out)[0]["float32"]["top1"]
         assert f32_top1 == 0
         pytest.skip("float32 top-1 is 0 on this random bundle")
     assert rc == 1 and out == ""
@@ -119,10 +122,11 @@ def test_a_drop_past_the_threshold_is_refused_unless_forced(world, fresh, capsys
 def test_a_cpu_without_native_bf16_is_refused_unless_forced(world, fresh):
     text = (fresh / bundle.METADATA).read_text()
     with pytest.raises(precision.MbV3Error, match="has no native bf16"):
-        precision.measure(str(fresh), str(world / "data"), capabilities=["FP32", "INT8"], log=lambda *_: None)
+        precision.measure(str(fresh), str(world / "data"), capabilities=["FP32", "INT8"], log=lambda *_: None,
+                          speed_seconds=0.05)
     assert (fresh / bundle.METADATA).read_text() == text
-    variant = precision.measure(str(fresh), str(world / "data"), capabilities=["FP32"], force=True,
-                                log=lambda *_: None)
+    (variant,) = precision.measure(str(fresh), str(world / "data"), capabilities=["FP32"], force=True,
+                                   log=lambda *_: None, speed_seconds=0.05)
     assert variant.forced and not variant.native
 
 

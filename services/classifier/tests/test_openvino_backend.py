@@ -25,7 +25,7 @@ def test_logits_match_onnx_runtime(loaded):
     ov = OpenVinoBackend(loaded.file(bundle_mod.ONNX), loaded.info, threads=2, max_batch=8)
     ort = OnnxRuntimeBackend(loaded.file(bundle_mod.ONNX), loaded.info, threads=2, max_batch=8)
     rng = np.random.default_rng(0)
-    for n in (1, 3, 8):   # the static batch-1 model and the dynamic one
+    for n in (1, 3, 8):   # the static batch-1 model, the dynamic one, the static max_batch one
         batch = rng.uniform(-1, 1, (n, SIZE, SIZE, 3)).astype(np.float32)
         a, b = ov.run(batch), ort.run(batch)
         assert a.shape == b.shape == (n, loaded.info.num_classes) and a.dtype == np.float32

@@ -45,8 +45,8 @@ DEFAULT_CALIBRATION_SPLIT = "train"
 MAX_CALIBRATION_FILE_BYTES = 64 << 20    # an image-folder file larger than this is skipped, not read
 MAX_CALIBRATION_PIXELS = 64 << 20
 SPEED_BATCH = 8                          # the service's micro-batch: what PRECISION=auto ranks by
-SPEED_SECONDS = 1.0                      # timed per model, in rounds alternating float32 and the variant
-SPEED_ROUNDS = 3
+SPEED_SECONDS = 2.0                      # timed per model, in rounds alternating float32 and the variant
+SPEED_ROUNDS = 4
 SPEED_WARMUP = 3
 PROGRESS_SECONDS = 10.0
 

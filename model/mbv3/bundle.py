@@ -189,7 +189,7 @@ class Calibration:
     source: str                     # the data set or image folder (absolute path)
     split: Optional[str]            # its split, for a TFRecord data set; None for an image folder
     images: int                     # how many were used
-    method: str                     # e.g. "nncf 3.4.0 post-training (onnx, fast bias correction)"
+    method: str                     # e.g. "nncf 3.4.0 post-training (onnx, bias correction)"
 
 
 @dataclass

@@ -293,7 +293,7 @@ def _positive(text):
 
 
 def parser():
-    from . import atc, onnx_classifier, precision  # no TensorFlow: the `om`, `quantize` and precision defaults
+    from . import atc, calibration, onnx_classifier, precision  # no TensorFlow: the `om`, `quantize` and precision defaults
     p = _Parser(prog="mbv3", description="MobileNetV3: slim-compatible checkpoints, "
                 "training, export to ONNX / frozen GraphDef, prediction.")
     p.add_argument("--version", action="version", version="mbv3 " + __version__)
@@ -411,9 +411,9 @@ def parser():
     s.add_argument("--calibration", metavar="FOLDER", help="int8: calibrate on this image folder (any depth) or "
                    "TFRecord data set instead of --data's --calibration-split")
     s.add_argument("--calibration-split", help="int8: the TFRecord split to calibrate on (default: %s)"
-                   % precision.DEFAULT_CALIBRATION_SPLIT)
+                   % calibration.DEFAULT_CALIBRATION_SPLIT)
     s.add_argument("--calibration-size", type=_positive, metavar="N", help="int8: calibration images (default: %d, "
-                   "at least %d)" % (precision.DEFAULT_CALIBRATION_SIZE, precision.MIN_CALIBRATION))
+                   "at least %d)" % (calibration.DEFAULT_CALIBRATION_SIZE, calibration.MIN_CALIBRATION))
     s.add_argument("--output", help="int8: write the quantized bundle as a copy of --bundle here (a new or empty "
                    "folder) instead of into --bundle")
     s.add_argument("--batch-size", type=_positive, default=precision.DEFAULT_BATCH)

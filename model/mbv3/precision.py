@@ -3,7 +3,8 @@
 bf16: OpenVINO's CPU plugin runs a model in bfloat16 when INFERENCE_PRECISION_HINT says so (and, on
 CPUs with AVX512_BF16 or AMX, by default): several times faster at batch 8, with logits a few percent
 off float32's. int8: NNCF's post-training quantization (ONNX backend) turns model.onnx into a QDQ
-model of its own, model-int8.onnx, calibrated on a few hundred of the run's own images; OpenVINO and
+model of its own, model-int8.onnx, calibrated on a few hundred of the run's own images
+(mbv3.calibration); OpenVINO and
 ONNX Runtime both run it. Whether either changes answers depends on the model, so it is measured per
 bundle and per engine: float32 and the reduced precision score the same held-out split, read and
 preprocessed as `mbv3 eval --bundle` reads it (mbv3.bundle_eval: the serving path's decode and
@@ -12,20 +13,19 @@ bundle.PrecisionVariant per engine in the bundle's model.json (atomically, mbv3.
 service reads; a variant whose top-1 drops by more than the threshold, or measured on a CPU without
 native support, is refused unless forced, and an int8 file no variant speaks for is not kept.
 """
-import contextlib
 import datetime
 import os
-import random
 import shutil
-import sys
 import tempfile
 import time
 
 import numpy as np
 
-from . import bundle, bundle_eval, classify, data, fast_preprocess, fileio, onnx_classifier, scoring
+from . import bundle, bundle_eval, classify, data, fileio, onnx_classifier, scoring
+from .calibration import (DEFAULT_CALIBRATION_SIZE, DEFAULT_CALIBRATION_SPLIT, MAX_CALIBRATION, MIN_CALIBRATION,
+                          CalibrationSource, calibration_inputs, list_images, quantize_onnx)
 from .console import format_duration, say
-from .errors import ImageError, MbV3Error, first_line
+from .errors import MbV3Error, first_line
 
 OPENVINO, ONNXRUNTIME = "openvino", onnx_classifier.ENGINE
 ENGINES = (OPENVINO, ONNXRUNTIME)
@@ -38,12 +38,6 @@ INT8_FILE = "model-int8.onnx"
 DEFAULT_MAX_TOP1_DROP = {"bf16": 0.5, "int8": 1.0}   # points of top-1 a variant may lose against float32
 DEFAULT_ENGINES = {"bf16": (OPENVINO,), "int8": ENGINES}
 DEFAULT_BATCH = 32
-DEFAULT_CALIBRATION_SIZE = 300           # NNCF's own default subset size
-MIN_CALIBRATION = 32                     # fewer images give activation ranges of one or two classes
-MAX_CALIBRATION = 2000                   # held in memory as model inputs (2000 at 224x224: 1.2 GB)
-DEFAULT_CALIBRATION_SPLIT = "train"
-MAX_CALIBRATION_FILE_BYTES = 64 << 20    # an image-folder file larger than this is skipped, not read
-MAX_CALIBRATION_PIXELS = 64 << 20
 SPEED_BATCH = 8                          # the service's micro-batch: what PRECISION=auto ranks by
 SPEED_SECONDS = 2.0                      # timed per model, in rounds alternating float32 and the variant
 SPEED_ROUNDS = 4
@@ -127,32 +121,6 @@ class Arguments(object):
         self.__dict__.update(kwargs)
 
 
-class CalibrationSource(object):
-    """Where calibration images come from: a TFRecord data set's split, or an image folder's files."""
-
-    def __init__(self, path, split=None, record=None, files=None):
-        self.path, self.split, self.record, self.files = os.path.abspath(path), split, record, files
-
-    def describe(self):
-        if self.split:
-            return "split %s of %s" % (self.split, self.path)
-        return "image folder %s (%d image files)" % (self.path, len(self.files))
-
-
-def list_images(folder, limit=100000):
-    """Image files under `folder` (any depth; hidden entries and symbolic-link loops are not walked),
-    sorted, at most `limit` of them."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in sorted(files):
-            if not name.startswith(".") and name.lower().endswith(data.IMAGE_EXTENSIONS):
-                found.append(os.path.join(root, name))
-                if len(found) >= limit:
-                    return found
-    return found
-
-
 def _tfrecord_split(data_dir, split, num_classes, what):
     meta = data.load(data_dir)
     if meta.num_classes != num_classes:
@@ -224,99 +192,6 @@ def check_arguments(bundle_dir, data_dir, split, precision, max_top1_drop=None, 
             raise MbV3Error("--output %s is not empty; choose a new folder (the bundle is copied into it)" % output)
     args.source, args.calibration_size, args.output = source, size, output
     return args
-
-
-def _progress(what, done, total, start, log):
-    rate = done / max(time.time() - start, 1e-9)
-    log("%s: %d/%d images (%.1f%%), %.1f img/s, ETA %s" % (
-        what, done, total, 100.0 * done / max(total, 1), rate,
-        format_duration((total - done) / rate) if rate > 0 else "?"))
-
-
-def _read_image_file(path, prep):
-    """The model input of one calibration file, or None when it cannot be used (too large, unreadable,
-    not an image): the serving path's decode and transform."""
-    try:
-        if os.path.getsize(path) > MAX_CALIBRATION_FILE_BYTES:
-            return None
-        with open(path, "rb") as f:
-            encoded = f.read()
-        return fast_preprocess.reference_input(encoded, prep, max_pixels=MAX_CALIBRATION_PIXELS)
-    except (OSError, ImageError, ValueError):
-        return None
-
-
-def calibration_inputs(source, prep, size, batch_size=DEFAULT_BATCH, workers=None, progress_seconds=PROGRESS_SECONDS,
-                       log=say):
-    """Up to `size` model inputs from the calibration source, preprocessed as the server does; returns
-    (inputs, unusable count). An image folder is read in a shuffled (seeded) order, so a folder of class
-    folders gives every class its share; a TFRecord split is already shuffled by `mbv3 data build`."""
-    import concurrent.futures
-    inputs, skipped = [], 0
-    start = last = time.time()
-    if source.split:
-        records = bundle_eval.prepared_batches(data.shard_files(source.path, source.record), prep, batch_size,
-                                               workers, log)
-        batches = ([None if p is None else p[0] for p in prepared] for prepared in records)
-    else:
-        order = list(source.files)
-        random.Random(0).shuffle(order)
-        pool = concurrent.futures.ThreadPoolExecutor(workers or os.cpu_count() or 1)
-        batches = (list(pool.map(lambda path: _read_image_file(path, prep), order[i:i + batch_size]))
-                   for i in range(0, len(order), batch_size))
-    try:
-        for prepared in batches:
-            for image in prepared:
-                if image is None:
-                    skipped += 1
-                elif len(inputs) < size:
-                    inputs.append(image)
-            if len(inputs) >= size:
-                break
-            now = time.time()
-            if now - last >= progress_seconds:
-                last = now
-                _progress("calibration", len(inputs), size, start, log)
-    finally:
-        batches.close()
-        if source.split:
-            records.close()   # stops the reader's thread pool now, not when collected
-        else:
-            pool.shutdown()
-    if len(inputs) < MIN_CALIBRATION:
-        raise MbV3Error("only %d usable calibration images in %s (%d could not be decoded); at least %d are needed"
-                        % (len(inputs), source.describe(), skipped, MIN_CALIBRATION))
-    if len(inputs) < size:
-        log("warning: %d usable calibration images in %s, fewer than --calibration-size %d; calibrating on those"
-            % (len(inputs), source.describe(), size))
-    log("calibration: %d images read in %s (%d could not be used)"
-        % (len(inputs), format_duration(time.time() - start), skipped))
-    return inputs, skipped
-
-
-def quantize_onnx(model_path, inputs, input_name, log=say):
-    """model.onnx quantized by NNCF's post-training quantization on its ONNX backend (default preset,
-    full bias correction: on three digits-cpu runs it lost 0.00/0.00/-0.28 points of top-1 where the
-    fast one lost 0.00/0.56/0.28, docs/benchmarks.md), calibrated on `inputs` (each one image); returns (serialized QDQ model,
-    what was done, in words). NNCF's progress bars go to stderr: stdout carries the command's result."""
-    try:
-        import nncf
-        import onnx
-    except ImportError as e:
-        raise MbV3Error("--precision int8 needs NNCF (nncf==3.4.0, in requirements/cpu.txt): %s" % e)
-    method = "nncf %s post-training quantization (onnx backend, default preset, bias correction)" % (
-        nncf.__version__)
-    log("quantizing %s: %s, on %d calibration images" % (model_path, method, len(inputs)))
-    try:
-        model = onnx.load(model_path)
-        dataset = nncf.Dataset(inputs, lambda image: {input_name: np.ascontiguousarray(image[np.newaxis], np.float32)})
-        with contextlib.redirect_stdout(sys.stderr):
-            quantized = nncf.quantize(model, dataset, subset_size=len(inputs), fast_bias_correction=False)
-        return quantized.SerializeToString(), method
-    except MbV3Error:
-        raise
-    except Exception as e:   # NNCF and onnx raise many types for a model they cannot handle
-        raise MbV3Error("NNCF cannot quantize %s: %s" % (model_path, first_line(e)))
 
 
 def _score(runners, precision, files, prep, batch_size, workers, expected, progress_seconds, log):

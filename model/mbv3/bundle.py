@@ -284,6 +284,14 @@ class ModelInfo:
                 return v if current else None
         return None
 
+    def model_file(self, precision, engine):
+        """The bundle file `engine` runs for `precision`: model.onnx for f32 and for an engine hint
+        (bf16), the variant's own file (int8); None when no current record for (precision, engine)."""
+        if precision == "f32":
+            return ONNX
+        record = self.variant(precision, engine)
+        return None if record is None else record.file or ONNX
+
     def record_variant(self, variant):
         """Add `variant`, replacing an earlier one of the same precision and engine."""
         kept = [v for v in self.variants or () if (v.precision, v.engine) != (variant.precision, variant.engine)]

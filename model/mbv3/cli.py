@@ -407,7 +407,7 @@ def parser():
                    "without native support")
     s.add_argument("--engines", nargs="+", choices=list(precision.ENGINES),
                    help="the engines to validate on, one record each (default: openvino for bf16, %s for int8)"
-                   % " ".join(precision.DEFAULT_ENGINES["int8"]))
+                   % " ".join(precision.RUNS_ON["int8"]))
     s.add_argument("--calibration", metavar="FOLDER", help="int8: calibrate on this image folder (any depth) or "
                    "TFRecord data set instead of --data's --calibration-split")
     s.add_argument("--calibration-split", help="int8: the TFRecord split to calibrate on (default: %s)"

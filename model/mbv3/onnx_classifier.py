@@ -16,11 +16,11 @@ def model_file(info, precision="f32"):
         return bundle.ONNX
     if precision not in PRECISIONS:
         raise BundleError("precision %r: ONNX Runtime runs %s" % (precision, " or ".join(PRECISIONS)))
-    variant = info.variant(precision, ENGINE)
-    if variant is None:
+    name = info.model_file(precision, ENGINE)
+    if name is None:
         raise BundleError("the bundle records no %s variant validated on ONNX Runtime for its model.onnx "
                           "(mbv3 quantize --precision %s)" % (precision, precision))
-    return variant.file
+    return name
 
 
 def onnx_session(model, threads=0):

@@ -36,7 +36,9 @@ NATIVE = {"bf16": "BF16", "int8": "INT8"}
 HINTS = {"bf16": "bf16", "f32": "f32"}   # INFERENCE_PRECISION_HINT's values; int8 runs its own file with f32's
 INT8_FILE = "model-int8.onnx"
 DEFAULT_MAX_TOP1_DROP = {"bf16": 0.5, "int8": 1.0}   # points of top-1 a variant may lose against float32
-DEFAULT_ENGINES = {"bf16": (OPENVINO,), "int8": ENGINES}
+# the engines that run each reduced precision (bf16 is an OpenVINO hint; both run the int8 QDQ file):
+# what quantize measures on by default and what the service's PRECISION may take on each backend
+RUNS_ON = {"bf16": (OPENVINO,), "int8": ENGINES}
 DEFAULT_BATCH = 32
 SPEED_BATCH = 8                          # the service's micro-batch: what PRECISION=auto ranks by
 SPEED_SECONDS = 2.0                      # timed per model, in rounds alternating float32 and the variant
@@ -140,7 +142,7 @@ def check_arguments(bundle_dir, data_dir, split, precision, max_top1_drop=None, 
     threshold = threshold_for(precision, max_top1_drop)
     if threshold < 0:
         raise MbV3Error("--max-top1-drop must not be negative, got %s" % threshold)
-    engines = tuple(dict.fromkeys(engines or DEFAULT_ENGINES[precision]))
+    engines = tuple(dict.fromkeys(engines or RUNS_ON[precision]))
     unknown = [e for e in engines if e not in ENGINES]
     if unknown:
         raise MbV3Error("--engines %s: choose among %s" % (" ".join(unknown), " ".join(ENGINES)))
@@ -245,7 +247,8 @@ def _ort_version():
     return onnxruntime.__version__
 
 
-def _cpu_name():
+def cpu_name():
+    """The CPU's model name (/proc/cpuinfo), else what the platform module says."""
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
@@ -305,7 +308,7 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
             else:
                 runners[engine] = (_Session(model_path, info, "f32", threads),
                                        _Session(reduced_path, info, precision, threads))
-                versions[engine], device_names[engine] = _ort_version(), _cpu_name()
+                versions[engine], device_names[engine] = _ort_version(), cpu_name()
                 runs_as[engine] = "CPU provider"
         files = data.shard_files(data_dir, record)
         expected = int(record.written)

@@ -63,12 +63,8 @@ def ensure_bundle(path):
 
 def cpu_capabilities():
     """(OpenVINO's OPTIMIZATION_CAPABILITIES for the CPU, the CPU's name); ([], name) without OpenVINO."""
-    name = ""
-    try:
-        with open("/proc/cpuinfo") as f:
-            name = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), "")
-    except OSError:
-        pass
+    from mbv3 import precision as mp
+    name = mp.cpu_name()
     try:
         import openvino as ov
         core = ov.Core()
@@ -103,8 +99,7 @@ def choose_precisions(info, engine, capabilities, requested=None):
 def model_file(loaded, precision, engine="openvino"):
     """The precision's model file in the bundle: its variant's own file (int8), else model.onnx."""
     from mbv3 import bundle
-    variant = None if precision == F32 else loaded.info.variant(precision, engine)
-    return loaded.file(variant.file if variant is not None and variant.file else bundle.ONNX)
+    return loaded.file(loaded.info.model_file(precision, engine) or bundle.ONNX)
 
 
 def openvino_runner(path, precision, threads, batch, image_shape):
@@ -342,21 +337,25 @@ class Ceiling:
                 "images_per_s": done * MODEL_BATCH / wall if wall > 0 else 0.0}
 
 
-def service_threads(backend, threads):
-    """The inference threads the service runs with for THREADS=`threads` (0: its default), one CPU worker."""
+def service_plan(backend, threads, info=None, precision="f32"):
+    """The service's Plan for BACKEND, THREADS=`threads` (0: its default) and PRECISION=`precision`,
+    one CPU worker: the one place that asks the service's backends how it would run."""
     from classifier import backends
     from classifier.settings import available_cpus
     return backends.plan(backend=backend, device_ids=(0,), cpu_workers=1, threads=threads, max_batch=MODEL_BATCH,
-                         cpus=available_cpus()).threads
+                         cpus=available_cpus(), info=info, precision=precision)
+
+
+def service_threads(backend, threads):
+    """The inference threads the service runs with for THREADS=`threads`."""
+    return service_plan(backend, threads).threads
 
 
 def service_backend(loaded, backend, threads, precision):
     """The service's own backend for `loaded` as the service builds it with BACKEND, THREADS and
-    PRECISION=`precision` (the one place that calls the service's backends API)."""
+    PRECISION=`precision`."""
     from classifier import backends
-    from classifier.settings import available_cpus
-    planned = backends.plan(backend=backend, device_ids=(0,), cpu_workers=1, threads=threads, max_batch=MODEL_BATCH,
-                            cpus=available_cpus(), info=loaded.info, precision=precision)
+    planned = service_plan(backend, threads, loaded.info, precision)
     return backends.create(loaded, backend=planned.backend, device_id=0, threads=planned.threads,
                            max_batch=MODEL_BATCH, precision=planned.precision)
 

@@ -20,10 +20,10 @@ class Classifier:
         self.labels = self.bundle.labels
         self.background = self.bundle.background_index
         self.transform, _ = fast_preprocess.select("auto")
-        variant = None if precision == "f32" else self.bundle.info.variant(precision, backend)
-        if precision != "f32" and variant is None:
+        name = self.bundle.info.model_file(precision, backend)
+        if name is None:
             raise SystemExit("the bundle records no %s variant for %s" % (precision, backend))
-        path = self.bundle.file(variant.file if variant is not None and variant.file else bundle.ONNX)
+        path = self.bundle.file(name)
         if backend == "openvino":
             import openvino as ov
             compiled = ov.Core().compile_model(path, "CPU", mp.openvino_config(precision, threads))

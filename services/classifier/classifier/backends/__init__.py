@@ -25,8 +25,6 @@ PRECISIONS = ("auto", "f32") + bundle_mod.PRECISIONS
 # decided it (README, Measured numbers). The precision does not change it: PRECISION=int8 with a
 # record for onnxruntime only needs BACKEND=onnxruntime.
 CPU_PREFERENCE = ("openvino", "onnxruntime")
-# Which engine runs which reduced precision: bf16 is an OpenVINO CPU plugin setting, int8 a QDQ model both run.
-RUNS = {"bf16": ("openvino",), "int8": ("openvino", "onnxruntime")}
 ENGINE_NAMES = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
 # PRECISION=auto's rank for a record without a measured speed: above float32 (1.0), below any measured gain
 UNMEASURED = 1.0 + 1e-6
@@ -198,9 +196,9 @@ def _rank(record):
 
 def _usable(name, engine, info, capabilities):
     """(record, []) when `engine` can run precision `name` for this bundle, else (None, the reasons)."""
-    if engine not in RUNS[name]:
+    if engine not in variants.RUNS_ON[name]:
         return None, ["%s does not run %s (%s does)" % (ENGINE_NAMES.get(engine, engine), name,
-                                                        " or ".join("BACKEND=%s" % e for e in RUNS[name]))]
+                                                        " or ".join("BACKEND=%s" % e for e in variants.RUNS_ON[name]))]
     problems = []
     record = info.variant(name, engine) if info is not None else None
     if record is None:
@@ -208,7 +206,7 @@ def _usable(name, engine, info, capabilities):
             problems.append("the bundle's %s record for %s was measured on other model files (their sha256 differs "
                             "from model.json's: run mbv3 quantize --precision %s again)" % (name, engine, name))
         else:
-            others = sorted(e for e in RUNS[name] if e != engine and info is not None and info.variant(name, e))
+            others = sorted(e for e in variants.RUNS_ON[name] if e != engine and info is not None and info.variant(name, e))
             problems.append("the bundle records no %s variant validated on %s for its current files (mbv3 quantize "
                             "--precision %s)%s" % (name, engine, name, "; it records one for %s: set BACKEND=%s" % (
                                 others[0], others[0]) if others else ""))

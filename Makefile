@@ -66,7 +66,7 @@ PY   := $(VENV)/bin/python
 MBV3 := $(VENV)/bin/mbv3
 
 .DEFAULT_GOAL := help
-.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-bundle bench-onnx bench-train bench-serve bench-readme bench-ab bench-devices clean
+.PHONY: help venv test test-containers engine standins serve-container lint init train eval export om predict demo serve images train-gpu finetune-npu infer bench bench-bundle bench-onnx bench-train bench-serve bench-readme bench-shapes bench-ab bench-devices clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "} {printf "  %-15s %s\n", $$1, $$2}'
@@ -141,6 +141,9 @@ BENCH_JSONS ?= $(wildcard $(BENCH_DIR)/serve*.json)
 bench-readme: venv ## rewrite README's bench-serve rows (between its bench-serve markers) from BENCH_JSONS: medians, spread, load
 	@test -n "$(BENCH_JSONS)" || { echo "no serve*.json in $(BENCH_DIR): run make bench-serve first"; exit 2; }
 	$(PY) services/classifier/benchmarks/serve_report.py --readme README.md $(BENCH_JSONS)
+
+bench-shapes: bench-bundle ## OpenVINO batch 8, static vs dynamic shapes, per precision, and the memory a static model adds
+	$(PY) services/classifier/benchmarks/batch_shapes.py --bundle $(BENCH_DIR)/bundle --json $(BENCH_DIR)/shapes.json
 
 bench-ab: bench-bundle ## A/B a service setting: make bench-ab B="ONE_HOP_MAX_PIXELS=0" (two services side by side, alternating rounds)
 	@test -n "$(B)" || { echo 'usage: make bench-ab B="KEY=VALUE ..." [A="KEY=VALUE ..."]'; exit 2; }

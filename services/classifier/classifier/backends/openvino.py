@@ -6,9 +6,10 @@ configuration `mbv3 quantize` measured.
 
 It compiles the model three times: with static shapes at batch 1, for lone images, and at
 max_batch, for the full micro-batches a busy service mostly runs (the CPU plugin runs a static batch
-of 8 about 12-17% faster than the same batch through a dynamic shape: docs/benchmarks.md), and with
-a dynamic batch for the partial ones in between. The static max_batch model costs about 40 MB
-of memory per worker (V3-Large 224) for about 7% more requests a second at 32 clients. Compiling MobileNetV3 takes about 0.1-0.2 s
+of 8 4-17% faster than the same batch through a dynamic shape: two measurements in docs/benchmarks.md), and with
+a dynamic batch for the partial ones in between. The static max_batch model costs 23-46 MB
+of memory per worker (V3-Large 224, `make bench-shapes`) for about 7% more requests a second at 32
+clients. Compiling MobileNetV3 takes about 0.1-0.2 s
 each, so there is no on-disk cache by default: the compiled models live as long as the backend,
 and a read-only container needs no writable directory. `cache_dir` (OPENVINO_CACHE_DIR) turns on
 OpenVINO's own model cache for bigger models where a restart should not recompile.

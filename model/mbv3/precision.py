@@ -52,14 +52,18 @@ def threshold_for(precision, given=None):
     return DEFAULT_MAX_TOP1_DROP[precision] if given is None else float(given)
 
 
-def openvino_config(precision, threads):
+def openvino_config(precision, threads, pinned=True):
     """The CPU plugin's compile configuration for `precision` ("f32", "bf16", "int8"): the one `mbv3
     quantize` validates with and the service runs with, so what was measured is what serves. int8 is
-    its own model file, compiled with the f32 hint (only its quantized operations run in int8)."""
+    its own model file, compiled with the f32 hint (only its quantized operations run in int8).
+    pinned=False turns off the plugin's CPU pinning, which pins every compiled model's threads from
+    the first core on: two one-thread models (two workers) would share one core."""
     config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": 1,
               "INFERENCE_PRECISION_HINT": HINTS.get(precision, HINTS["f32"])}
     if threads:
         config["INFERENCE_NUM_THREADS"] = int(threads)
+    if not pinned:
+        config["ENABLE_CPU_PINNING"] = False
     return config
 
 

@@ -102,7 +102,7 @@ def model_file(loaded, precision, engine="openvino"):
     return loaded.file(loaded.info.model_file(precision, engine) or bundle.ONNX)
 
 
-def openvino_runner(path, precision, threads, batch, image_shape):
+def openvino_runner(path, precision, threads, batch, image_shape, pinned=True):
     """run(x) of `path` compiled by OpenVINO's CPU plugin for a static `batch`, with the configuration
     the service and `mbv3 quantize` use for `precision` (mbv3.precision.openvino_config)."""
     import openvino as ov
@@ -110,7 +110,7 @@ def openvino_runner(path, precision, threads, batch, image_shape):
     core = ov.Core()
     model = core.read_model(path)
     model.reshape([batch] + list(image_shape))
-    request = core.compile_model(model, "CPU", mp.openvino_config(precision, threads)).create_infer_request()
+    request = core.compile_model(model, "CPU", mp.openvino_config(precision, threads, pinned)).create_infer_request()
     return lambda x: request.infer({0: x})
 def sample_photos():
     """[(name, JPEG bytes)]: scikit-learn's two sample photos (640x427 JPEGs), as the files are."""
@@ -285,21 +285,27 @@ def model_only_rounds(engines, precisions, rounds):
 
 
 class Ceiling:
-    """The most images/s this machine gives with this engine and precision: in this process, no HTTP,
-    the service's decode + preprocessing (PREPROCESSING=auto) of the same photos on `decoders` threads
-    feeding batch-MODEL_BATCH inference on a third, pipelined (a batch runs while the next decodes).
-    No server can beat it; service / ceiling says how much of the machine the service gets."""
+    """The most images/s the service's own arrangement gives on this machine: in this process, no HTTP,
+    the service's decode + preprocessing (PREPROCESSING=auto) of the same photos on as many threads as
+    the service decodes on, feeding batch-MODEL_BATCH OpenVINO runs on the service's workers (the
+    Plan's CPU workers, each its own compiled model and thread, with the Plan's threads and pinning),
+    pipelined (batches run while the next images decode). Service / ceiling says how much of that the
+    HTTP service gets."""
 
-    def __init__(self, bundle_dir, photos, precision, threads, decoders=2):
+    def __init__(self, bundle_dir, photos, precision, planned, decoders):
+        """planned: the service's Plan (service_plan); decoders: its decoding threads."""
         from mbv3 import bundle, fast_preprocess
         loaded = bundle.load(bundle_dir)
-        self.prep, self.photos, self.decoders, self.threads = loaded.preprocessing, photos, decoders, threads
+        self.prep, self.photos, self.decoders = loaded.preprocessing, photos, decoders
         self.transform, described = fast_preprocess.select("auto")
         shape = (self.prep.height, self.prep.width, 3)
-        self.run = openvino_runner(model_file(loaded, precision), precision, threads, MODEL_BATCH, shape)
-        self.what = "decode + preprocess (%s) on %d threads, OpenVINO %s batch %d on %d threads, pipelined" % (
-            described, decoders, precision, MODEL_BATCH, threads)
-        self.run(np.zeros((MODEL_BATCH,) + shape, np.float32))
+        self.runs = [openvino_runner(model_file(loaded, precision), precision, planned.threads, MODEL_BATCH, shape,
+                                     pinned=planned.threads >= planned.alone_threads)
+                     for _ in range(planned.cpu_workers)]
+        self.what = ("decode + preprocess (%s) on %d threads, OpenVINO %s batch %d on %d worker(s) of %d thread(s), "
+                     "pipelined" % (described, decoders, precision, MODEL_BATCH, planned.cpu_workers, planned.threads))
+        for run in self.runs:
+            run(np.zeros((MODEL_BATCH,) + shape, np.float32))
 
     def measure(self, images, seconds):
         """Images/s over at most `images` images (whole batches) or `seconds`."""
@@ -312,21 +318,38 @@ class Ceiling:
                 with lock:
                     n = state["next"]
                     state["next"] += 1
-                if state["stop"] or n >= batches * MODEL_BATCH:
-                    return
+                    # once stopped, only the images of batches already taken
+                    if n >= (state["batches"] if state["stop"] else batches) * MODEL_BATCH:
+                        return
                 todo.put(self.transform(self.photos[n % len(self.photos)][1], self.prep))
 
+        counted = [0]
+        state["batches"] = 0
+
+        def infer(run):
+            while True:
+                with lock:
+                    if state["stop"] or state["batches"] >= batches:
+                        return
+                    state["batches"] += 1
+                run(np.stack([todo.get(timeout=60) for _ in range(MODEL_BATCH)]))
+                with lock:
+                    counted[0] += 1
+                    if counted[0] >= 2 and time.perf_counter() > deadline:
+                        state["stop"] = True
+
         workers = [threading.Thread(target=decode, daemon=True) for _ in range(self.decoders)]
+        runners = [threading.Thread(target=infer, args=(run,), daemon=True) for run in self.runs]
         start = time.perf_counter()
-        deadline, done = start + seconds, 0
-        for w in workers:
+        deadline = start + seconds
+        for w in workers + runners:
             w.start()
         try:
-            while done < batches and (done < 2 or time.perf_counter() < deadline):
-                self.run(np.stack([todo.get(timeout=60) for _ in range(MODEL_BATCH)]))
-                done += 1
+            for r in runners:
+                r.join()
         finally:
             wall = time.perf_counter() - start
+            done = counted[0]
             state["stop"] = True
             while any(w.is_alive() for w in workers):   # let blocked decoders finish their put
                 try:
@@ -338,26 +361,21 @@ class Ceiling:
 
 
 def service_plan(backend, threads, info=None, precision="f32"):
-    """The service's Plan for BACKEND, THREADS=`threads` (0: its default) and PRECISION=`precision`,
-    one CPU worker: the one place that asks the service's backends how it would run."""
+    """The service's Plan for BACKEND, THREADS=`threads` (0: its default), PRECISION=`precision` and
+    its default CPU_WORKERS: the one place that asks the service's backends how it would run."""
     from classifier import backends
     from classifier.settings import available_cpus
-    return backends.plan(backend=backend, device_ids=(0,), cpu_workers=1, threads=threads, max_batch=MODEL_BATCH,
+    return backends.plan(backend=backend, device_ids=(0,), cpu_workers=0, threads=threads, max_batch=MODEL_BATCH,
                          cpus=available_cpus(), info=info, precision=precision)
 
 
-def service_threads(backend, threads):
-    """The inference threads the service runs with for THREADS=`threads`."""
-    return service_plan(backend, threads).threads
-
-
 def service_backend(loaded, backend, threads, precision):
-    """The service's own backend for `loaded` as the service builds it with BACKEND, THREADS and
-    PRECISION=`precision`."""
+    """One of the service's workers' backends for `loaded` as the service builds it with BACKEND,
+    THREADS and PRECISION=`precision` (run_alone is what a lone request runs)."""
     from classifier import backends
     planned = service_plan(backend, threads, loaded.info, precision)
     return backends.create(loaded, backend=planned.backend, device_id=0, threads=planned.threads,
-                           max_batch=MODEL_BATCH, precision=planned.precision)
+                           alone_threads=planned.alone_threads, max_batch=MODEL_BATCH, precision=planned.precision)
 
 
 class InProcess:
@@ -381,7 +399,7 @@ class InProcess:
             t0 = time.perf_counter()
             x = self.transform(data, self.prep)[np.newaxis]
             t1 = time.perf_counter()
-            self.engine.run(x)
+            self.engine.run_alone(x)
             rows.append((name, (t1 - t0) * 1000, (time.perf_counter() - t1) * 1000))
         return rows
 
@@ -676,7 +694,8 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, pr
         log("in process (%s, %s): loading ..." % (backend, precision))
         inproc = InProcess(bundle_dir, photos, backend, args.threads, precision=precision)
     if backend == "openvino" and len(levels) > 1:
-        ceiling = Ceiling(bundle_dir, photos, precision, service_threads(backend, args.threads))
+        from classifier.settings import available_cpus
+        ceiling = Ceiling(bundle_dir, photos, precision, service_plan(backend, args.threads), available_cpus())
     env = dict(extra, PRECISION=precision)
     service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s-%s.log" % (backend, precision)), backend,
                       args.threads, env)

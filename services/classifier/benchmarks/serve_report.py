@@ -481,7 +481,7 @@ def markdown(results):
                  % top, ("; ".join(peer_cells) + " (%s)" % _verdict("service_top_over_best_peer",
                                                                    per(F32, "service_top_over_best_peer")))
                  if peer_cells else "not measured"))
-    rows.append(("the machine's ceiling: decode on 2 threads feeding OpenVINO batch 8, in process, no HTTP",
+    rows.append(("the ceiling: the service's decoding threads feeding its OpenVINO workers at batch 8, in process, no HTTP",
                  "; ".join("%s %s images/s: service %s of it, best peer %s" % (
                      p, _agg(per(p, "ceiling_rps"), "%.0f"), _agg(per(p, "service_over_ceiling")),
                      _agg(per(p, "best_peer_over_ceiling"))) for p in precisions)))

@@ -27,7 +27,8 @@ class Settings:
     # Ascend devices, one worker each: "0,1,2,3", or "all" (every device pyACL counts; inside a
     # container, the chips handed to it, numbered from 0). DEVICE_ID=N is read as DEVICE_IDS=N.
     DEVICE_IDS: str = "0"
-    CPU_WORKERS: int = 1                      # CPU backend workers (each its own session and thread)
+    # CPU backend workers, each its own models and thread; 0: one per CPU, at most 4 (backends.auto_cpu_workers)
+    CPU_WORKERS: int = 0
     MAX_BATCH: int = 8
     MAX_DELAY_MS: float = 5.0
     MAX_QUEUE: int = 256
@@ -59,7 +60,8 @@ class Settings:
     MAX_JSON_VALUES: int = 1 << 17
     HOST: str = "127.0.0.1"
     PORT: int = 8000
-    THREADS: int = 0                          # CPU backend threads a worker; 0: the CPUs split among workers
+    # CPU backend threads a worker; 0: the CPUs split among workers for batches, all of them for a lone image
+    THREADS: int = 0
     # OpenVINO's compiled-model cache; empty: none (compiling MobileNetV3 takes 0.1-0.2 s, and the
     # containers' root file system is read-only)
     OPENVINO_CACHE_DIR: str = ""
@@ -211,7 +213,7 @@ def _validate(s: Settings):
     if s.PREPROCESSING not in PREPROCESSING_CHOICES:
         raise SettingsError("PREPROCESSING=%r: choose one of %s" % (s.PREPROCESSING, ", ".join(PREPROCESSING_CHOICES)))
     for name in ("MAX_BATCH", "MAX_QUEUE", "MAX_BODY_BYTES", "MAX_IMAGE_PIXELS", "MAX_IMAGES_PER_REQUEST",
-                 "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS", "CPU_WORKERS",
+                 "MAX_REQUEST_PIXELS", "PREPROCESS_MEMORY_MB", "MAX_CONCURRENT_REQUESTS",
                  "BODY_MEMORY_MB", "MIN_BODY_RATE", "MAX_HEADER_BYTES", "MAX_HEADERS", "MAX_CONNECTIONS",
                  "MAX_JSON_VALUES"):
         if getattr(s, name) < 1:
@@ -230,8 +232,8 @@ def _validate(s: Settings):
                             % (s.BODY_MEMORY_MB, 2 * s.MAX_BODY_BYTES / 1048576))
     if not 0 < s.PORT < 65536:
         raise SettingsError("PORT must be 1-65535, got %s" % s.PORT)
-    if s.THREADS < 0:
-        raise SettingsError("THREADS must not be negative")
+    if s.THREADS < 0 or s.CPU_WORKERS < 0:
+        raise SettingsError("THREADS and CPU_WORKERS must not be negative")
     try:
         parse_device_ids(s.DEVICE_IDS)
     except ValueError as e:

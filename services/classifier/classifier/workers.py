@@ -11,6 +11,8 @@ import time
 
 import numpy as np
 
+from .backends.base import Backend
+
 # What a worker is doing: `loading` (first load and warm-up), `ready` (takes batches), `reloading`
 # (after a fatal error, on its thread), `failed` (a reload failed; the engine retries it), `stopped`.
 STATES = ("loading", "ready", "reloading", "failed", "stopped")
@@ -80,12 +82,16 @@ class Worker:
         so the first requests pay no first-run costs."""
         self.thread = threading.current_thread().name
         self.backend = self.load_backend()
+        shape, dtype = tuple(self.backend.image_shape), self.backend.input_dtype
         for n in sorted({1, self.backend.max_batch}):
-            self.backend.run(np.zeros((n,) + tuple(self.backend.image_shape), self.backend.input_dtype))
+            self.backend.run(np.zeros((n,) + shape, dtype))
+        if type(self.backend).run_alone is not Backend.run_alone:   # a lone image's own model
+            self.backend.run_alone(np.zeros((1,) + shape, dtype))
         return self.backend
 
-    def run(self, batch):
-        return self.backend.run(batch)
+    def run(self, batch, alone=False):
+        """Run `batch`; alone: one image while no other worker runs (Backend.run_alone)."""
+        return self.backend.run_alone(batch) if alone else self.backend.run(batch)
 
     def reload(self):
         self.close()

@@ -131,6 +131,24 @@ def test_cpu_threads_split_the_cpus_between_workers(cpu_workers, threads, cpus, 
     assert (p.cpu_workers, p.threads) == (cpu_workers, expected)
 
 
+@pytest.mark.parametrize("cpus,workers", [(1, 1), (2, 2), (4, 4), (16, backends.MAX_AUTO_CPU_WORKERS)])
+def test_cpu_workers_0_is_one_worker_per_cpu_capped(cpus, workers):
+    """CPU_WORKERS=0 (the default): one one-thread worker per CPU up to the cap, and a lone image gets
+    every CPU whatever the workers' share."""
+    p = make(backend="openvino", cpu_workers=0, threads=0, cpus=cpus)
+    assert (p.cpu_workers, p.threads, p.alone_threads) == (workers, max(1, cpus // workers), cpus)
+
+
+@pytest.mark.parametrize("cpu_workers,threads,cpus,alone", [
+    (1, 0, 4, 4),      # one worker: its batches and a lone image alike
+    (2, 0, 4, 4),      # two of two threads each: a lone image runs on all four
+    (2, 3, 4, 3),      # THREADS given: every run's, a lone image's too
+])
+def test_a_lone_image_gets_every_cpu_unless_threads_says(cpu_workers, threads, cpus, alone):
+    p = make(backend="onnxruntime", cpu_workers=cpu_workers, threads=threads, cpus=cpus)
+    assert p.alone_threads == alone
+
+
 def test_create_takes_only_a_planned_backend(bundle_dir):  # noqa: F811
     from mbv3 import bundle
     with pytest.raises(BackendError, match="plan\\(\\) resolves auto first"):

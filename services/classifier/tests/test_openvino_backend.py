@@ -39,6 +39,27 @@ def test_logits_match_onnx_runtime(loaded):
     ov.close()
 
 
+@pytest.mark.parametrize("backend_class", [OpenVinoBackend, OnnxRuntimeBackend])
+def test_a_lone_image_runs_on_its_own_model_with_more_threads(loaded, backend_class):
+    """threads=1, alone_threads=2 (two workers on two CPUs): run() at batch 1 and run_alone() are two
+    models or sessions of 1 and 2 threads with the same answers; OpenVINO's one-thread models are not
+    pinned (each would start from the first core)."""
+    kwargs = {"cache_dir": ""} if backend_class is OpenVinoBackend else {}
+    b = backend_class(loaded.file(bundle_mod.ONNX), loaded.info, threads=1, max_batch=8, alone_threads=2, **kwargs)
+    x = np.random.default_rng(1).uniform(-1, 1, (1, SIZE, SIZE, 3)).astype(np.float32)
+    one, alone = b.run(x), b.run_alone(x)
+    assert np.abs(one - alone).max() <= 1e-4 * np.abs(one).max() and one.argmax() == alone.argmax()
+    assert "1 " in b.describe() and "a lone image 2" in b.describe(), b.describe()
+    if backend_class is OpenVinoBackend:
+        alone_model, batch_model = b._alone.get_compiled_model(), b._single.get_compiled_model()
+        assert (alone_model.get_property("INFERENCE_NUM_THREADS"), batch_model.get_property("INFERENCE_NUM_THREADS")) == (2, 1)
+        assert batch_model.get_property("ENABLE_CPU_PINNING") is False
+    else:
+        assert (b.single.get_session_options().intra_op_num_threads,
+                b.batched.get_session_options().intra_op_num_threads) == (2, 1)
+    b.close()
+
+
 def test_a_model_that_contradicts_model_json_is_refused(loaded, tmp_path):
     info = loaded.info
     plain = info.to_dict()

@@ -7,6 +7,7 @@ import threading
 import time
 
 import pytest
+import requests
 
 from classifier.backends.onnxruntime import OnnxRuntimeBackend
 from mbv3 import bundle as bundle_mod
@@ -15,14 +16,20 @@ from svc_support import ThreadServer, bundle_dir, classify, jpeg_bytes  # noqa: 
 
 
 class Recording(OnnxRuntimeBackend):
-    """ONNX Runtime that records (thread name, images) of every run after warm-up, each run `delay` s longer."""
+    """ONNX Runtime that records (thread name, images) of every run, and the lone-image runs
+    (run_alone) apart, each run `delay` s longer."""
     runs = []
+    alone = []
     delay = 0.0
 
     def run(self, batch):
         type(self).runs.append((threading.current_thread().name, len(batch)))
         time.sleep(self.delay)
         return super().run(batch)
+
+    def run_alone(self, batch):
+        type(self).alone.append(threading.current_thread().name)
+        return self.run(batch)
 
 
 @pytest.fixture
@@ -31,17 +38,18 @@ def recording():
     yield Recording
 
 
-def factory(bundle, *, threads, max_batch, **choices):
-    return Recording(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
+def factory(bundle, *, threads, max_batch, alone_threads=0, **choices):
+    return Recording(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch, alone_threads=alone_threads)
 
 
 def serve(bundle, **settings):
-    return ThreadServer(dict({"MODEL_DIR": bundle}, **settings), factory)
+    """One CPU worker unless told: where a lone image runs is then one thread to name."""
+    return ThreadServer(dict({"MODEL_DIR": bundle, "CPU_WORKERS": 1}, **settings), factory)
 
 
 def lone_runs(server, recording, n=3):
     """The threads the next n lone requests ran on."""
-    recording.runs = []
+    recording.runs, recording.alone = [], []
     for i in range(n):
         r = classify(server.url, jpeg_bytes(seed=i))
         assert r.status_code == 200, r.text
@@ -56,6 +64,25 @@ def test_a_lone_image_runs_in_one_hop_on_the_device_thread(bundle_dir, recording
         assert s.thread.name not in threads
 
 
+def test_a_lone_image_runs_alone_on_every_cpu_and_batches_on_the_workers_share(bundle_dir, recording):  # noqa: F811
+    """Two workers of one thread (CPU_WORKERS=2 THREADS=0 on a machine with two or more CPUs): each
+    lone request runs through run_alone, on a session with every CPU's thread, on the worker idle
+    longest (so the two take turns); a burst's batches run through run(), on one thread."""
+    from classifier.settings import available_cpus
+    with serve(bundle_dir, CPU_WORKERS=2) as s:
+        threads = lone_runs(s, recording, n=4)
+        assert len(recording.alone) == 4 and {t.split("_")[0] for t in threads} == {"cpu0", "cpu1"}, recording.alone
+        devices = requests.get(s.url + "/v1/model").json()["serving"]["devices"]
+        cpus = max(1, available_cpus())
+        assert all("%s intra-op threads, a lone image %s" % (max(1, cpus // 2), cpus) in d["backend"]
+                   for d in devices), devices
+        recording.delay, recording.runs, recording.alone = 0.05, [], []
+        with concurrent.futures.ThreadPoolExecutor(8) as pool:
+            assert list(pool.map(lambda i: classify(s.url, jpeg_bytes(seed=i)).status_code, range(16))) == [200] * 16
+        assert sum(images for _, images in recording.runs) == 16   # a lone run is recorded there too
+        assert len(recording.alone) < 8, recording.alone   # only requests that found both workers idle
+
+
 def test_one_hop_max_pixels_0_decodes_on_the_pool(bundle_dir, recording):  # noqa: F811
     with serve(bundle_dir, ONE_HOP_MAX_PIXELS=0) as s:
         threads = lone_runs(s, recording)
@@ -64,7 +91,6 @@ def test_one_hop_max_pixels_0_decodes_on_the_pool(bundle_dir, recording):  # noq
 
 def test_liveness_answers_while_a_lone_image_is_being_run(bundle_dir, recording):  # noqa: F811
     """A lone image whose run takes 1.5 s: /healthz, asked meanwhile, answers in well under that."""
-    import requests
     recording.delay = 1.5
     with serve(bundle_dir) as s:
         with concurrent.futures.ThreadPoolExecutor(1) as pool:

@@ -83,7 +83,7 @@ def test_device_id_in_the_environment_overrides_device_ids_in_dotenv(tmp_path):
     ({"DEVICE_IDS": "1,1"}, "DEVICE_IDS='1,1': a device is listed twice"),
     ({"DEVICE_ID": "0,1"}, "DEVICE_ID='0,1' is not a device number (DEVICE_IDS takes a list)"),
     ({"DEVICE_ID": "1", "DEVICE_IDS": "0,1"}, "set DEVICE_IDS or DEVICE_ID, not both"),
-    ({"CPU_WORKERS": "0"}, "CPU_WORKERS must be at least 1, got 0"),
+    ({"CPU_WORKERS": "-1"}, "THREADS and CPU_WORKERS must not be negative"),
 ])
 def test_bad_device_settings(environ, message):
     with pytest.raises(settings_mod.SettingsError) as e:

@@ -191,7 +191,7 @@ def test_bodies_past_body_memory_are_503_busy(bundle_dir):  # noqa: F811
 
 
 class Held(OnnxRuntimeBackend):
-    """ONNX Runtime whose runs after warm-up wait for `release` (set)."""
+    """ONNX Runtime whose runs after warm-up (a lone image's too) wait for `release` (set)."""
     release = threading.Event()
     warm = 0
 
@@ -201,15 +201,18 @@ class Held(OnnxRuntimeBackend):
             self.release.wait(20)
         return super().run(batch)
 
+    def run_alone(self, batch):
+        return self.run(batch)
+
 
 def held_server(bundle, slots):
-    """A server with `slots` request slots whose device holds each run until Held.release is set."""
+    """A server with `slots` request slots whose one device holds each run until Held.release is set."""
     Held.release.clear()
     Held.warm = 0
 
     def factory(bundle, *, threads, max_batch, **choices):
         return Held(bundle.file(bundle_mod.ONNX), bundle.info, threads, max_batch)
-    return ThreadServer(dict(FAST, MODEL_DIR=bundle, MAX_CONCURRENT_REQUESTS=slots), factory)
+    return ThreadServer(dict(FAST, MODEL_DIR=bundle, MAX_CONCURRENT_REQUESTS=slots, CPU_WORKERS=1), factory)
 
 
 def test_readiness_is_503_while_every_request_slot_is_held(bundle_dir):  # noqa: F811

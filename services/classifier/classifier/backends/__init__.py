@@ -28,6 +28,8 @@ CPU_PREFERENCE = ("openvino", "onnxruntime")
 ENGINE_NAMES = {"openvino": "OpenVINO", "onnxruntime": "ONNX Runtime"}
 # PRECISION=auto's rank for a record without a measured speed: above float32 (1.0), below any measured gain
 UNMEASURED = 1.0 + 1e-6
+# CPU_WORKERS=0's most workers (auto_cpu_workers)
+MAX_AUTO_CPU_WORKERS = 4
 
 
 class System:
@@ -104,7 +106,8 @@ class Plan:
     backend: str                    # one of CHOICES but auto
     devices: Tuple[int, ...] = ()   # Ascend device ids, one worker each (acl)
     cpu_workers: int = 0            # CPU workers (openvino, onnxruntime)
-    threads: int = 0                # CPU threads per worker; 0 on a device
+    threads: int = 0                # CPU threads per worker's batches; 0 on a device
+    alone_threads: int = 0          # CPU threads of a lone image's run while no other worker runs; 0 on a device
     max_batch: int = 8
     why: str = ""                   # for the start-up log: how BACKEND=auto chose; the chips acl found
     precision: Precision = field(default=F32)   # what every worker runs (choose_precision)
@@ -116,7 +119,8 @@ class Plan:
 
 def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, info=None, precision="auto", system=System):
     """The Plan for these settings on this machine. device_ids: a tuple, or "all" for every device
-    pyACL counts; threads: per CPU worker, 0 to split `cpus` between the workers; info: the bundle's
+    pyACL counts; cpu_workers: 0 for auto_cpu_workers; threads: per CPU worker, 0 to split `cpus`
+    between the workers' batches and give a lone image all of them; info: the bundle's
     ModelInfo (None: a bundle that records no variant); precision: PRECISION, resolved for the
     planned backend (choose_precision). BACKEND=auto
     serves on the Ascend devices when pyACL is installed and every listed device answers, on the CPU
@@ -148,9 +152,19 @@ def plan(*, backend, device_ids, cpu_workers, threads, max_batch, cpus, info=Non
     # the CPU's capabilities matter only to OpenVINO's variants: nothing else asks OpenVINO
     capabilities = system.capabilities() if name == "openvino" and precision != "f32" else ()
     chosen = choose_precision(precision, name, info, capabilities)
-    count = max(1, cpu_workers)
-    return Plan(name, cpu_workers=count, threads=threads or max(1, cpus // count), max_batch=max_batch, why=why,
-                precision=chosen)
+    count = cpu_workers or auto_cpu_workers(cpus)
+    per_worker = threads or max(1, cpus // count)
+    return Plan(name, cpu_workers=count, threads=per_worker, alone_threads=threads or max(per_worker, cpus),
+                max_batch=max_batch, why=why, precision=chosen)
+
+
+def auto_cpu_workers(cpus):
+    """CPU_WORKERS=0: one worker per CPU, at most MAX_AUTO_CPU_WORKERS. A worker running a batch on one
+    thread does about 1.5x the images per core of one running it on two (no thread waits for the other
+    at every layer, and none is preempted by the decoding threads mid-layer), so two one-thread workers
+    on two cores serve more than one two-thread worker; a lone image still gets every core
+    (Plan.alone_threads). Each worker holds its own compiled models (about 50-100 MB), hence the cap."""
+    return max(1, min(cpus, MAX_AUTO_CPU_WORKERS))
 
 
 def choose_precision(setting, engine, info, capabilities=()):
@@ -273,21 +287,24 @@ def cpu_choice(system=System):
     return CPU_PREFERENCE[-1], "; ".join(missing)
 
 
-def create(bundle, *, backend, device_id=0, threads=1, max_batch=8, cache_dir="", precision=F32):
+def create(bundle, *, backend, device_id=0, threads=1, alone_threads=0, max_batch=8, cache_dir="", precision=F32):
     """The backend for `bundle` (mbv3.bundle.Bundle): `backend` and `precision` are a Plan's (not
     auto); the Ascend backend runs on `device_id`, the CPU backends run precision.file in
-    precision.name with `threads` and runs of up to `max_batch`; OpenVINO keeps its compiled models
-    in `cache_dir` when one is given."""
+    precision.name with `threads` (`alone_threads` for a lone image while no other worker runs; 0:
+    `threads`) and runs of up to `max_batch`; OpenVINO keeps its compiled models in `cache_dir` when
+    one is given."""
     if backend == "acl":
         from .acl import AclBackend
         om = bundle.info.om
         return AclBackend(bundle.file(om.file if om else OM), bundle.info, device_id)
     if backend == "openvino":
         from .openvino import OpenVinoBackend
-        return OpenVinoBackend(bundle.file(precision.file), bundle.info, threads, max_batch, cache_dir, precision.name)
+        return OpenVinoBackend(bundle.file(precision.file), bundle.info, threads, max_batch, cache_dir, precision.name,
+                               alone_threads=alone_threads)
     if backend == "onnxruntime":
         from .onnxruntime import OnnxRuntimeBackend
-        return OnnxRuntimeBackend(bundle.file(precision.file), bundle.info, threads, max_batch, precision.name)
+        return OnnxRuntimeBackend(bundle.file(precision.file), bundle.info, threads, max_batch, precision.name,
+                                  alone_threads=alone_threads)
     raise BackendError("no backend named %r: plan() resolves %s first" % (backend, CHOICES[0]))
 
 

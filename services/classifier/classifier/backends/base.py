@@ -41,6 +41,11 @@ class Backend:
         """logits float32 [N, num_classes] for a batch [N, H, W, 3] of input_dtype, N <= max_batch."""
         raise NotImplementedError
 
+    def run_alone(self, batch: np.ndarray) -> np.ndarray:
+        """run() of one image while no other worker runs: a CPU backend may use more threads then
+        (Plan.alone_threads) than its share for batches."""
+        return self.run(batch)
+
     def describe(self) -> str:
         return self.name
 

@@ -66,7 +66,8 @@ class Service:
         on its own thread."""
         s, plan = self.settings, self.plan
         load = functools.partial(create, self.bundle, backend=plan.backend, threads=plan.threads,
-                                 alone_threads=plan.alone_threads, max_batch=plan.max_batch, cache_dir=s.OPENVINO_CACHE_DIR, precision=plan.precision)
+                                 alone_threads=plan.alone_threads, max_batch=plan.max_batch,
+                                 cache_dir=s.OPENVINO_CACHE_DIR, precision=plan.precision)
         if plan.on_devices:
             return [Worker(str(d), functools.partial(load, device_id=d), "device%d" % d, self.metrics)
                     for d in plan.devices]

@@ -163,7 +163,8 @@ def auto_cpu_workers(cpus):
     thread does about 1.5x the images per core of one running it on two (no thread waits for the other
     at every layer, and none is preempted by the decoding threads mid-layer), so two one-thread workers
     on two cores serve more than one two-thread worker; a lone image still gets every core
-    (Plan.alone_threads). Each worker holds its own compiled models (about 50-100 MB), hence the cap."""
+    (Plan.alone_threads). Each worker holds its own models (about 0.2 GB resident for V3-Large 224
+    in OpenVINO, docs/api.md), hence the cap."""
     return max(1, min(cpus, MAX_AUTO_CPU_WORKERS))
 
 

@@ -243,7 +243,8 @@ def test_infer_cpu_runs_read_only_within_its_limits_and_takes_a_3mb_multipart_pa
     env = json.loads(run([DOCKER, "inspect", "--format", "{{json .Config.Env}}", container]).stdout)
     assert {"THREADS=", "PREPROCESS_WORKERS="} <= set(env)   # unset: the service sizes both from its CPU quota
     serving = requests.get("http://127.0.0.1:%d/v1/model" % port, timeout=10).json()["serving"]
-    assert serving["threads"] == serving["preprocess_workers"] == 2   # the limit's 2 CPUs
+    # the limit's 2 CPUs: two decoding threads, two CPU workers of one thread each (CPU_WORKERS=0)
+    assert len(serving["devices"]) == serving["preprocess_workers"] == 2 and serving["threads"] == 1, serving
     assert "PREPROCESS_MEMORY_MB=" in env   # empty is unset: the service's own default applies
     assert serving["limits"]["preprocess_memory_mb"] == 1024
     denied = run([DOCKER, "exec", container, "sh", "-c", "touch /tmp/x"], check=False)

@@ -33,6 +33,6 @@ def test_two_services_side_by_side(bundle_dir, tmp_path):  # noqa: F811
 
 def test_a_b_that_cannot_start_is_an_error(bundle_dir, tmp_path):  # noqa: F811
     done = run(bundle_dir, tmp_path / "ab.json", "MAX_BATCH=0")
-    assert done.returncode == 1
-    assert "MAX_BATCH must be at least 1" in done.stderr
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert "MAX_BATCH must be at least 1" in done.stderr, done.stderr[-3000:]   # all of it: A's log tail if A failed
     assert not (tmp_path / "ab.json").exists()

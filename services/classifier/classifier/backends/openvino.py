@@ -18,6 +18,7 @@ OpenVINO's own model cache for bigger models where a restart should not recompil
 from __future__ import annotations
 
 import os
+import threading
 
 import numpy as np
 
@@ -26,6 +27,13 @@ from mbv3 import precision as variants
 from mbv3.errors import BundleError, first_line
 
 from .base import Backend, BackendError
+
+
+# Workers load at once, each on its own thread; their models are compiled one at a time. The CPU plugin
+# is documented as thread-safe, but a service whose two workers compiled at once died at start-up
+# without a word once under a loaded CI machine (not reproduced since); compiling costs about 0.2 s a
+# model, so a serial start-up is cheap insurance.
+_COMPILING = threading.Lock()
 
 
 class _Port:
@@ -79,16 +87,8 @@ class OpenVinoBackend(Backend):
         # sit on the first cores: two one-thread workers on two cores ran 0.57x the images/s pinned.
         config = variants.openvino_config(precision, self.threads, pinned=self.threads >= self.alone_threads)
         try:
-            model = core.read_model(model_path)
-            try:
-                onnx_classifier.check_session(_Model(model), info, model_path)
-            except BundleError as e:
-                raise BackendError(str(e), fatal=True)
-            batched = core.compile_model(model, "CPU", config)
-            model.reshape([self._max_batch] + list(self.image_shape))
-            full = core.compile_model(model, "CPU", config) if self._max_batch > 1 else None
-            model.reshape([1] + list(self.image_shape))
-            alone = core.compile_model(model, "CPU", variants.openvino_config(precision, self.alone_threads))
+            with _COMPILING:
+                _, alone, batched, full = self._compile(core, model_path, info, config)
         except BackendError:
             raise
         except Exception as e:   # OpenVINO raises RuntimeError (and its own subclasses) for a bad model
@@ -100,6 +100,20 @@ class OpenVinoBackend(Backend):
         # a batch of one through the batcher: the static batch-1 model when it has the batches'
         # threads, else the dynamic one (a fourth compiled model would cost memory for little)
         self._single = self._alone if self.alone_threads == self.threads else self._batched
+
+    def _compile(self, core, model_path, info, config):
+        """(model, lone image's, dynamic batch's, static max_batch's or None) compiled models."""
+        model = core.read_model(model_path)
+        try:
+            onnx_classifier.check_session(_Model(model), info, model_path)
+        except BundleError as e:
+            raise BackendError(str(e), fatal=True)
+        batched = core.compile_model(model, "CPU", config)
+        model.reshape([self._max_batch] + list(self.image_shape))
+        full = core.compile_model(model, "CPU", config) if self._max_batch > 1 else None
+        model.reshape([1] + list(self.image_shape))
+        alone = core.compile_model(model, "CPU", variants.openvino_config(self.precision, self.alone_threads))
+        return model, alone, batched, full
 
     @property
     def max_batch(self):

@@ -30,9 +30,9 @@ from .base import Backend, BackendError
 
 
 # Workers load at once, each on its own thread; their models are compiled one at a time. The CPU plugin
-# is documented as thread-safe, but a service whose two workers compiled at once died at start-up
-# without a word once under a loaded CI machine (not reproduced since); compiling costs about 0.2 s a
-# model, so a serial start-up is cheap insurance.
+# is documented as thread-safe, but once on a loaded CI machine a two-worker service never became
+# ready and its log said nothing past its 503s while loading (not reproduced in a dozen starts since);
+# compiling costs about 0.2 s a model, so a serial start-up is cheap insurance, not a proven fix.
 _COMPILING = threading.Lock()
 
 

@@ -102,7 +102,7 @@ def model_file(loaded, precision, engine="openvino"):
     return loaded.file(loaded.info.model_file(precision, engine) or bundle.ONNX)
 
 
-def openvino_runner(path, precision, threads, batch, image_shape, pinned=True):
+def openvino_runner(path, precision, threads, batch, image_shape):
     """run(x) of `path` compiled by OpenVINO's CPU plugin for a static `batch`, with the configuration
     the service and `mbv3 quantize` use for `precision` (mbv3.precision.openvino_config)."""
     import openvino as ov
@@ -110,7 +110,7 @@ def openvino_runner(path, precision, threads, batch, image_shape, pinned=True):
     core = ov.Core()
     model = core.read_model(path)
     model.reshape([batch] + list(image_shape))
-    request = core.compile_model(model, "CPU", mp.openvino_config(precision, threads, pinned)).create_infer_request()
+    request = core.compile_model(model, "CPU", mp.openvino_config(precision, threads)).create_infer_request()
     return lambda x: request.infer({0: x})
 def sample_photos():
     """[(name, JPEG bytes)]: scikit-learn's two sample photos (640x427 JPEGs), as the files are."""
@@ -287,25 +287,26 @@ def model_only_rounds(engines, precisions, rounds):
 class Ceiling:
     """The most images/s the service's own arrangement gives on this machine: in this process, no HTTP,
     the service's decode + preprocessing (PREPROCESSING=auto) of the same photos on as many threads as
-    the service decodes on, feeding batch-MODEL_BATCH OpenVINO runs on the service's workers (the
-    Plan's CPU workers, each its own compiled model and thread, with the Plan's threads and pinning),
-    pipelined (batches run while the next images decode). Service / ceiling says how much of that the
-    HTTP service gets."""
+    the service decodes on, feeding batch-MODEL_BATCH runs on the service's workers (its backends as
+    the service builds them: the Plan's CPU workers, each its own models and thread, with the Plan's
+    threads and pinning), pipelined (batches run while the next images decode). Service / ceiling
+    says how much of that the HTTP service gets."""
 
-    def __init__(self, bundle_dir, photos, precision, planned, decoders):
-        """planned: the service's Plan (service_plan); decoders: its decoding threads."""
+    def __init__(self, bundle_dir, photos, backend, threads, precision, decoders):
+        """backend, threads, precision: the service's BACKEND, THREADS, PRECISION; decoders: its
+        decoding threads."""
         from mbv3 import bundle, fast_preprocess
         loaded = bundle.load(bundle_dir)
         self.prep, self.photos, self.decoders = loaded.preprocessing, photos, decoders
         self.transform, described = fast_preprocess.select("auto")
-        shape = (self.prep.height, self.prep.width, 3)
-        self.runs = [openvino_runner(model_file(loaded, precision), precision, planned.threads, MODEL_BATCH, shape,
-                                     pinned=planned.threads >= planned.alone_threads)
-                     for _ in range(planned.cpu_workers)]
-        self.what = ("decode + preprocess (%s) on %d threads, OpenVINO %s batch %d on %d worker(s) of %d thread(s), "
-                     "pipelined" % (described, decoders, precision, MODEL_BATCH, planned.cpu_workers, planned.threads))
+        planned = service_plan(backend, threads, loaded.info, precision)
+        self.backends = [service_backend(loaded, planned) for _ in range(planned.cpu_workers)]
+        self.runs = [b.run for b in self.backends]
+        self.what = ("decode + preprocess (%s) on %d threads, %s %s batch %d on %d worker(s) of %d thread(s), "
+                     "pipelined" % (described, decoders, planned.backend, planned.precision.name, MODEL_BATCH,
+                                    planned.cpu_workers, planned.threads))
         for run in self.runs:
-            run(np.zeros((MODEL_BATCH,) + shape, np.float32))
+            run(np.zeros((MODEL_BATCH, self.prep.height, self.prep.width, 3), np.float32))
 
     def measure(self, images, seconds):
         """Images/s over at most `images` images (whole batches) or `seconds`."""
@@ -369,11 +370,10 @@ def service_plan(backend, threads, info=None, precision="f32"):
                          cpus=available_cpus(), info=info, precision=precision)
 
 
-def service_backend(loaded, backend, threads, precision):
-    """One of the service's workers' backends for `loaded` as the service builds it with BACKEND,
-    THREADS and PRECISION=`precision` (run_alone is what a lone request runs)."""
+def service_backend(loaded, planned):
+    """One of the service's workers' backends for `loaded` as the service builds it from `planned`
+    (service_plan; run_alone is what a lone request runs)."""
     from classifier import backends
-    planned = service_plan(backend, threads, loaded.info, precision)
     return backends.create(loaded, backend=planned.backend, device_id=0, threads=planned.threads,
                            alone_threads=planned.alone_threads, max_batch=MODEL_BATCH, precision=planned.precision)
 
@@ -387,7 +387,7 @@ class InProcess:
         loaded = bundle.load(bundle_dir)
         self.prep, self.photos = loaded.preprocessing, photos
         self.transform, described = fast_preprocess.select("auto")
-        self.engine = service_backend(loaded, backend, threads, precision)
+        self.engine = service_backend(loaded, service_plan(backend, threads, loaded.info, precision))
         self.what = "decode + preprocess (%s) + %s batch 1, in this process" % (described, self.engine.describe())
         self.measure(warmup)
 
@@ -695,7 +695,7 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, pr
         inproc = InProcess(bundle_dir, photos, backend, args.threads, precision=precision)
     if backend == "openvino" and len(levels) > 1:
         from classifier.settings import available_cpus
-        ceiling = Ceiling(bundle_dir, photos, precision, service_plan(backend, args.threads), available_cpus())
+        ceiling = Ceiling(bundle_dir, photos, backend, args.threads, precision, available_cpus())
     env = dict(extra, PRECISION=precision)
     service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s-%s.log" % (backend, precision)), backend,
                       args.threads, env)

@@ -88,7 +88,7 @@ class OpenVinoBackend(Backend):
         config = variants.openvino_config(precision, self.threads, pinned=self.threads >= self.alone_threads)
         try:
             with _COMPILING:
-                _, alone, batched, full = self._compile(core, model_path, info, config)
+                alone, batched, full = self._compile(core, model_path, info, config)
         except BackendError:
             raise
         except Exception as e:   # OpenVINO raises RuntimeError (and its own subclasses) for a bad model
@@ -102,7 +102,7 @@ class OpenVinoBackend(Backend):
         self._single = self._alone if self.alone_threads == self.threads else self._batched
 
     def _compile(self, core, model_path, info, config):
-        """(model, lone image's, dynamic batch's, static max_batch's or None) compiled models."""
+        """(lone image's, dynamic batch's, static max_batch's or None) compiled models."""
         model = core.read_model(model_path)
         try:
             onnx_classifier.check_session(_Model(model), info, model_path)
@@ -113,7 +113,7 @@ class OpenVinoBackend(Backend):
         full = core.compile_model(model, "CPU", config) if self._max_batch > 1 else None
         model.reshape([1] + list(self.image_shape))
         alone = core.compile_model(model, "CPU", variants.openvino_config(self.precision, self.alone_threads))
-        return model, alone, batched, full
+        return alone, batched, full
 
     @property
     def max_batch(self):

@@ -216,6 +216,8 @@ class PrecisionVariant:
     native: bool                    # the device runs the precision natively (OpenVINO: OPTIMIZATION_CAPABILITIES)
     validated: str                  # when, ISO 8601 UTC
     file: Optional[str] = None      # int8: its model file in the bundle; bf16: none (model.onnx, the engine's hint)
+    weights: Optional[str] = None   # an OpenVINO IR `file`'s weights (.bin), listed in files like it
+    weights_sha256: Optional[str] = None
     skipped_records: int = 0
     speed: Optional[Speed] = None   # model-only images/s, float32 and the variant, same run
     source_sha256: Optional[str] = None        # int8: the model.onnx it was quantized from (a re-export voids it)
@@ -228,8 +230,11 @@ class PrecisionVariant:
             return "a bf16 variant runs %s with the engine's hint and names no file, got %r" % (ONNX, self.file)
         if self.precision == "int8" and self.file is None:
             return "an int8 variant needs its model file"
-        if self.file is not None and os.path.basename(self.file) != self.file:
-            return "file %r is not a file name in the bundle" % self.file
+        for name in (self.file, self.weights):
+            if name is not None and os.path.basename(name) != name:
+                return "file %r is not a file name in the bundle" % name
+        if (self.weights is None) != (self.weights_sha256 is None) or (self.weights and not self.file):
+            return "weights, weights_sha256 and file go together (an OpenVINO IR's .bin beside its .xml)"
         for name, value in (("float32.top1", self.float32.top1), ("float32.top5", self.float32.top5),
                             ("reduced.top1", self.reduced.top1), ("reduced.top5", self.reduced.top5),
                             ("top1_agreement", self.top1_agreement)):
@@ -279,8 +284,10 @@ class ModelInfo:
             if v.precision == precision and v.engine == engine:
                 model = self.files.get(v.file or ONNX)
                 source = self.files.get(ONNX)
+                weights = self.files.get(v.weights) if v.weights else None
                 current = model is not None and model.sha256 == v.model_sha256 and (
-                    v.source_sha256 is None or (source is not None and source.sha256 == v.source_sha256))
+                    v.source_sha256 is None or (source is not None and source.sha256 == v.source_sha256)) and (
+                    v.weights is None or (weights is not None and weights.sha256 == v.weights_sha256))
                 return v if current else None
         return None
 
@@ -341,8 +348,9 @@ class ModelInfo:
             problem = v.check()
             if problem:
                 return "variants[%d]: %s" % (i, problem)
-            if v.file is not None and v.file not in self.files:
-                return "variants[%d]: its file %s is not listed in files" % (i, v.file)
+            for name in (v.file, v.weights):
+                if name is not None and name not in self.files:
+                    return "variants[%d]: its file %s is not listed in files" % (i, name)
         return None
 
 

@@ -393,11 +393,12 @@ def parser():
     s.set_defaults(fn=cmd_om)
 
     s = sub.add_parser("quantize", help="make or validate a reduced-precision variant of a bundle against float32 on "
-                       "held-out data (bf16: OpenVINO's hint; int8: an NNCF-quantized model-int8.onnx) and record "
+                       "held-out data (bf16: OpenVINO's hint; int8: NNCF-quantized models, one per engine) and record "
                        "it in its model.json")
     s.add_argument("--bundle", required=True)
     s.add_argument("--precision", required=True, choices=sorted(precision.NATIVE), help="bf16: OpenVINO's bfloat16 "
-                   "inference hint on model.onnx; int8: NNCF post-training quantization into %s" % precision.INT8_FILE)
+                   "inference hint on model.onnx; int8: NNCF post-training quantization into %s (OpenVINO) and %s (ONNX "
+                   "Runtime)" % (precision.INT8_IR, precision.INT8_FILE))
     s.add_argument("--data", required=True, help="TFRecord folder from `mbv3 data build` (the run's own data)")
     s.add_argument("--split", default="validation", help="the held-out split to score (default: validation)")
     s.add_argument("--max-top1-drop", type=float, metavar="POINTS",

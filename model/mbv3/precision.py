@@ -2,11 +2,11 @@
 
 bf16: OpenVINO's CPU plugin runs a model in bfloat16 when INFERENCE_PRECISION_HINT says so (and, on
 CPUs with AVX512_BF16 or AMX, by default): several times faster at batch 8, with logits a few percent
-off float32's. int8: NNCF's post-training quantization (ONNX backend) turns model.onnx into a QDQ
-model of its own, model-int8.onnx, calibrated on a few hundred of the run's own images
-(mbv3.calibration); OpenVINO and
-ONNX Runtime both run it. Whether either changes answers depends on the model, so it is measured per
-bundle and per engine: float32 and the reduced precision score the same held-out split, read and
+off float32's. int8: NNCF's post-training quantization turns model.onnx into a model of its own per
+engine, calibrated on a few hundred of the run's own images (mbv3.calibration): an OpenVINO IR
+(model-int8.xml and .bin, quantized on NNCF's OpenVINO backend, where the CPU plugin fuses it best)
+and a QDQ model-int8.onnx for ONNX Runtime. Whether either changes answers depends on the model, so
+it is measured per bundle and per engine: float32 and the reduced precision score the same held-out split, read and
 preprocessed as `mbv3 eval --bundle` reads it (mbv3.bundle_eval: the serving path's decode and
 transform), and their model-only speed is timed at batch 8 with the same threads. The result is one
 bundle.PrecisionVariant per engine in the bundle's model.json (atomically, mbv3.fileio), which the
@@ -23,7 +23,7 @@ import numpy as np
 
 from . import bundle, bundle_eval, classify, data, fileio, onnx_classifier, scoring
 from .calibration import (DEFAULT_CALIBRATION_SIZE, DEFAULT_CALIBRATION_SPLIT, MAX_CALIBRATION, MIN_CALIBRATION,
-                          CalibrationSource, calibration_inputs, list_images, quantize_onnx)
+                          CalibrationSource, calibration_inputs, list_images, quantize_onnx, quantize_openvino)
 from .console import format_duration, say
 from .errors import MbV3Error, first_line
 
@@ -34,9 +34,10 @@ DEVICE = "CPU"
 # the capability OpenVINO's CPU plugin lists in OPTIMIZATION_CAPABILITIES when the CPU runs the precision natively
 NATIVE = {"bf16": "BF16", "int8": "INT8"}
 HINTS = {"bf16": "bf16", "f32": "f32"}   # INFERENCE_PRECISION_HINT's values; int8 runs its own file with f32's
-INT8_FILE = "model-int8.onnx"
+INT8_FILE = "model-int8.onnx"           # ONNX Runtime's int8 model (QDQ)
+INT8_IR, INT8_IR_WEIGHTS = "model-int8.xml", "model-int8.bin"   # OpenVINO's (an IR: graph and weights)
 DEFAULT_MAX_TOP1_DROP = {"bf16": 0.5, "int8": 1.0}   # points of top-1 a variant may lose against float32
-# the engines that run each reduced precision (bf16 is an OpenVINO hint; both run the int8 QDQ file):
+# the engines that run each reduced precision (bf16 is an OpenVINO hint; int8 has a file per engine):
 # what quantize measures on by default and what the service's PRECISION may take on each backend
 RUNS_ON = {"bf16": (OPENVINO,), "int8": ENGINES}
 DEFAULT_BATCH = 32
@@ -270,8 +271,8 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
             calibration_size=None, output=None, speed_seconds=SPEED_SECONDS):
     """Score float32 and `precision` over the split on each engine, time both at batch SPEED_BATCH,
     refuse or record one variant per engine; returns the recorded variants. int8 first quantizes
-    model.onnx (NNCF, calibrated on `calibration_size` images) into INT8_FILE, written into the
-    bundle, or into a copy of it at `output`, only when a variant speaks for it.
+    model.onnx (NNCF, calibrated on `calibration_size` images) for each engine (int8_files), written
+    into the bundle, or into a copy of it at `output`, only for an engine whose variant is recorded.
     capabilities: OpenVINO's OPTIMIZATION_CAPABILITIES for the CPU (None: asked of OpenVINO)."""
     args = check_arguments(bundle_dir, data_dir, split, precision, max_top1_drop, engines, calibration,
                            calibration_split, calibration_size, output)
@@ -288,19 +289,22 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
     model_path = loaded.file(bundle.ONNX)
     source_sha = info.files[bundle.ONNX].sha256
     with tempfile.TemporaryDirectory(prefix="mbv3-quantize-") as scratch:
-        calibration_record, reduced_path, reduced_bytes = None, model_path, None
+        # per engine: the model it runs as `precision`, and the bundle files that model is
+        reduced = {engine: (model_path, ()) for engine in engines}
+        calibration_records = dict.fromkeys(engines)
         if precision == "int8":
             inputs, _ = calibration_inputs(args.source, info.preprocessing, args.calibration_size, batch_size,
                                            workers, progress_seconds, log)
-            reduced_bytes, method = quantize_onnx(model_path, inputs, info.input.name, log)
-            calibration_record = bundle.Calibration(source=args.source.path, split=args.source.split,
-                                                    images=len(inputs), method=method)
+            for engine in engines:
+                method = _quantize_for(engine, model_path, inputs, info.input.name, scratch, log)
+                calibration_records[engine] = bundle.Calibration(source=args.source.path, split=args.source.split,
+                                                                 images=len(inputs), method=method)
+                names = int8_files(engine)
+                reduced[engine] = (os.path.join(scratch, names[0]), names)
             del inputs
-            reduced_path = os.path.join(scratch, INT8_FILE)
-            with open(reduced_path, "wb") as f:
-                f.write(reduced_bytes)
         runners, versions, device_names, runs_as = {}, {}, {}, {}
         for engine in engines:
+            reduced_path = reduced[engine][0]
             if engine == OPENVINO:
                 try:
                     runners[engine] = (_Compiled(core, core.read_model(model_path), "f32", threads),
@@ -328,7 +332,6 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
         if not seen:
             raise MbV3Error("no usable %s example in %s (%d records skipped)" % (split, data_dir, skipped))
         log("scored %d images in %s; timing the model alone at batch %d" % (seen, format_duration(seconds), SPEED_BATCH))
-        reduced_sha = bundle.sha256(reduced_path)
         validated = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
         kept, refused = [], []
         for engine in engines:
@@ -336,9 +339,11 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
             low = tallies[(engine, precision)].fields(expected, skipped, 0)
             float32_speed, reduced_speed = images_per_second(runners[engine], speed_batch, speed_seconds)
             drop = round(100.0 * (f32["top1"] - low["top1"]), 4)
+            path, names = reduced[engine]
+            weights = os.path.join(scratch, names[1]) if len(names) > 1 else None
             variant = bundle.PrecisionVariant(
                 precision=precision, engine=engine, engine_version=versions[engine], device=DEVICE,
-                device_name=device_names[engine], model_sha256=reduced_sha, data=os.path.abspath(data_dir),
+                device_name=device_names[engine], model_sha256=bundle.sha256(path), data=os.path.abspath(data_dir),
                 split=split, examples=seen,
                 float32=bundle.Accuracy(top1=f32["top1"], top5=f32["top5"]),
                 reduced=bundle.Accuracy(top1=low["top1"], top5=low["top5"]),
@@ -347,8 +352,9 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
                 validated=validated, skipped_records=skipped,
                 speed=bundle.Speed(batch=SPEED_BATCH, threads=int(threads or 0), float32=float32_speed,
                                    reduced=reduced_speed),
-                file=INT8_FILE if precision == "int8" else None,
-                source_sha256=source_sha if precision == "int8" else None, calibration=calibration_record)
+                file=names[0] if names else None, weights=names[1] if weights else None,
+                weights_sha256=bundle.sha256(weights) if weights else None,
+                source_sha256=source_sha if precision == "int8" else None, calibration=calibration_records[engine])
             log("%s: float32 top-1 %.4f top-5 %.4f; %s top-1 %.4f top-5 %.4f; top-1 drop %.2f points (at most %s); "
                 "top-1 agreement %.4f; batch %d: %.1f vs %.1f images/s (%.2fx)"
                 % (engine, f32["top1"], f32["top5"], precision, low["top1"], low["top5"], drop, threshold,
@@ -365,16 +371,32 @@ def measure(bundle_dir, data_dir, precision="bf16", split="validation", max_top1
             log("warning: %s, more than --max-top1-drop %s: not recorded for that engine (--force records it)"
                 % (reason, threshold))
         if write:
-            where = _record(loaded, kept, reduced_bytes, args.output)
+            where = _record(loaded, kept, {v.engine: reduced[v.engine] for v in kept}, args.output)
             log("recorded %s for %s in %s%s" % (precision, ", ".join(v.engine for v in kept), where,
                                                 " (forced)" if any(v.forced for v in kept) else ""))
     return kept
 
 
-def _record(loaded, variants, model_bytes, output):
-    """Write the variants (and an int8 model) into the bundle, or into a copy of it at `output`;
-    returns the model.json written. Each step leaves a bundle whose listed files match: an earlier
-    int8 file and its records are unlisted first, then the new file is written, then listed."""
+def int8_files(engine):
+    """The bundle files of `engine`'s int8 model, the model first."""
+    return (INT8_IR, INT8_IR_WEIGHTS) if engine == OPENVINO else (INT8_FILE,)
+
+
+def _quantize_for(engine, model_path, inputs, input_name, scratch, log):
+    """`engine`'s int8 model of model_path, written into scratch as int8_files(engine); what was done."""
+    if engine == OPENVINO:
+        return quantize_openvino(model_path, inputs, input_name, os.path.join(scratch, INT8_IR), log)
+    model_bytes, method = quantize_onnx(model_path, inputs, input_name, log)
+    with open(os.path.join(scratch, INT8_FILE), "wb") as f:
+        f.write(model_bytes)
+    return method
+
+
+def _record(loaded, variants, reduced, output):
+    """Write the variants (and each one's int8 files, `reduced`: engine -> (path, names) in scratch)
+    into the bundle, or into a copy of it at `output`; returns the model.json written. Each step
+    leaves a bundle whose listed files match: earlier files of the same names and the records
+    naming them are unlisted first, then the new files are written, then listed."""
     target, staging = loaded, None
     if output:
         staging = "%s.tmp-%d" % (output.rstrip(os.sep), os.getpid())
@@ -387,13 +409,17 @@ def _record(loaded, variants, model_bytes, output):
         target = bundle.load(staging)
     info = target.info
     try:
-        if model_bytes is not None:
-            if INT8_FILE in info.files:
-                del info.files[INT8_FILE]
-                info.variants = [v for v in info.variants or () if v.file != INT8_FILE] or None
-                target.save_info()
-            fileio.write_bytes(target.file(INT8_FILE), model_bytes)
-            info.files[INT8_FILE] = bundle.file_info(target.file(INT8_FILE))
+        names = [name for _, files in reduced.values() for name in files]
+        if any(name in info.files for name in names):
+            for name in names:
+                info.files.pop(name, None)
+            info.variants = [v for v in info.variants or () if not {v.file, v.weights} & set(names)] or None
+            target.save_info()
+        for path, files in reduced.values():
+            for name in files:
+                with open(os.path.join(os.path.dirname(path), name), "rb") as f:
+                    fileio.write_bytes(target.file(name), f.read())
+                info.files[name] = bundle.file_info(target.file(name))
         for variant in variants:
             info.record_variant(variant)
         target.save_info()

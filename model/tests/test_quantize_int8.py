@@ -1,6 +1,6 @@
 """`mbv3 quantize --precision int8` on a small random bundle and small TFRecords: the quantized
-model-int8.onnx and its two records (OpenVINO, ONNX Runtime), the file run by both engines and by
-`mbv3 eval/predict --precision int8`, and the refusals: too few or corrupt calibration images, a
+models and their two records (OpenVINO's IR model-int8.xml/.bin, ONNX Runtime's QDQ model-int8.onnx),
+each run by its engine, the ONNX one by `mbv3 eval/predict --precision int8`, and the refusals: too few or corrupt calibration images, a
 calibration set of other classes, an --output in use, a drop past the threshold (nothing written).
 The weights are random, so accuracy is chance: the run that records passes --force where it must;
 the trained digits run in test_train_e2e.py holds int8 to the 1-point threshold."""
@@ -60,22 +60,27 @@ def test_records_one_variant_per_engine_for_the_quantized_file(world):
     source = bundle.load(str(world / "bundle"), verify=True).info
     assert source.variants is None and not (world / "bundle" / precision.INT8_FILE).exists()   # --output: a copy
     out = bundle.load(str(world / "int8"), verify=True).info             # every listed file matches its sha256
-    int8_sha = bundle.sha256(str(world / "int8" / precision.INT8_FILE))
-    assert out.files[precision.INT8_FILE].sha256 == int8_sha
     assert out.files[bundle.ONNX] == source.files[bundle.ONNX]
+    files = {"openvino": (precision.INT8_IR, precision.INT8_IR_WEIGHTS), "onnxruntime": (precision.INT8_FILE,)}
     for engine, plain in zip(precision.ENGINES, printed):
         variant = out.variant("int8", engine)
         assert variant is not None and precision.as_json([variant]) == [plain]
-        assert variant.file == precision.INT8_FILE and variant.model_sha256 == int8_sha
+        assert precision.int8_files(engine) == files[engine]
+        shas = [bundle.sha256(str(world / "int8" / name)) for name in files[engine]]
+        assert [out.files[name].sha256 for name in files[engine]] == shas
+        assert (variant.file, variant.model_sha256) == (files[engine][0], shas[0])
+        assert (variant.weights, variant.weights_sha256) == ((files[engine][1], shas[1]) if engine == "openvino"
+                                                             else (None, None))
         assert variant.source_sha256 == source.files[bundle.ONNX].sha256
         assert variant.calibration == bundle.Calibration(
             source=str(world / "data"), split="train", images=36, method=variant.calibration.method)
-        assert variant.calibration.method.startswith("nncf 3.4.0 post-training")
+        assert variant.calibration.method.startswith("nncf 3.4.0 post-training quantization (%s backend" % (
+            "openvino" if engine == "openvino" else "onnx"))
         assert variant.split == "validation" and variant.examples == 12 and variant.max_top1_drop == 1.0
         assert variant.forced == (variant.top1_drop > 1.0)
         assert abs(variant.top1_drop - 100 * (variant.float32.top1 - variant.reduced.top1)) < 1e-6
         assert variant.speed.batch == 8 and variant.speed.float32 > 0 and variant.speed.reduced > 0
-    # the two engines ran the same float32 model and the same int8 model over the same images
+    # the two engines ran the same float32 model over the same images
     assert out.variant("int8", "openvino").float32 == out.variant("int8", "onnxruntime").float32
 
 
@@ -86,19 +91,24 @@ def _held_out(world):
     return np.stack([image for batch in bundle_eval.prepared_batches(files, prep, 16) for image, _ in batch])
 
 
-def test_both_engines_run_the_int8_file_alike(world):
+def test_each_engines_int8_model_answers_like_the_other(world):
+    """Two quantizations of one model on the same calibration images: ONNX Runtime's QDQ file and
+    OpenVINO's IR (read by OpenVINO from the .xml, its weights from the .bin beside it)."""
     import openvino as ov
     images = _held_out(world)
     ort = onnx_classifier.OnnxClassifier(str(world / "int8"), precision="int8")
     assert ort.model_file == precision.INT8_FILE
     core = ov.Core()
-    compiled = core.compile_model(core.read_model(str(world / "int8" / precision.INT8_FILE)), "CPU",
-                                  precision.openvino_config("int8", 0))
-    ours, theirs = ort.logits(images), compiled.create_infer_request().infer({0: images})[0]
+
+    def openvino_logits(name, p):
+        compiled = core.compile_model(core.read_model(str(world / "int8" / name)), "CPU", precision.openvino_config(p, 0))
+        return compiled.create_infer_request().infer({0: images})[0]
+    ours, theirs = ort.logits(images), openvino_logits(precision.INT8_IR, "int8")
     assert (ours.argmax(1) == theirs.argmax(1)).mean() >= 0.9
     assert np.abs(ours - theirs).max() < 0.25 * np.abs(ours).max()
     f32 = onnx_classifier.OnnxClassifier(str(world / "int8")).logits(images)
-    assert not np.array_equal(f32, ours)                      # it is another model, not model.onnx again
+    assert not np.array_equal(f32, ours)                      # another model, not model.onnx again
+    assert not np.allclose(openvino_logits(bundle.ONNX, "f32"), theirs, rtol=0, atol=1e-6)
 
 
 def test_eval_and_predict_run_the_int8_file(world):
@@ -122,9 +132,24 @@ def test_a_new_model_onnx_voids_the_records(world):
     assert info.variant("int8", "onnxruntime") is not None
     info.files[bundle.ONNX].sha256 = "0" * 64            # re-exported: the int8 file came from another model
     assert info.variant("int8", "onnxruntime") is None and info.variant("int8", "openvino") is None
+    for name, engine in ((precision.INT8_FILE, "onnxruntime"), (precision.INT8_IR, "openvino"),
+                         (precision.INT8_IR_WEIGHTS, "openvino")):
+        info = bundle.load(str(world / "int8")).info
+        info.files[name].sha256 = "1" * 64                 # a different file than the one measured
+        other = "openvino" if engine == "onnxruntime" else "onnxruntime"
+        assert info.variant("int8", engine) is None and info.variant("int8", other) is not None, name
+        del info.files[name]
+        assert "is not listed in files" in info.check(), name
+
+
+def test_a_variant_names_its_weights_with_its_model(world):
+    """An IR's weights go with its graph: a record naming one without the other, or a path, is refused."""
     info = bundle.load(str(world / "int8")).info
-    info.files[precision.INT8_FILE].sha256 = "1" * 64    # a different int8 file than the one measured
-    assert info.variant("int8", "openvino") is None
+    for change in (dict(weights_sha256=None), dict(weights=None), dict(file=None),
+                   dict(weights="../model-int8.bin")):
+        variant = info.variant("int8", "openvino")
+        broken = bundle.PrecisionVariant(**dict(vars(variant), **change))
+        assert broken.check() is not None, change
 
 
 def _quantize(capsys, *args):
@@ -171,7 +196,7 @@ def test_a_corrupt_calibration_folder_is_one_line(world, fresh, tmp_path):
     result = run_cli("quantize", "--bundle", fresh, "--precision", "int8", "--data", world / "data",
                      "--calibration", corrupt)
     assert_one_line_error(result, "only 0 usable calibration images", "(40 could not be decoded); at least 32")
-    assert not (fresh / precision.INT8_FILE).exists()
+    assert not set(os.listdir(str(fresh))) & {precision.INT8_FILE, precision.INT8_IR, precision.INT8_IR_WEIGHTS}
 
 
 def _losing(monkeypatch):
@@ -189,7 +214,7 @@ def _losing(monkeypatch):
 
 def test_a_drop_past_the_threshold_leaves_nothing_unless_forced(world, fresh, tmp_path, monkeypatch):
     """In place, calibrated on an image folder with some corrupt files: refused without --force (no
-    record, no orphan model-int8.onnx, no temporary), recorded with it."""
+    record, no orphan int8 file, no temporary), recorded with it."""
     folder = tmp_path / "calibration"
     _jpegs(folder / "a", 34, np.random.default_rng(4))
     (folder / "a" / "broken.png").write_bytes(b"\x89PNG broken")
@@ -215,4 +240,11 @@ def test_a_drop_past_the_threshold_leaves_nothing_unless_forced(world, fresh, tm
         assert info.variant("int8", variant.engine) == variant and variant.forced and variant.reduced.top1 == 0
         assert variant.calibration.source == str(folder) and variant.calibration.split is None
         assert variant.calibration.images == 34                # the broken file skipped
-    assert sorted(os.listdir(str(fresh))) == sorted(list(before) + [precision.INT8_FILE])
+    assert sorted(os.listdir(str(fresh))) == sorted(list(before) + [precision.INT8_FILE, precision.INT8_IR,
+                                                                    precision.INT8_IR_WEIGHTS])
+    onnx_record = info.variant("int8", "onnxruntime")
+    again = precision.measure(str(fresh), str(world / "data"), "int8", calibration=str(folder), calibration_size=40,
+                              force=True, engines=["openvino"], **QUIET)
+    info = bundle.load(str(fresh), verify=True).info                  # one engine's files replaced, the other's kept
+    assert info.variant("int8", "openvino") == again[0] and info.variant("int8", "onnxruntime") == onnx_record
+    assert [v.engine for v in info.variants] == ["onnxruntime", "openvino"]

@@ -1,6 +1,6 @@
 """What every peer server wraps: the service's own preprocessing (mbv3.fast_preprocess, driven by
-the bundle's record) and the same engine (ONNX Runtime or OpenVINO on the precision's model file:
-model-int8.onnx for int8, model.onnx otherwise; OpenVINO compiled with mbv3.precision.openvino_config
+the bundle's record) and the same engine (ONNX Runtime or OpenVINO on the model file the bundle
+records for the precision and that engine; OpenVINO compiled with mbv3.precision.openvino_config
 as the service's backend compiles it), batch 1 or a batch, then softmax and top-5 without the
 background class. Only mbv3's TensorFlow-free modules are used (on PYTHONPATH), so a peer's own
 virtual environment needs NumPy, Pillow, simplejpeg, OpenCV and the engine, not the service."""

@@ -5,14 +5,19 @@ import re
 # TensorFlow's file errors read `<path>; <strerror>`, sometimes wrapped in `{{function_node ...}}` and
 # followed by ` [Op:SaveV2]`: the path is usually a temporary name, the strerror is the news.
 _TF_FILE_ERROR = re.compile(r"^(?:\{\{[^}]*\}\} )?\S+; (?P<reason>[^;]+?)(?: \[Op:\w+\])?$")
+# OpenVINO's messages open with where in its sources they were raised ("Exception from src/...:84:",
+# "Check '...' failed at src/...:900:"); what went wrong comes after.
+_SOURCE_LOCATION = re.compile(r"^(?:Exception from \S+:\d+:|Check '.*' failed at \S+:\d+:)$")
 
 
 def first_line(err, default=None):
-    """The first line of an error's message (TensorFlow's and ONNX Runtime's run to many lines);
-    `default`, else the exception's class name, when the message is empty."""
+    """The first line of an error's message (TensorFlow's and ONNX Runtime's run to many lines), past
+    OpenVINO's source locations; `default`, else the exception's class name, when the message is empty."""
     text = (getattr(err, "message", None) or str(err)).strip()
     if text:
-        return text.splitlines()[0]
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        said = [line for line in lines if not _SOURCE_LOCATION.match(line)]
+        return (said or lines)[0]
     return default if default is not None else err.__class__.__name__
 
 

@@ -142,18 +142,24 @@ def model_json(bundle):
 
 
 def variant_record(info, precision, engine, speed=None, **changes):
-    """A PrecisionVariant as `mbv3 quantize` writes it for `info`'s current files (int8: its file
-    model-int8.onnx must be listed in info.files). speed: (float32, reduced) images/s, or None. The
-    figures are made up: the command that measures them is tested in model/tests."""
+    """A PrecisionVariant as `mbv3 quantize` writes it for `info`'s current files (int8: the engine's
+    files, precision.int8_files, listed in info.files; else model-int8.onnx, one QDQ file for both
+    engines as earlier bundles have it). speed: (float32, reduced) images/s, or None. The figures are
+    made up: the command that measures them is tested in model/tests."""
     from mbv3 import bundle as bundle_mod
     from mbv3 import precision as variants
     int8 = precision == "int8"
+    names = variants.int8_files(engine) if int8 else (bundle_mod.ONNX,)
+    if names[0] not in info.files:
+        names = (variants.INT8_FILE,)
+    weights = names[1] if len(names) > 1 else None
     fields = dict(precision=precision, engine=engine, engine_version="1.0", device="CPU", device_name="a CPU",
-                  model_sha256=info.files[variants.INT8_FILE if int8 else bundle_mod.ONNX].sha256, data="/data",
+                  model_sha256=info.files[names[0]].sha256, data="/data",
                   split="validation", examples=500, float32=bundle_mod.Accuracy(0.91, 0.99),
                   reduced=bundle_mod.Accuracy(0.905, 0.99), top1_agreement=0.99, max_top1_drop=1.0, top1_drop=0.5,
                   forced=False, native=True, validated="2026-12-07T17:00:00Z",
-                  file=variants.INT8_FILE if int8 else None,
+                  file=names[0] if int8 else None, weights=weights,
+                  weights_sha256=info.files[weights].sha256 if weights else None,
                   source_sha256=info.files[bundle_mod.ONNX].sha256 if int8 else None,
                   calibration=bundle_mod.Calibration("/data", "train", 32, "test") if int8 else None,
                   speed=bundle_mod.Speed(8, 2, speed[0], speed[1]) if speed else None)

@@ -1,6 +1,7 @@
 """An int8 bundle served by both CPU backends over HTTP: the bundle's model-int8.onnx is a real QDQ
-model (ONNX Runtime's static quantization of the test bundle, calibrated on a few random inputs),
-listed in model.json with its sha256 and recorded for both engines as `mbv3 quantize` records it;
+model (ONNX Runtime's static quantization of the test bundle, calibrated on a few random inputs) and
+its model-int8.xml/.bin a real OpenVINO IR (NNCF's OpenVINO backend, as `mbv3 quantize` makes it),
+listed in model.json with their sha256s and recorded per engine as `mbv3 quantize` records them;
 the servers say they run it and answer like float32, PRECISION=f32 serves float32 from the same
 bundle, and PRECISION=int8 without a record stops start-up in one line."""
 import base64
@@ -44,8 +45,9 @@ def _images():
 
 @pytest.fixture(scope="module")
 def int8_bundle(bundle_dir, tmp_path_factory):  # noqa: F811
-    """A copy of the test bundle with model-int8.onnx and an int8 record for each engine (recorded
-    2x float32's speed, so PRECISION=auto takes it)."""
+    """A copy of the test bundle with each engine's int8 files and an int8 record for each engine
+    (recorded 2x float32's speed, so PRECISION=auto takes it)."""
+    from mbv3 import calibration
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     path = tmp_path_factory.mktemp("int8") / "bundle"
     shutil.copytree(str(bundle_dir), str(path))
@@ -63,7 +65,11 @@ def int8_bundle(bundle_dir, tmp_path_factory):  # noqa: F811
     int8_path = loaded.file(variants.INT8_FILE)
     quantize_static(loaded.file(bundle_mod.ONNX), int8_path, Inputs(), quant_format=QuantFormat.QDQ,
                     activation_type=QuantType.QInt8, weight_type=QuantType.QInt8)
-    loaded.info.files[variants.INT8_FILE] = bundle_mod.file_info(int8_path)
+    calibration.quantize_openvino(loaded.file(bundle_mod.ONNX), [rng.uniform(-1, 1, (SIZE, SIZE, 3)).astype(np.float32)
+                                                                 for _ in range(8)],
+                                  name, loaded.file(variants.INT8_IR), log=lambda *_: None)
+    for file in (variants.INT8_FILE, variants.INT8_IR, variants.INT8_IR_WEIGHTS):
+        loaded.info.files[file] = bundle_mod.file_info(loaded.file(file))
     for engine in ("openvino", "onnxruntime"):
         loaded.info.record_variant(variant_record(loaded.info, "int8", engine, speed=(200.0, 400.0)))
     loaded.save_info()
@@ -107,13 +113,14 @@ def test_int8_is_served_and_answers_like_float32(int8_bundle, float32, backend):
         serving, logits, top = _served(s.url)
         s.stop()
         log = s.stderr()
-    assert (serving["precision"], serving["model_file"]) == ("int8", "model-int8.onnx"), serving
-    assert "int8: model-int8.onnx" in serving["backend"], serving["backend"]
-    assert serving["precision_reason"].startswith("PRECISION=auto: int8 (model-int8.onnx) validated on 500 ")
+    file = variants.int8_files(backend)[0]   # model-int8.xml on OpenVINO, model-int8.onnx on ONNX Runtime
+    assert (serving["precision"], serving["model_file"]) == ("int8", file), serving
+    assert "int8: %s" % file in serving["backend"], serving["backend"]
+    assert serving["precision_reason"].startswith("PRECISION=auto: int8 (%s) validated on 500 " % file)
     assert "2.00x float32's images/s" in serving["precision_reason"]
     variant = serving["variant"]
     assert (variant["engine"], variant["speed"]["ratio"], variant["top1_agreement"]) == (backend, 2.0, 0.99)
-    assert "precision: int8, model-int8.onnx (PRECISION=auto: int8" in log
+    assert "precision: int8, %s (PRECISION=auto: int8" % file in log
     # the quantized model runs (its logits differ from float32's) and answers like it: per image the
     # logits move together with float32's (observed correlation 0.99+), and so does their image-dependent
     # part (less each class's mean over the images; observed 0.97). A random-weight model's top two
@@ -143,13 +150,20 @@ def test_precision_int8_without_a_record_stops_start_up(bundle_dir):  # noqa: F8
 
 @pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
 def test_a_damaged_int8_file_is_a_load_error_naming_it(int8_bundle, tmp_path, backend):
-    """A model.json rewritten to match a damaged model-int8.onnx passes the sha256 checks: the engine's
-    load is then what refuses it, fatally and in one line."""
-    damaged = tmp_path / variants.INT8_FILE
-    with open(int8_bundle.file(variants.INT8_FILE), "rb") as f:
+    """A model.json rewritten to match a damaged int8 file passes the sha256 checks: the engine's load
+    is then what refuses it, fatally and in one line (ONNX Runtime's model-int8.onnx cut short; for
+    OpenVINO the IR's weights, model-int8.bin, cut short beside an intact model-int8.xml)."""
+    *whole, last = variants.int8_files(backend)
+    for name in whole:
+        shutil.copy(int8_bundle.file(name), str(tmp_path / name))
+    damaged = tmp_path / last
+    with open(int8_bundle.file(last), "rb") as f:
         damaged.write_bytes(f.read()[:5000])
-    chosen = backends.Precision("int8", variants.INT8_FILE)
+    chosen = backends.Precision("int8", variants.int8_files(backend)[0])
     loaded = bundle_mod.Bundle(str(tmp_path), int8_bundle.info, int8_bundle.labels)
     with pytest.raises(backends.BackendError) as e:
         backends.create(loaded, backend=backend, threads=1, max_batch=2, precision=chosen)
-    assert e.value.fatal and str(damaged) in str(e.value) and "\n" not in str(e.value)
+    message = str(e.value)
+    assert e.value.fatal and str(tmp_path) in message and "\n" not in message, message
+    assert message.endswith("Incorrect weights in bin file!" if backend == "openvino" else
+                            "Protobuf parsing failed."), message   # what is wrong, not where the engine raised it

@@ -673,6 +673,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def memory_mb(pid):
+    """The process's resident memory now and at its peak (VmRSS, VmHWM in /proc/PID/status), in MB;
+    None off Linux."""
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            fields = dict(line.split(":", 1) for line in f if line.startswith(("VmRSS", "VmHWM")))
+        return {"rss_mb": int(fields["VmRSS"].split()[0]) / 1024.0, "peak_mb": int(fields["VmHWM"].split()[0]) / 1024.0}
+    except (OSError, KeyError, ValueError, IndexError):
+        return None
+
+
 def model_says(port):
     """What GET /v1/model says about the engine and precision that serve (its fields naming a backend,
     an engine, a precision or a file), or None."""
@@ -700,7 +711,7 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, pr
     service = Service(bundle_dir, os.path.join(log_dir, "serve-service-%s-%s.log" % (backend, precision)), backend,
                       args.threads, env)
     reqs = peer_harness.requests_for("service", photos)
-    out, floor, lone, top_ceiling, says = [], None, None, None, None
+    out, floor, lone, top_ceiling, says, memory = [], None, None, None, None, None
     try:
         ready = service.wait_ready()
         log("service (%s, PRECISION=%s) ready on port %d after %.1f s" % (backend, precision, service.port, ready))
@@ -722,6 +733,7 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, pr
                 top_ceiling = ceiling.measure(args.requests, min(args.seconds, 10.0))
             log("service (%s, %s), concurrency %d ..." % (backend, precision, c))
             out.append(run_level(service.port, reqs, c, args.requests, args.seconds, service_pid=service.proc.pid))
+        memory = memory_mb(service.proc.pid)   # after every level: its workers' models, buffers and peak
     finally:
         if inproc:
             inproc.close()
@@ -731,7 +743,7 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, pr
     return {"backend": backend, "precision": precision, "model": says,
             "in_process": lone and lone["in_process"], "engine_alone": lone and lone["engine_alone"],
             "rounds": lone["rounds"] if lone else [], "levels": out, "http_floor": floor, "ceiling": top_ceiling,
-            "exit_status": stopped[0], "stop_seconds": stopped[1], "killed": stopped[2]}
+            "memory": memory, "exit_status": stopped[0], "stop_seconds": stopped[1], "killed": stopped[2]}
 
 
 def best_variant(runs, precisions):

@@ -86,6 +86,8 @@ def run_ratios(run, peers):
     for key in ("service_c1_over_engine", "service_c1_over_in_process", "throughput_top_over_c1",
                 "service_top_over_best_peer"):
         out[key + "_met"] = met(key, out[key])
+    memory = run.get("memory") or {}
+    out["rss_mb"], out["peak_mb"] = memory.get("rss_mb"), memory.get("peak_mb")
     out["floors"] = floors(rounds, run.get("http_floor"))
     out["profile_c1"] = profile(one) if one else None
     return out
@@ -295,6 +297,8 @@ def precision_lines(result):
         ("ceiling, images/s (in process, pipelined)", lambda p: num(per[p]["ceiling_rps"], "%.1f")),
         ("service / ceiling", lambda p: num(per[p]["service_over_ceiling"])),
         ("best peer / ceiling", lambda p: num(per[p]["best_peer_over_ceiling"])),
+        ("service memory after its levels, MB (peak)", lambda p: "%s (%s)" % (
+            num(per[p].get("rss_mb"), "%.0f"), num(per[p].get("peak_mb"), "%.0f"))),
     ]
     out = ["per precision (%s; PRECISION=<column>; the peers run f32 and the best variant, %s):" % (
         result["backend"], across.get("best_variant") or "none"),
@@ -485,6 +489,10 @@ def markdown(results):
                  "; ".join("%s %s images/s: service %s of it, best peer %s" % (
                      p, _agg(per(p, "ceiling_rps"), "%.0f"), _agg(per(p, "service_over_ceiling")),
                      _agg(per(p, "best_peer_over_ceiling"))) for p in precisions)))
+    if any(v is not None for p in precisions for v in per(p, "rss_mb")):
+        rows.append(("the service's resident memory after its levels (every worker), MB, per precision",
+                     "; ".join("%s %s (peak %s)" % (p, _agg(per(p, "rss_mb"), "%.0f"), _agg(per(p, "peak_mb"), "%.0f"))
+                               for p in precisions)))
     pa = [res.get("preprocessing_alone") for res in results if res.get("preprocessing_alone")]
     if pa:
         names = list(pa[0]["fast"])

@@ -204,6 +204,19 @@ def test_a_jpeg_of_too_many_scans_is_refused_and_decodes_under_a_higher_limit(mo
     assert fast_preprocess.model_input(data).shape == (224, 224, 3)
 
 
+def test_scans_are_counted_like_the_two_byte_search_across_chunks(monkeypatch):
+    """jpeg_scans counts FF DA pairs with NumPy a chunk at a time: the same count as bytes.count,
+    a marker split across two chunks counted once, whatever the chunk size."""
+    rng = np.random.default_rng(5)
+    samples = [b"", b"\xff", b"\xda", b"\xff\xda", b"\xda\xff", b"\xff\xff\xda\xda\xff\xda"] + [
+        bytes(rng.choice(np.frombuffer(b"\xff\xda\x00", np.uint8), rng.integers(0, 60))) for _ in range(300)]
+    for chunk in (1, 2, 3, 7, numpy_preprocess.SCAN_COUNT_CHUNK):
+        monkeypatch.setattr(numpy_preprocess, "SCAN_COUNT_CHUNK", chunk)
+        for data in samples:
+            assert numpy_preprocess.jpeg_scans(data) == data.count(b"\xff\xda"), (chunk, data)
+        assert numpy_preprocess.jpeg_scans(memoryview(b"a\xff\xdab")) == 1
+
+
 def test_a_scan_flood_is_refused_in_milliseconds():
     """The attack's shape: 1000x1000, ~100,000 scans of EOB runs in 1.2 MB, ~11 s to decode."""
     data = _jpeg_scans(1000, 1000, repeat=265)

@@ -70,6 +70,12 @@ def _made(job):
     return image, {"preprocess": time.perf_counter() - start}
 
 
+def _run_stacked(worker, images):
+    """On the worker's thread: the batch stacked and run. Stacking copies every image (4.8 MB for 8 at
+    224 x 224): on the event loop it held every connection for that long."""
+    return worker.run(np.stack(images))
+
+
 class Item:
     __slots__ = ("image", "future", "enqueued", "timings")
 
@@ -328,8 +334,7 @@ class Engine:
         for item in batch:
             item.timings["queue"] = start - item.enqueued
         try:
-            stacked = np.stack([item.image for item in batch])
-            logits = await loop.run_in_executor(worker.executor, worker.run, stacked)
+            logits = await loop.run_in_executor(worker.executor, _run_stacked, worker, [item.image for item in batch])
         except BackendError as e:
             error = self._failed(worker, e, len(batch))
             self._settle(batch, error=error)

@@ -43,6 +43,7 @@ from serve_report import markdown, plot, ratios, table
 ENGINE_THREADS = 2   # the engine-alone reference: the issue's "ONNX Runtime alone, batch 1, 2 threads"
 F32 = "f32"
 MODEL_BATCH = 8      # the engine alone's batch and the ceiling's: the service's MAX_BATCH default
+SIDE_BY_SIDE_ROUNDS = 4
 
 
 class BenchError(RuntimeError):
@@ -668,6 +669,9 @@ def parse_args(argv=None):
                    help="a service setting for this run (A/B of settings), e.g. --env ONE_HOP_MAX_PIXELS=0")
     p.add_argument("--max-batch", type=_positive, help="service MAX_BATCH (default: the service's)")
     p.add_argument("--max-delay-ms", type=float, help="service MAX_DELAY_MS (default: the service's)")
+    p.add_argument("--side-by-side", type=int, default=SIDE_BY_SIDE_ROUNDS, metavar="ROUNDS",
+                   help="rounds of the service in every precision and the best peers, all up at once, measured "
+                   "in turn at the largest concurrency: the throughput goals' ratios (0: none; default %(default)s)")
     p.add_argument("--json", default="build/bench/serve.json")
     p.add_argument("--plot", default="build/bench/serve.png")
     return p.parse_args(argv)
@@ -746,6 +750,69 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, pr
             "memory": memory, "exit_status": stopped[0], "stop_seconds": stopped[1], "killed": stopped[2]}
 
 
+# --- side by side ---------------------------------------------------------------------------
+
+def best_peers(peers, top):
+    """{precision: the peer that served the most requests a second at `top` clients}."""
+    out = {}
+    for precision, by_name in peers.items():
+        rates = {name: level["throughput_rps"] for name, levels in by_name.items() for level in levels
+                 if level["concurrency"] == top}
+        if rates:
+            out[precision] = max(rates, key=rates.get)
+    return out
+
+
+def side_by_side(bundle_dir, photos, backend, precisions, peers, args, extra, log_dir):
+    """The throughput goals that compare two servers, measured with both up at once: the service in
+    each of `precisions` and, per precision, the peer in `peers` ({precision: name}), all started
+    together, then each measured at the largest concurrency in turn, `args.side_by_side` rounds, the
+    order turned every round. Measured minutes apart, as the steps before measure them, two servers
+    compare two moments of a machine whose speed drifts by up to 2x within minutes; in rounds side
+    by side both see the same machine, and each round gives a ratio. Returns {"concurrency",
+    "services": {precision: label}, "peers": {precision: {"name", "label"}}, "rounds": [{label: req/s}]}."""
+    top = max(args.concurrency)
+    servers = []   # (label, server, requests, protocol)
+    out = {"concurrency": top, "services": {}, "peers": {}, "rounds": []}
+    try:
+        for p in precisions:
+            label = "service %s" % p
+            server = Service(bundle_dir, os.path.join(log_dir, "serve-side-by-side-service-%s.log" % p), backend,
+                             args.threads, dict(extra, PRECISION=p))
+            servers.append((label, server, peer_harness.requests_for("service", photos), "service"))
+            out["services"][p] = label
+        for p, name in peers.items():
+            spec = peer_harness.PEERS[name]
+            label = "%s %s" % (name, p)
+            server = peer_harness.PeerServer(
+                name, peer_harness.python_for(name, args.peer_venvs), bundle_dir, backend, ENGINE_THREADS,
+                spec["batch_from"] is not None and top >= spec["batch_from"],
+                os.path.join(log_dir, "peer-side-by-side-%s-%s.log" % (name.replace(" ", "-").lower(), p)), p)
+            servers.append((label, server, peer_harness.requests_for(spec["protocol"], photos), spec["protocol"]))
+            out["peers"][p] = {"name": name, "label": label}
+        for label, server, reqs, protocol in servers:
+            server.wait_ready() if protocol == "service" else server.wait_ready(reqs[0])
+            run_level(server.port, reqs, top, 2 * top, 10.0, protocol=protocol)   # warm-up
+        log("side by side at %d clients: %s, %d rounds ..." % (top, ", ".join(s[0] for s in servers), args.side_by_side))
+        for r in range(args.side_by_side):
+            turn = r % len(servers)
+            order = servers[turn:] + servers[:turn]
+            row = {}
+            for label, server, reqs, protocol in (order[::-1] if r % 2 else order):
+                level = run_level(server.port, reqs, top, max(100, args.requests // 2), min(args.seconds, 8.0),
+                                  protocol=protocol)
+                if level["errors"]:
+                    raise BenchError("side by side, %s: %d requests failed, e.g. %s" % (
+                        label, level["errors"], level["error_samples"]))
+                row[label] = level["throughput_rps"]
+            out["rounds"].append(row)
+            log("  round %d: %s" % (r + 1, ", ".join("%s %.1f" % kv for kv in row.items())))
+    finally:
+        for _, server, _, _ in servers:
+            server.stop()
+    return out
+
+
 def best_variant(runs, precisions):
     """The precision other than f32 whose service served the most req/s at its largest level, or None."""
     best = None
@@ -817,6 +884,9 @@ def main(argv=None):
             peers[p][name] = peer_harness.run_peer(name, python, bundle_dir, photos, edges, primary, ENGINE_THREADS,
                                                    run_level, log_dir, max_requests=args.requests, seconds=args.seconds,
                                                    precision=p)
+    together = None
+    if args.side_by_side > 0 and top > 1:
+        together = side_by_side(bundle_dir, photos, primary, measured, best_peers(peers, top), args, extra, log_dir)
     first = runs[0]
     engine = first["engine_alone"] or {k: dict(percentiles(v), threads=ENGINE_THREADS)
                                        for k, v in engines.measure([engine_key("onnxruntime", F32, 1),
@@ -831,7 +901,7 @@ def main(argv=None):
               "not_measured": dict(why_not, **failed), "engine_alone": engine, "model_only": model_only,
               "preprocessing_alone": prep_alone, "services": runs,
               "in_process": first["in_process"], "levels": first["levels"], "http_floor": first["http_floor"],
-              "peers": peers}
+              "peers": peers, "side_by_side": together}
     result["ratios"] = ratios(result)
     with open(args.json, "w") as f:
         json.dump(result, f, indent=2)

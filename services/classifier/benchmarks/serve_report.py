@@ -104,8 +104,10 @@ def ratios(result):
     across = {"model_b8_over_f32": {p: row.get("over_f32") for p, row in model.items() if p != F32},
               "model_b8_over_f32_range": {p: row.get("over_f32_range") for p, row in model.items() if p != F32},
               "service_top_over_f32": {p: _div(r["top_rps"], f32["top_rps"]) for p, r in per.items() if p != F32},
+              "service_top_over_f32_range": {},
               # the most a precision's service could serve over float32's: its ceiling in the numerator
               "ceiling_allows_over_f32": {p: _div(r["ceiling_rps"], f32["top_rps"]) for p, r in per.items() if p != F32}}
+    side_by_side(result.get("side_by_side"), per, across)
     best = result.get("best_variant")
     across["best_variant"] = best
     across["model_b8_int8_over_f32"] = across["model_b8_over_f32"].get("int8")
@@ -116,6 +118,34 @@ def ratios(result):
     out = dict(f32)
     out["precisions"], out["across"] = per, across
     return out
+
+
+def side_by_side(together, per, across):
+    """With serve_bench's side-by-side rounds (every server up at once, measured in turn), the ratios
+    of two servers are the medians of the rounds' ratios, in place of the two levels measured
+    minutes apart; those stay under `..._apart`. A round's ratio compares one moment of the machine."""
+    if not together:
+        return
+    rounds = together["rounds"]
+
+    def rounds_ratio(a, b):
+        values = [row[a] / row[b] for row in rounds if row.get(a) and row.get(b)]
+        return spread(values) if values else None
+    f32 = together["services"].get(F32)
+    for p, label in together["services"].items():
+        measured = rounds_ratio(label, f32) if f32 and p != F32 else None
+        if measured and p in across["service_top_over_f32"]:
+            across.setdefault("service_top_over_f32_apart", {})[p] = across["service_top_over_f32"][p]
+            across["service_top_over_f32"][p], across["service_top_over_f32_range"][p] = measured[0], list(measured[1:])
+        peer = together["peers"].get(p)
+        measured = rounds_ratio(label, peer["label"]) if peer else None
+        if measured and p in per:
+            row = per[p]
+            row["service_top_over_best_peer_apart"], row["best_peer_apart"] = (row["service_top_over_best_peer"],
+                                                                               row["best_peer"])
+            row["best_peer"], row["service_top_over_best_peer"] = peer["name"], measured[0]
+            row["service_top_over_best_peer_range"] = list(measured[1:])
+            row["service_top_over_best_peer_met"] = met("service_top_over_best_peer", measured[0])
 
 
 def floors(rounds, http_floor):
@@ -315,18 +345,28 @@ def precision_lines(result):
                                  across["model_b8_over_f32"].get(p), spread_=across["model_b8_over_f32_range"].get(p))
                        if p == "int8" else "     (a) model alone, batch 8 images/s, %s / f32 = %s (no goal)" % (
                            p, num(across["model_b8_over_f32"].get(p))))
+    ranges = across.get("service_top_over_f32_range", {})
     out.append(goal_line("(b) service req/s at %d clients, int8 / f32" % top, "service_top_int8_over_f32",
-                         across["service_top_int8_over_f32"], across["ceiling_allows_over_f32"].get("int8")))
+                         across["service_top_int8_over_f32"], across["ceiling_allows_over_f32"].get("int8"),
+                         ranges.get("int8")))
     best = across.get("best_variant")
     out.append(goal_line("(b) service req/s at %d clients, best variant (%s) / f32" % (top, best or "none"),
                          "service_top_best_over_f32", across["service_top_best_over_f32"],
-                         across["ceiling_allows_over_f32"].get(best) if best else None))
+                         across["ceiling_allows_over_f32"].get(best) if best else None, ranges.get(best)))
     for p in cols:
         pr = per[p]
         if pr["best_peer"]:
             out.append(goal_line("(c) service at %d clients / best peer (%s), %s" % (top, pr["best_peer"], p),
                                  "service_top_over_best_peer", pr["service_top_over_best_peer"],
-                                 pr["ceiling_allows"]["service_top_over_best_peer"]))
+                                 pr["ceiling_allows"]["service_top_over_best_peer"],
+                                 pr.get("service_top_over_best_peer_range")))
+    together = result.get("side_by_side")
+    if together and together.get("rounds"):
+        apart = ["%s / f32 %s" % (p, num(v)) for p, v in across.get("service_top_over_f32_apart", {}).items()] + [
+            "%s / %s %s" % (p, per[p]["best_peer_apart"], num(per[p]["service_top_over_best_peer_apart"]))
+            for p in cols if per[p].get("best_peer_apart")]
+        out.append("     (b), (c): medians of %d side-by-side rounds (every server up at once, each measured in turn); "
+                   "measured minutes apart: %s" % (len(together["rounds"]), "; ".join(apart) or "-"))
     for p in cols:
         out.append(goal_line("(d) service at %d clients / 1 client, %s" % (top, p), "throughput_top_over_c1",
                              per[p]["throughput_top_over_c1"], per[p]["ceiling_allows"]["throughput_top_over_c1"]))
@@ -481,8 +521,9 @@ def markdown(results):
         if any(v is not None for v in values):
             names = sorted({n for n in per(p, "best_peer") if n})
             peer_cells.append("%s %s the best peer (%s)" % (p, _agg(values, bold=True, unit="x"), ", ".join(names)))
-    rows.append(("this service vs the best Python peer (same engine, preprocessing and precision), req/s at %d clients"
-                 % top, ("; ".join(peer_cells) + " (%s)" % _verdict("service_top_over_best_peer",
+    side = all((res.get("side_by_side") or {}).get("rounds") for res in results)
+    rows.append(("this service vs the best Python peer (same engine, preprocessing and precision), req/s at %d clients%s"
+                 % (top, ", side by side" if side else ""), ("; ".join(peer_cells) + " (%s)" % _verdict("service_top_over_best_peer",
                                                                    per(F32, "service_top_over_best_peer")))
                  if peer_cells else "not measured"))
     rows.append(("the ceiling: the service's decoding threads feeding its OpenVINO workers at batch 8, in process, no HTTP",
@@ -518,6 +559,9 @@ def markdown(results):
     lines = ["| what | figure | command |", "|---|---|---|"]
     lines += ["| %s | %s | %s |" % (what, figure, cmd) for what, figure in rows]
     runs = "Medians (lowest-highest) of %d runs" % len(results) if len(results) > 1 else "One run"
+    if side:
+        lines += ["", "Ratios of two servers' req/s (a precision over f32, the service over the best peer) are medians "
+                  "of each run's side-by-side rounds: every server up at once, each measured in turn."]
     lines += ["", "%s of `make bench-serve` on %s (%d cores), load average (1 min) before-after each run: "
               "%s. The bench bundle's weights are random: it measures speed, not accuracy. Regenerated from the runs' "
               "JSON files by `make bench-readme`." % (runs, ", ".join(cpus), results[0].get("cpus") or 0, loads)]

@@ -190,3 +190,34 @@ def test_choose_precisions_from_the_records_and_the_cpu():
     assert run == ["f32"] and "validated on onnxruntime" in why["bf16"]
     run, _ = serve_bench.choose_precisions(_Info(("bf16", "openvino")), "openvino", native, ["f32"])
     assert run == ["f32"]
+
+
+def test_side_by_side_rounds_replace_the_ratios_measured_apart():
+    """serve_bench's side-by-side rounds (every server up at once, measured in turn) give the (b) and
+    (c) ratios as medians of the rounds' ratios; the levels measured minutes apart stay as `_apart`."""
+    res = result()   # apart: int8 170 / f32 100 req/s; f32 100 / KServe 80
+    res["side_by_side"] = {"concurrency": 32, "services": {"f32": "service f32", "int8": "service int8"},
+                           "peers": {"f32": {"name": "bare ASGI", "label": "bare ASGI f32"}},
+                           "rounds": [{"service f32": 100.0, "service int8": 160.0, "bare ASGI f32": 60.0},
+                                      {"service f32": 120.0, "service int8": 180.0, "bare ASGI f32": 80.0},
+                                      {"service f32": 90.0, "service int8": 171.0, "bare ASGI f32": 50.0}]}
+    res["ratios"] = serve_report.ratios(res)
+    per, across = res["ratios"]["precisions"], res["ratios"]["across"]
+    assert across["service_top_over_f32"]["int8"] == pytest.approx(1.6)          # rounds 1.6, 1.5, 1.9
+    assert across["service_top_over_f32_range"]["int8"] == pytest.approx([1.5, 1.9])
+    assert across["service_top_over_f32_apart"]["int8"] == pytest.approx(1.7)
+    assert across["service_top_int8_over_f32"] == pytest.approx(1.6) and across["service_top_int8_over_f32_met"]
+    assert across["service_top_over_f32"]["bf16"] == pytest.approx(1.5)          # not side by side: as apart
+    f32 = per["f32"]
+    assert (f32["best_peer"], f32["best_peer_apart"]) == ("bare ASGI", "KServe")
+    assert f32["service_top_over_best_peer"] == pytest.approx(100 / 60)          # rounds 1.67, 1.5, 1.8
+    assert f32["service_top_over_best_peer_apart"] == pytest.approx(1.25) and f32["service_top_over_best_peer_met"]
+    assert per["int8"]["service_top_over_best_peer"] == pytest.approx(1.7)       # no peer side by side in int8
+    text = serve_report.table(res)
+    assert "GOAL (c) service at 32 clients / best peer (bare ASGI), f32 = 1.67 (rounds 1.50-1.80) (goal >= 1.50): met" \
+        in text
+    assert "GOAL (b) service req/s at 32 clients, int8 / f32 = 1.60 (rounds 1.50-1.90) (goal >= 1.60): met" in text
+    assert "medians of 3 side-by-side rounds" in text and "int8 / f32 1.70; f32 / KServe 1.25" in text
+    block = serve_report.markdown([res])
+    assert "req/s at 32 clients, side by side |" in block and "medians of each run's side-by-side rounds" in block
+    assert "int8 170 (**1.60x** f32" in block

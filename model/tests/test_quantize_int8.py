@@ -1,9 +1,10 @@
 """`mbv3 quantize --precision int8` on a small random bundle and small TFRecords: the quantized
 models and their two records (OpenVINO's IR model-int8.xml/.bin, ONNX Runtime's QDQ model-int8.onnx),
-each run by its engine, the ONNX one by `mbv3 eval/predict --precision int8`, and the refusals: too few or corrupt calibration images, a
-calibration set of other classes, an --output in use, a drop past the threshold (nothing written).
-The weights are random, so accuracy is chance: the run that records passes --force where it must;
-the trained digits run in test_train_e2e.py holds int8 to the 1-point threshold."""
+each run by its engine, the ONNX one by `mbv3 eval/predict --precision int8`, and the refusals: too
+few or corrupt calibration images, a calibration set of other classes, an --output in use, a drop
+past the threshold (nothing written). The weights are random, so accuracy is chance: the run that
+records passes --force where it must; the trained digits run in test_train_e2e.py holds int8 to the
+1-point threshold."""
 import json
 import os
 import shutil

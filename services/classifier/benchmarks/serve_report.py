@@ -523,7 +523,8 @@ def markdown(results):
             peer_cells.append("%s %s the best peer (%s)" % (p, _agg(values, bold=True, unit="x"), ", ".join(names)))
     side = all((res.get("side_by_side") or {}).get("rounds") for res in results)
     rows.append(("this service vs the best Python peer (same engine, preprocessing and precision), req/s at %d clients%s"
-                 % (top, ", side by side" if side else ""), ("; ".join(peer_cells) + " (%s)" % _verdict("service_top_over_best_peer",
+                 % (top, ", side by side" if side else ""),
+                 ("; ".join(peer_cells) + " (%s)" % _verdict("service_top_over_best_peer",
                                                                    per(F32, "service_top_over_best_peer")))
                  if peer_cells else "not measured"))
     rows.append(("the ceiling: the service's decoding threads feeding its OpenVINO workers at batch 8, in process, no HTTP",

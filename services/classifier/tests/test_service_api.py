@@ -2,6 +2,7 @@
 import concurrent.futures
 import io
 import os
+import re
 import struct
 import zlib
 
@@ -52,7 +53,9 @@ def test_classify_a_photo(server, bundle_dir):  # noqa: F811
 
 def test_request_id_is_echoed_or_made(server):
     r = classify(server.url, jpeg_bytes(), )
-    assert len(r.headers["X-Request-ID"]) == 32 and r.json()["request_id"] == r.headers["X-Request-ID"]
+    assert re.fullmatch("[0-9a-f]{32}", r.headers["X-Request-ID"]) and r.json()["request_id"] == r.headers["X-Request-ID"]
+    made = {requests.get(server.url + "/healthz").headers["X-Request-ID"] for _ in range(20)}
+    assert len(made) == 20 and r.headers["X-Request-ID"] not in made
     r = requests.post(server.url + "/classify", data=jpeg_bytes(), headers={"Content-Type": "image/jpeg",
                                                                              "X-Request-ID": "trace-42"})
     assert r.headers["X-Request-ID"] == "trace-42" and r.json()["request_id"] == "trace-42"

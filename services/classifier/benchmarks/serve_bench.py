@@ -769,7 +769,9 @@ def side_by_side(bundle_dir, photos, backend, precisions, peers, args, extra, lo
     together, then each measured at the largest concurrency in turn, `args.side_by_side` rounds, the
     order turned every round. Measured minutes apart, as the steps before measure them, two servers
     compare two moments of a machine whose speed drifts by up to 2x within minutes; in rounds side
-    by side both see the same machine, and each round gives a ratio. Returns {"concurrency",
+    by side both see the same machine, and each round gives a ratio. The servers not being measured
+    are stopped (SIGSTOP), so none takes CPU from the one measured (LitServe's idle inference
+    worker polls its queue: 0.12 of a core), and continued and warmed up for their turn. Returns {"concurrency",
     "services": {precision: label}, "peers": {precision: {"name", "label"}}, "rounds": [{label: req/s}]}."""
     top = max(args.concurrency)
     servers = []   # (label, server, requests, protocol)
@@ -793,14 +795,18 @@ def side_by_side(bundle_dir, photos, backend, precisions, peers, args, extra, lo
         for label, server, reqs, protocol in servers:
             server.wait_ready() if protocol == "service" else server.wait_ready(reqs[0])
             run_level(server.port, reqs, top, 2 * top, 10.0, protocol=protocol)   # warm-up
+            _signal(server, signal.SIGSTOP)
         log("side by side at %d clients: %s, %d rounds ..." % (top, ", ".join(s[0] for s in servers), args.side_by_side))
         for r in range(args.side_by_side):
             turn = r % len(servers)
             order = servers[turn:] + servers[:turn]
             row = {}
             for label, server, reqs, protocol in (order[::-1] if r % 2 else order):
+                _signal(server, signal.SIGCONT)
+                run_level(server.port, reqs, top, top, 10.0, protocol=protocol)   # its threads and caches awake
                 level = run_level(server.port, reqs, top, max(100, args.requests // 2), min(args.seconds, 8.0),
                                   protocol=protocol)
+                _signal(server, signal.SIGSTOP)
                 if level["errors"]:
                     raise BenchError("side by side, %s: %d requests failed, e.g. %s" % (
                         label, level["errors"], level["error_samples"]))
@@ -809,8 +815,21 @@ def side_by_side(bundle_dir, photos, backend, precisions, peers, args, extra, lo
             log("  round %d: %s" % (r + 1, ", ".join("%s %.1f" % kv for kv in row.items())))
     finally:
         for _, server, _, _ in servers:
+            _signal(server, signal.SIGCONT)
             server.stop()
     return out
+
+
+def _signal(server, signum):
+    """Send `signum` to a server: a peer's whole process group (LitServe's workers too), the service
+    (one process); nothing if it has exited."""
+    try:
+        if isinstance(server, peer_harness.PeerServer):
+            os.killpg(server.proc.pid, signum)
+        else:
+            os.kill(server.proc.pid, signum)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def best_variant(runs, precisions):

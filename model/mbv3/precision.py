@@ -6,9 +6,9 @@ off float32's. int8: NNCF's post-training quantization turns model.onnx into a m
 engine, calibrated on a few hundred of the run's own images (mbv3.calibration): an OpenVINO IR
 (model-int8.xml and .bin, quantized on NNCF's OpenVINO backend, where the CPU plugin fuses it best)
 and a QDQ model-int8.onnx for ONNX Runtime. Whether either changes answers depends on the model, so
-it is measured per bundle and per engine: float32 and the reduced precision score the same held-out split, read and
-preprocessed as `mbv3 eval --bundle` reads it (mbv3.bundle_eval: the serving path's decode and
-transform), and their model-only speed is timed at batch 8 with the same threads. The result is one
+it is measured per bundle and per engine: float32 and the reduced precision score the same held-out
+split, read and preprocessed as `mbv3 eval --bundle` reads it (mbv3.bundle_eval: the serving path's
+decode and transform), and their model-only speed is timed at batch 8 with the same threads. The result is one
 bundle.PrecisionVariant per engine in the bundle's model.json (atomically, mbv3.fileio), which the
 service reads; a variant whose top-1 drops by more than the threshold, or measured on a CPU without
 native support, is refused unless forced, and an int8 file no variant speaks for is not kept.

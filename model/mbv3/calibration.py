@@ -116,22 +116,26 @@ def calibration_inputs(source, prep, size, batch_size, workers, progress_seconds
     return inputs, skipped
 
 
-def _nncf(what):
-    """The nncf module, or MbV3Error naming what needed it."""
+def _quantize(model_path, backend, load, inputs, input_name, log):
+    """NNCF's post-training quantization, on its `backend` ("onnx" or "openvino"), of the model
+    `load(model_path)` makes (NNCF picks its backend by the model's type), calibrated on `inputs` (each
+    one image), default preset, full bias correction; returns (quantized model, what was done, in
+    words). NNCF's progress bars go to stderr: stdout carries the command's result."""
     try:
         import nncf
     except ImportError as e:
-        raise MbV3Error("--precision int8 needs NNCF (nncf==3.4.0, in requirements/cpu.txt) for %s: %s" % (what, e))
-    return nncf
-
-
-def _quantize(nncf, model, inputs, input_name):
-    """NNCF's post-training quantization of `model` (an onnx.ModelProto or an openvino.Model: NNCF picks
-    its backend by the type) on `inputs`, default preset, full bias correction. NNCF's progress bars
-    go to stderr: stdout carries the command's result."""
-    dataset = nncf.Dataset(inputs, lambda image: {input_name: np.ascontiguousarray(image[np.newaxis], np.float32)})
-    with contextlib.redirect_stdout(sys.stderr):
-        return nncf.quantize(model, dataset, subset_size=len(inputs), fast_bias_correction=False)
+        raise MbV3Error("--precision int8 needs NNCF (nncf==3.4.0, in requirements/cpu.txt): %s" % e)
+    method = "nncf %s post-training quantization (%s backend, default preset, bias correction)" % (
+        nncf.__version__, backend)
+    log("quantizing %s: %s, on %d calibration images" % (model_path, method, len(inputs)))
+    try:
+        dataset = nncf.Dataset(inputs, lambda image: {input_name: np.ascontiguousarray(image[np.newaxis], np.float32)})
+        with contextlib.redirect_stdout(sys.stderr):
+            return nncf.quantize(load(model_path), dataset, subset_size=len(inputs), fast_bias_correction=False), method
+    except MbV3Error:
+        raise
+    except Exception as e:   # NNCF, onnx and OpenVINO raise many types for a model they cannot handle
+        raise MbV3Error("NNCF cannot quantize %s (%s backend): %s" % (model_path, backend, first_line(e)))
 
 
 def quantize_onnx(model_path, inputs, input_name, log=say):
@@ -139,17 +143,9 @@ def quantize_onnx(model_path, inputs, input_name, log=say):
     full bias correction: on three digits-cpu runs it lost 0.00/0.00/-0.28 points of top-1 where the
     fast one lost 0.00/0.56/0.28, docs/benchmarks.md), calibrated on `inputs` (each one image);
     returns (serialized QDQ model, what was done, in words). ONNX Runtime runs it."""
-    nncf = _nncf("ONNX Runtime's int8 model")
     import onnx
-    method = "nncf %s post-training quantization (onnx backend, default preset, bias correction)" % (
-        nncf.__version__)
-    log("quantizing %s for ONNX Runtime: %s, on %d calibration images" % (model_path, method, len(inputs)))
-    try:
-        return _quantize(nncf, onnx.load(model_path), inputs, input_name).SerializeToString(), method
-    except MbV3Error:
-        raise
-    except Exception as e:   # NNCF and onnx raise many types for a model they cannot handle
-        raise MbV3Error("NNCF cannot quantize %s: %s" % (model_path, first_line(e)))
+    quantized, method = _quantize(model_path, "onnx", onnx.load, inputs, input_name, log)
+    return quantized.SerializeToString(), method
 
 
 def quantize_openvino(model_path, inputs, input_name, xml_path, log=say):
@@ -158,19 +154,13 @@ def quantize_openvino(model_path, inputs, input_name, xml_path, log=say):
     (xml_path and the .bin beside it). NNCF places its quantizers where the CPU plugin fuses them into
     the int8 convolutions: the same model quantized as ONNX QDQ ran 1.6x float32 at batch 8 in
     OpenVINO, this one 2.3x (docs/benchmarks.md). Returns what was done, in words."""
-    nncf = _nncf("OpenVINO's int8 model")
     try:
         import openvino as ov
     except ImportError as e:
         raise MbV3Error("an int8 model for OpenVINO needs the openvino package (%s)" % e)
-    method = "nncf %s post-training quantization (openvino backend, default preset, bias correction)" % (
-        nncf.__version__)
-    log("quantizing %s for OpenVINO: %s, on %d calibration images" % (model_path, method, len(inputs)))
+    quantized, method = _quantize(model_path, "openvino", ov.convert_model, inputs, input_name, log)
     try:
-        quantized = _quantize(nncf, ov.convert_model(model_path), inputs, input_name)
         ov.save_model(quantized, xml_path, compress_to_fp16=False)
-        return method
-    except MbV3Error:
-        raise
-    except Exception as e:   # NNCF and OpenVINO raise many types for a model they cannot handle
-        raise MbV3Error("NNCF cannot quantize %s for OpenVINO: %s" % (model_path, first_line(e)))
+    except Exception as e:   # OpenVINO raises RuntimeError and its own subclasses
+        raise MbV3Error("cannot write %s: %s" % (xml_path, first_line(e)))
+    return method

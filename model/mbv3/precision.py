@@ -8,10 +8,11 @@ engine, calibrated on a few hundred of the run's own images (mbv3.calibration): 
 and a QDQ model-int8.onnx for ONNX Runtime. Whether either changes answers depends on the model, so
 it is measured per bundle and per engine: float32 and the reduced precision score the same held-out
 split, read and preprocessed as `mbv3 eval --bundle` reads it (mbv3.bundle_eval: the serving path's
-decode and transform), and their model-only speed is timed at batch 8 with the same threads. The result is one
-bundle.PrecisionVariant per engine in the bundle's model.json (atomically, mbv3.fileio), which the
-service reads; a variant whose top-1 drops by more than the threshold, or measured on a CPU without
-native support, is refused unless forced, and an int8 file no variant speaks for is not kept.
+decode and transform), and their model-only speed is timed at batch 8 with the same threads. The
+result is one bundle.PrecisionVariant per engine in the bundle's model.json (atomically,
+mbv3.fileio), which the service reads; a variant whose top-1 drops by more than the threshold, or
+measured on a CPU without native support, is refused unless forced, and an int8 file no variant
+speaks for is not kept.
 """
 import datetime
 import os
@@ -417,8 +418,7 @@ def _record(loaded, variants, reduced, output):
             target.save_info()
         for path, files in reduced.values():
             for name in files:
-                with open(os.path.join(os.path.dirname(path), name), "rb") as f:
-                    fileio.write_bytes(target.file(name), f.read())
+                fileio.copy(os.path.join(os.path.dirname(path), name), target.file(name))
                 info.files[name] = bundle.file_info(target.file(name))
         for variant in variants:
             info.record_variant(variant)

@@ -19,15 +19,14 @@ import time
 
 import numpy as np
 
-from serve_bench import ensure_bundle, model_file
+from serve_bench import ensure_bundle, memory_mb, model_file
 
 BATCH = 8
 THREADS = 2
 
 
 def rss_mb():
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2.0 ** 20
+    return memory_mb(os.getpid())["rss_mb"]
 
 
 def main(argv=None):

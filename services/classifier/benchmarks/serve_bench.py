@@ -38,7 +38,7 @@ import numpy as np
 import bench_bundle
 import peer_harness
 from peer_harness import free_port, log
-from serve_report import markdown, plot, ratios, table
+from serve_report import best_peer, markdown, plot, ratios, table
 
 ENGINE_THREADS = 2   # the engine-alone reference: the issue's "ONNX Runtime alone, batch 1, 2 threads"
 F32 = "f32"
@@ -754,13 +754,8 @@ def serve(bundle_dir, photos, backend, levels, args, extra, log_dir, engines, pr
 
 def best_peers(peers, top):
     """{precision: the peer that served the most requests a second at `top` clients}."""
-    out = {}
-    for precision, by_name in peers.items():
-        rates = {name: level["throughput_rps"] for name, levels in by_name.items() for level in levels
-                 if level["concurrency"] == top}
-        if rates:
-            out[precision] = max(rates, key=rates.get)
-    return out
+    named = {precision: best_peer(by_name, top)[0] for precision, by_name in peers.items()}
+    return {precision: name for precision, name in named.items() if name}
 
 
 def side_by_side(bundle_dir, photos, backend, precisions, peers, args, extra, log_dir):

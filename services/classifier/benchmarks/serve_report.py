@@ -43,6 +43,16 @@ def _by_concurrency(levels):
     return {lvl["concurrency"]: lvl for lvl in levels}
 
 
+def best_peer(peers, concurrency):
+    """(name, req/s) of the peer ({name: levels}) that served the most at `concurrency`, else (None, None)."""
+    best = (None, None)
+    for name, levels in (peers or {}).items():
+        rps = _by_concurrency(levels).get(concurrency, {}).get("throughput_rps")
+        if rps and (best[1] is None or rps > best[1]):
+            best = (name, rps)
+    return best
+
+
 def _div(a, b):
     return a / b if a is not None and b else None
 
@@ -61,7 +71,7 @@ def run_ratios(run, peers):
                            ("service_c1_over_in_process", "service_over_in_process")):
         median, low, high = spread([r[per_round] for r in rounds]) if rounds else (None, None, None)
         out[key], out[key + "_range"] = median, ([low, high] if rounds else None)
-    peer_rows, best = {}, None
+    peer_rows = {}
     for name, peer_levels in (peers or {}).items():
         by = _by_concurrency(peer_levels)
         row = {}
@@ -70,11 +80,9 @@ def run_ratios(run, peers):
         if top["concurrency"] in by and by[top["concurrency"]]["throughput_rps"]:
             rps = by[top["concurrency"]]["throughput_rps"]
             row["throughput_top"], row["rps_top"] = top["throughput_rps"] / rps, rps
-            if best is None or rps > best[1]:
-                best = (name, rps)
         peer_rows[name] = row
     out["peers"] = peer_rows
-    out["best_peer"], out["best_peer_rps"] = best if best else (None, None)
+    out["best_peer"], out["best_peer_rps"] = best_peer(peers, top["concurrency"])
     out["service_top_over_best_peer"] = _div(top["throughput_rps"], out["best_peer_rps"])
     ceiling = (run.get("ceiling") or {}).get("images_per_s")
     out["ceiling_rps"] = ceiling
